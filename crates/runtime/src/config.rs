@@ -1,0 +1,144 @@
+//! What the operator configures once per node ([`RuntimeConfig`]) and what each function
+//! version declares ([`FunctionSettings`]). Defaults are chosen here, each with its reason.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::logging::LogSink;
+use crate::outbound::Network;
+
+/// Size of one WebAssembly page.
+pub const WASM_PAGE: u64 = 64 * 1024;
+
+/// Node-wide settings of the runtime.
+#[derive(Clone)]
+pub struct RuntimeConfig {
+    /// The largest `memory_pages` any function may ask for (default 4,096 pages = 256 MiB).
+    /// This also sizes the pooling allocator's memory slots.
+    pub max_memory_pages: u64,
+    /// Node-wide budget for the linear memory held by hot instances (default 4 GiB).
+    pub memory_budget_bytes: u64,
+    /// Fraction of the budget above which idle instances are destroyed, least recently
+    /// used first (default 0.8).
+    pub memory_high_watermark: f64,
+    /// Concurrent instances the pooling allocator reserves slots for (default 1,000). Each
+    /// slot is virtual address space only until it is used.
+    pub pool_instances: u32,
+    /// Largest artifact accepted (default 50 MiB).
+    pub max_artifact_bytes: u64,
+    /// How compilation of untrusted code is bounded (default: in this process, time only).
+    pub compiler: CompilerConfig,
+    /// Count instructions with fuel as well as wall-clock epochs (default off: epochs
+    /// already stop runaway guests and cost far less).
+    pub fuel: Option<u64>,
+    /// Largest request body passed to a guest (default 16 MiB).
+    pub max_request_body_bytes: u64,
+    /// Largest response body accepted from a guest (default 16 MiB).
+    pub max_response_body_bytes: u64,
+    /// Guest log records accepted per second per function; the excess is dropped and
+    /// counted (default 1,000).
+    pub log_records_per_second: u32,
+    /// Where guest logs go.
+    pub log_sink: Arc<dyn LogSink>,
+    /// Networks outbound HTTP may reach besides public addresses; empty by default.
+    /// Operators (and tests, for loopback) list internal services here.
+    pub outbound_allowed_networks: Vec<Network>,
+    /// How often the idle sweeper looks for expired instances (default 1 s).
+    pub sweep_interval: Duration,
+}
+
+impl RuntimeConfig {
+    /// Defaults that suit a small node, writing guest logs to `log_sink`.
+    pub fn new(log_sink: Arc<dyn LogSink>) -> Self {
+        Self {
+            max_memory_pages: 4096,
+            memory_budget_bytes: 4 << 30,
+            memory_high_watermark: 0.8,
+            pool_instances: 1000,
+            max_artifact_bytes: 50 << 20,
+            compiler: CompilerConfig::default(),
+            fuel: None,
+            max_request_body_bytes: 16 << 20,
+            max_response_body_bytes: 16 << 20,
+            log_records_per_second: 1000,
+            log_sink,
+            outbound_allowed_networks: Vec::new(),
+            sweep_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where and under which limits untrusted artifacts are compiled. Wasmtime treats denial
+/// of service during compilation as out of scope, so a huge or deeply nested module must
+/// be stopped by us.
+#[derive(Clone, Debug)]
+pub struct CompilerConfig {
+    /// `None`: compile on a blocking thread of this process (bounded in time only: a
+    /// compilation past the limit is abandoned and its result discarded).
+    /// `Some(program)`: run `program compile-worker ...` (see [`crate::compile_worker`])
+    /// under rlimits on address space and CPU time, killed at the wall-clock limit.
+    pub worker_program: Option<PathBuf>,
+    /// Arguments placed before the worker's own (e.g. a hidden subcommand).
+    pub worker_args: Vec<String>,
+    /// Wall-clock limit for one compilation (default 30 s).
+    pub timeout: Duration,
+    /// Address-space limit of the worker process (default 4 GiB).
+    pub max_memory_bytes: u64,
+}
+
+impl Default for CompilerConfig {
+    fn default() -> Self {
+        Self {
+            worker_program: None,
+            worker_args: Vec::new(),
+            timeout: Duration::from_secs(30),
+            max_memory_bytes: 4 << 30,
+        }
+    }
+}
+
+/// Per-version settings, with the names of the control plane's API.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FunctionSettings {
+    /// Export to call: `None` means the `wasi:http` handler for components and `_start`
+    /// for preview 1 modules.
+    pub entrypoint: Option<String>,
+    /// Linear memory limit in 64 KiB pages.
+    pub memory_pages: u64,
+    /// Wall-clock limit of one invocation.
+    pub max_execution_ms: u64,
+    /// Hosts outbound HTTP may reach: exact names (`api.example.com`, optionally with
+    /// `:port`) or wildcards (`*.example.com`).
+    pub allowed_outbound_hosts: Vec<String>,
+    /// Environment variables the guest sees (nothing of the host's).
+    pub env: Vec<(String, String)>,
+    /// Instances kept warm even when idle.
+    pub min_hot_instances: u32,
+    /// Instances of this version that may run at once; more requests wait.
+    pub max_hot_instances: u32,
+    /// Requests one instance may serve before it is recycled (1 = fresh per request).
+    pub instance_reuse: u32,
+    /// Idle instances above `min_hot_instances` are destroyed after this long.
+    pub idle_timeout: Duration,
+}
+
+impl Default for FunctionSettings {
+    fn default() -> Self {
+        Self {
+            entrypoint: None,
+            memory_pages: 256,
+            max_execution_ms: 10_000,
+            allowed_outbound_hosts: Vec::new(),
+            env: Vec::new(),
+            min_hot_instances: 1,
+            max_hot_instances: 16,
+            // A reused instance answers in ~1/10 of the time of a fresh one (see
+            // bench/RESULTS.md); state may carry over between requests of the *same*
+            // version only, as with Workers isolates. Functions that must not share state
+            // set 1.
+            instance_reuse: 1000,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! The one engine of the process, its settings (each with its reason), the epoch ticker, and
+//! loading an artifact into a runnable [`Function`].
+
+use std::collections::HashMap;
+use std::hash::{Hash as _, Hasher as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use wasmtime::component::{Component, Linker as ComponentLinker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig,
+};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::artifact::{ArtifactKind, precompiled_path, sha256_hex, write_atomically};
+use crate::config::{FunctionSettings, RuntimeConfig, WASM_PAGE};
+use crate::function::{Code, Function, FunctionInner};
+use crate::limits::EPOCH_TICK;
+use crate::logging::LogBudget;
+use crate::outbound::OutboundPolicy;
+use crate::pool::{MemoryBudget, PoolRegistry, VersionPool};
+use crate::state::{CgiState, ComponentState};
+use crate::{RuntimeError, compile};
+
+/// The engine settings that change generated code; the compile worker must use the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct EngineSettings {
+    pub(crate) max_memory_pages: u64,
+    pub(crate) fuel: bool,
+}
+
+/// Wasmtime configuration shared by the runtime and the compile worker. `pool_instances` is
+/// `None` in the worker, which only compiles and so needs no instance slots.
+pub(crate) fn wasmtime_config(settings: EngineSettings, pool_instances: Option<u32>) -> Config {
+    let mut config = Config::new();
+    // Deadlines: epochs cost one load and compare per loop header and function entry; fuel
+    // costs a counter update per basic block, so it is opt-in.
+    config.epoch_interruption(true);
+    config.consume_fuel(settings.fuel);
+    config.wasm_component_model(true);
+    config.parallel_compilation(true);
+    if let Some(instances) = pool_instances {
+        let mut pool = PoolingAllocationConfig::new();
+        // One component instance per hot instance; Rust components have one memory and a
+        // handful of core instances and tables, so the totals below leave headroom.
+        pool.total_component_instances(instances);
+        pool.total_core_instances(instances.saturating_mul(8));
+        pool.total_memories(instances.saturating_mul(2));
+        pool.total_tables(instances.saturating_mul(4));
+        pool.total_stacks(instances);
+        pool.max_memory_size((settings.max_memory_pages * WASM_PAGE) as usize);
+        // Keep the first MiB of each memory and table slot resident and zero it with memset
+        // on reuse instead of returning it to the kernel: the next instantiation then takes
+        // no page faults for the stack and data a typical guest touches first. `wasmtime
+        // serve` measured ~150 us -> ~90 us per fresh instance with this (issue 2).
+        pool.linear_memory_keep_resident(1 << 20);
+        pool.table_keep_resident(64 << 10);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+/// The Wasmtime runtime of a node: one engine, linkers for both guest kinds, the node-wide
+/// memory budget, and the epoch ticker. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<RuntimeInner>,
+}
+
+pub(crate) struct RuntimeInner {
+    pub(crate) engine: Engine,
+    pub(crate) config: RuntimeConfig,
+    settings: EngineSettings,
+    engine_hash: String,
+    pub(crate) component_linker: ComponentLinker<ComponentState>,
+    pub(crate) module_linker: Linker<CgiState>,
+    pub(crate) budget: Arc<MemoryBudget>,
+    pub(crate) pools: PoolRegistry,
+    log_budgets: Mutex<HashMap<String, Arc<LogBudget>>>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What to load: an artifact file and the settings of its version.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    pub function_id: String,
+    pub version: u64,
+    /// The artifact on local disk (the runner's cache).
+    pub artifact: PathBuf,
+    /// Expected lower-case hex SHA-256; loading fails on a mismatch.
+    pub sha256: Option<String>,
+    pub settings: FunctionSettings,
+}
+
+impl Runtime {
+    /// Creates the engine and starts the epoch ticker and the idle sweeper. Must be called
+    /// inside a Tokio runtime.
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let settings = EngineSettings {
+            max_memory_pages: config.max_memory_pages,
+            fuel: config.fuel.is_some(),
+        };
+        let engine = Engine::new(&wasmtime_config(settings, Some(config.pool_instances)))
+            .map_err(|e| RuntimeError::internal(format!("failed to create engine: {e:#}")))?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine_hash = format!("{:016x}", hasher.finish());
+
+        let mut component_linker = ComponentLinker::<ComponentState>::new(&engine);
+        let mut module_linker = Linker::<CgiState>::new(&engine);
+        let mut link = || -> wasmtime::Result<()> {
+            // All of WASI 0.2, so that components built from ordinary std (which import
+            // wasi:cli, wasi:filesystem, wasi:sockets) load; the context denies what matters.
+            wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)?;
+            wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut component_linker)?;
+            crate::logging::add_to_linker(&mut component_linker, |s| &mut s.logger)?;
+            wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s| &mut s.wasi)?;
+            Ok(())
+        };
+        link().map_err(|e| {
+            RuntimeError::internal(format!("failed to link host interfaces: {e:#}"))
+        })?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(engine.clone(), stop_ticker.clone());
+        let inner = Arc::new(RuntimeInner {
+            budget: Arc::new(MemoryBudget::new(
+                config.memory_budget_bytes,
+                config.memory_high_watermark,
+            )),
+            engine,
+            config,
+            settings,
+            engine_hash,
+            component_linker,
+            module_linker,
+            pools: PoolRegistry::default(),
+            log_budgets: Mutex::new(HashMap::new()),
+            stop_ticker,
+        });
+        spawn_idle_sweeper(Arc::downgrade(&inner));
+        Ok(Self { inner })
+    }
+
+    /// The engine, for embedders that need to share it (benchmarks).
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Linear memory held by hot instances across the node, in bytes.
+    pub fn memory_in_use(&self) -> u64 {
+        self.inner.budget.used()
+    }
+
+    /// The node-wide memory budget for hot instances, in bytes.
+    pub fn memory_budget_bytes(&self) -> u64 {
+        self.inner.budget.limit
+    }
+
+    /// Guest log records of `function_id` dropped by the rate limit so far.
+    pub fn dropped_logs(&self, function_id: &str) -> u64 {
+        self.inner.log_budget(function_id).dropped()
+    }
+
+    /// Verifies, compiles (or loads the cached native code of) and pre-instantiates an
+    /// artifact. The returned [`Function`] owns the version's instance pool; dropping every
+    /// clone of it destroys the pool.
+    pub async fn load(&self, spec: LoadSpec) -> Result<Function, RuntimeError> {
+        let settings = &spec.settings;
+        self.validate_settings(settings)?;
+        let outbound = OutboundPolicy::new(
+            &settings.allowed_outbound_hosts,
+            &self.inner.config.outbound_allowed_networks,
+        )
+        .map_err(|reason| RuntimeError::InvalidSettings { reason })?;
+
+        let bytes = self.read_artifact(&spec.artifact).await?;
+        let sha256 = sha256_hex(&bytes);
+        if let Some(expected) = &spec.sha256
+            && !expected.eq_ignore_ascii_case(&sha256)
+        {
+            return Err(RuntimeError::invalid(format!(
+                "sha256 mismatch: expected {expected}, artifact has {sha256}"
+            )));
+        }
+        let kind = ArtifactKind::detect(&bytes)?;
+        let code = self
+            .compile_cached(&spec.artifact, &sha256, kind, bytes)
+            .await?;
+        let code = self.prepare(code, settings)?;
+
+        let pool = Arc::new(VersionPool::new(
+            settings.max_hot_instances,
+            settings.min_hot_instances,
+            settings.idle_timeout,
+        ));
+        self.inner.pools.register(&pool);
+        let function = Function {
+            inner: Arc::new(FunctionInner {
+                runtime: self.inner.clone(),
+                id: spec.function_id.as_str().into(),
+                version: spec.version,
+                kind,
+                sha256,
+                settings: spec.settings.clone(),
+                code,
+                pool,
+                outbound: Arc::new(outbound),
+                log_budget: self.inner.log_budget(&spec.function_id),
+            }),
+        };
+        function.prewarm().await?;
+        Ok(function)
+    }
+
+    fn validate_settings(&self, settings: &FunctionSettings) -> Result<(), RuntimeError> {
+        let max_pages = self.inner.config.max_memory_pages;
+        let mut problems = Vec::new();
+        if settings.memory_pages == 0 || settings.memory_pages > max_pages {
+            problems.push(format!(
+                "memory_pages must be 1..={max_pages}, got {}",
+                settings.memory_pages
+            ));
+        }
+        if settings.max_execution_ms == 0 {
+            problems.push("max_execution_ms must be positive".to_string());
+        }
+        if settings.max_hot_instances == 0 {
+            problems.push("max_hot_instances must be positive".to_string());
+        }
+        if settings.min_hot_instances > settings.max_hot_instances {
+            problems.push("min_hot_instances must not exceed max_hot_instances".to_string());
+        }
+        if settings.instance_reuse == 0 {
+            problems.push(
+                "instance_reuse must be positive (1 = fresh instance per request)".to_string(),
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(RuntimeError::InvalidSettings {
+                reason: problems.join("; "),
+            })
+        }
+    }
+
+    async fn read_artifact(&self, path: &Path) -> Result<Vec<u8>, RuntimeError> {
+        let limit = self.inner.config.max_artifact_bytes;
+        let metadata = tokio::fs::metadata(path).await.map_err(|e| {
+            RuntimeError::internal(format!("cannot read artifact {}: {e}", path.display()))
+        })?;
+        if metadata.len() > limit {
+            return Err(RuntimeError::invalid(format!(
+                "artifact is {} bytes, over the limit of {limit}",
+                metadata.len()
+            )));
+        }
+        tokio::fs::read(path).await.map_err(|e| {
+            RuntimeError::internal(format!("cannot read artifact {}: {e}", path.display()))
+        })
+    }
+
+    /// Loads the native code for an artifact: from the precompiled file beside it when that
+    /// exists and is intact, else by compiling (bounded) and caching the result.
+    async fn compile_cached(
+        &self,
+        artifact: &Path,
+        sha256: &str,
+        kind: ArtifactKind,
+        bytes: Vec<u8>,
+    ) -> Result<LoadedCode, RuntimeError> {
+        let native_path = precompiled_path(artifact, sha256, &self.inner.engine_hash);
+        if let Some(code) = self.load_precompiled(&native_path, kind) {
+            return Ok(code);
+        }
+        let native = compile::precompile(
+            &self.inner.config.compiler,
+            &self.inner.engine,
+            self.inner.settings,
+            kind,
+            bytes,
+        )
+        .await?;
+        let digest = sha256_hex(&native);
+        let sidecar = sidecar_path(&native_path);
+        let written = write_atomically(&native_path, &native)
+            .and_then(|()| write_atomically(&sidecar, digest.as_bytes()));
+        if let Err(error) = written {
+            // A read-only or full cache costs a recompile next time, nothing more.
+            tracing::warn!(path = %native_path.display(), %error, "cannot cache precompiled code");
+            return self.deserialize_bytes(&native, kind);
+        }
+        self.load_precompiled(&native_path, kind).ok_or_else(|| {
+            RuntimeError::internal("precompiled code written to the cache cannot be loaded")
+        })
+    }
+
+    /// The cached native code, if it is there, matches its recorded hash, and this engine
+    /// accepts it. Anything else is deleted so that it is rebuilt.
+    fn load_precompiled(&self, path: &Path, kind: ArtifactKind) -> Option<LoadedCode> {
+        let sidecar = sidecar_path(path);
+        let expected = std::fs::read_to_string(&sidecar).ok()?;
+        let actual = std::fs::read(path).ok().map(|b| sha256_hex(&b));
+        if actual.as_deref() != Some(expected.trim()) {
+            tracing::warn!(path = %path.display(), "precompiled code does not match its hash; recompiling");
+            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(&sidecar);
+            return None;
+        }
+        match self.deserialize_file(path, kind) {
+            Ok(code) => Some(code),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot load precompiled code; recompiling");
+                let _ = std::fs::remove_file(path);
+                let _ = std::fs::remove_file(&sidecar);
+                None
+            }
+        }
+    }
+
+    #[expect(
+        unsafe_code,
+        reason = "Wasmtime's deserialization trusts its input; see SAFETY"
+    )]
+    fn deserialize_file(
+        &self,
+        path: &Path,
+        kind: ArtifactKind,
+    ) -> Result<LoadedCode, RuntimeError> {
+        let engine = &self.inner.engine;
+        // SAFETY: the file was produced by `precompile` with this engine's settings (its name
+        // carries the engine's compatibility hash) and its SHA-256 was just checked against
+        // the digest recorded when it was written, so it is the compiler's output, unaltered.
+        // It is memory-mapped, so a cold start reads only the pages it touches.
+        let loaded = unsafe {
+            match kind {
+                ArtifactKind::Component => {
+                    Component::deserialize_file(engine, path).map(LoadedCode::Component)
+                }
+                ArtifactKind::Module => {
+                    Module::deserialize_file(engine, path).map(LoadedCode::Module)
+                }
+            }
+        };
+        loaded.map_err(|e| RuntimeError::internal(format!("{e:#}")))
+    }
+
+    #[expect(
+        unsafe_code,
+        reason = "Wasmtime's deserialization trusts its input; see SAFETY"
+    )]
+    fn deserialize_bytes(
+        &self,
+        native: &[u8],
+        kind: ArtifactKind,
+    ) -> Result<LoadedCode, RuntimeError> {
+        let engine = &self.inner.engine;
+        // SAFETY: `native` is the output of `precompile` for this engine, held in memory
+        // since it was produced.
+        let loaded = unsafe {
+            match kind {
+                ArtifactKind::Component => {
+                    Component::deserialize(engine, native).map(LoadedCode::Component)
+                }
+                ArtifactKind::Module => Module::deserialize(engine, native).map(LoadedCode::Module),
+            }
+        };
+        loaded.map_err(|e| RuntimeError::internal(format!("{e:#}")))
+    }
+
+    /// Links the code against the host and checks its entrypoint and memory needs.
+    fn prepare(&self, code: LoadedCode, settings: &FunctionSettings) -> Result<Code, RuntimeError> {
+        let limit = settings.memory_pages * WASM_PAGE;
+        let check_initial_memory = |initial: Option<u64>| match initial {
+            Some(initial) if initial > limit => Err(RuntimeError::invalid(format!(
+                "the artifact needs {} pages of memory at start, memory_pages is {}",
+                initial / WASM_PAGE,
+                settings.memory_pages
+            ))),
+            _ => Ok(()),
+        };
+        match code {
+            LoadedCode::Component(component) => {
+                if let Some(entrypoint) = &settings.entrypoint
+                    && !entrypoint.starts_with("wasi:http/incoming-handler")
+                {
+                    return Err(RuntimeError::invalid(format!(
+                        "entrypoint {entrypoint:?} is not supported for components: they are called through wasi:http/incoming-handler"
+                    )));
+                }
+                check_initial_memory(
+                    component
+                        .resources_required()
+                        .and_then(|r| r.max_initial_memory_size),
+                )?;
+                let pre = self
+                    .inner
+                    .component_linker
+                    .instantiate_pre(&component)
+                    .map_err(|e| RuntimeError::invalid(format!("{e:#}")))?;
+                let pre = ProxyPre::new(pre).map_err(|e| {
+                    RuntimeError::invalid(format!(
+                        "component does not export wasi:http/incoming-handler: {e:#}"
+                    ))
+                })?;
+                Ok(Code::Component(pre))
+            }
+            LoadedCode::Module(module) => {
+                let entrypoint = settings
+                    .entrypoint
+                    .clone()
+                    .unwrap_or_else(|| "_start".to_string());
+                match module.get_export(&entrypoint) {
+                    Some(wasmtime::ExternType::Func(_)) => {}
+                    _ => {
+                        return Err(RuntimeError::invalid(format!(
+                            "module has no exported function {entrypoint:?}"
+                        )));
+                    }
+                }
+                check_initial_memory(module.resources_required().max_initial_memory_size)?;
+                let pre = self
+                    .inner
+                    .module_linker
+                    .instantiate_pre(&module)
+                    .map_err(|e| RuntimeError::invalid(format!("{e:#}")))?;
+                Ok(Code::Module { pre, entrypoint })
+            }
+        }
+    }
+}
+
+impl RuntimeInner {
+    fn log_budget(&self, function_id: &str) -> Arc<LogBudget> {
+        let mut budgets = self.log_budgets.lock().unwrap_or_else(|e| e.into_inner());
+        budgets
+            .entry(function_id.to_string())
+            .or_insert_with(|| Arc::new(LogBudget::new(self.config.log_records_per_second)))
+            .clone()
+    }
+}
+
+pub(crate) enum LoadedCode {
+    Component(Component),
+    Module(Module),
+}
+
+fn sidecar_path(native: &Path) -> PathBuf {
+    let mut name = native.as_os_str().to_owned();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] on a plain thread, so deadlines hold
+/// even when every async worker thread is busy running guests.
+fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) {
+    let spawned = std::thread::Builder::new()
+        .name("edgefn-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "cannot start the epoch ticker; guests will not be interrupted");
+    }
+}
+
+/// Expires idle instances; ends when the runtime is dropped.
+fn spawn_idle_sweeper(runtime: std::sync::Weak<RuntimeInner>) {
+    tokio::spawn(async move {
+        loop {
+            let interval = match runtime.upgrade() {
+                Some(inner) => {
+                    inner.pools.expire_idle(Instant::now());
+                    inner.config.sweep_interval
+                }
+                None => return,
+            };
+            tokio::time::sleep(interval).await;
+        }
+    });
+}

@@ -1,0 +1,227 @@
+//! Hot instances: a pool per function version, and the node-wide memory budget that evicts
+//! idle instances least recently used first, across all pools.
+//!
+//! The pool is a policy over pre-instantiated code: instances are created from the version's
+//! `ProxyPre`, serve up to `instance_reuse` requests, wait idle for at most `idle_timeout`,
+//! and are destroyed — never reused — after a trap, a timeout or a limit.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use wasmtime::Store;
+use wasmtime_wasi_http::p2::bindings::Proxy;
+
+use crate::state::ComponentState;
+
+/// Linear memory held by all hot instances of the node.
+pub(crate) struct MemoryBudget {
+    pub(crate) limit: u64,
+    pub(crate) high_watermark: u64,
+    used: AtomicU64,
+}
+
+impl MemoryBudget {
+    pub(crate) fn new(limit: u64, fraction: f64) -> Self {
+        let high_watermark = (limit as f64 * fraction.clamp(0.0, 1.0)) as u64;
+        Self {
+            limit,
+            high_watermark,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn over_watermark(&self) -> bool {
+        self.used() > self.high_watermark
+    }
+}
+
+/// One live component instance with its store.
+pub(crate) struct HotInstance {
+    pub(crate) store: Store<ComponentState>,
+    pub(crate) proxy: Proxy,
+    /// Requests served so far.
+    pub(crate) uses: u32,
+    pub(crate) last_used: Instant,
+    /// Bytes this instance has added to the budget.
+    accounted: u64,
+    budget: Arc<MemoryBudget>,
+}
+
+impl HotInstance {
+    pub(crate) fn new(
+        store: Store<ComponentState>,
+        proxy: Proxy,
+        budget: Arc<MemoryBudget>,
+    ) -> Self {
+        let mut instance = Self {
+            store,
+            proxy,
+            uses: 0,
+            last_used: Instant::now(),
+            accounted: 0,
+            budget,
+        };
+        instance.account_memory();
+        instance
+    }
+
+    /// Brings the budget up to date with the instance's current linear memory.
+    pub(crate) fn account_memory(&mut self) {
+        let now = self.store.data().limits.memory_bytes as u64;
+        if now > self.accounted {
+            self.budget
+                .used
+                .fetch_add(now - self.accounted, Ordering::Relaxed);
+        } else {
+            self.budget
+                .used
+                .fetch_sub(self.accounted - now, Ordering::Relaxed);
+        }
+        self.accounted = now;
+    }
+
+    pub(crate) fn memory_bytes(&self) -> u64 {
+        self.accounted
+    }
+}
+
+impl Drop for HotInstance {
+    fn drop(&mut self) {
+        self.budget
+            .used
+            .fetch_sub(self.accounted, Ordering::Relaxed);
+    }
+}
+
+/// The instances of one function version.
+pub(crate) struct VersionPool {
+    /// Idle instances, least recently used at the front.
+    idle: Mutex<VecDeque<HotInstance>>,
+    /// One permit per instance that may run at once (`max_hot_instances`).
+    pub(crate) permits: tokio::sync::Semaphore,
+    pub(crate) min_hot: usize,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) cold_starts: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+}
+
+impl VersionPool {
+    pub(crate) fn new(max_hot: u32, min_hot: u32, idle_timeout: Duration) -> Self {
+        Self {
+            idle: Mutex::new(VecDeque::new()),
+            permits: tokio::sync::Semaphore::new(max_hot.max(1) as usize),
+            min_hot: min_hot as usize,
+            idle_timeout,
+            cold_starts: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<HotInstance>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently used idle instance: its memory is the likeliest to be in cache.
+    pub(crate) fn take_idle(&self) -> Option<HotInstance> {
+        self.idle().pop_back()
+    }
+
+    pub(crate) fn put_idle(&self, mut instance: HotInstance) {
+        instance.last_used = Instant::now();
+        self.idle().push_back(instance);
+    }
+
+    pub(crate) fn idle_count(&self) -> usize {
+        self.idle().len()
+    }
+
+    pub(crate) fn idle_memory(&self) -> u64 {
+        self.idle().iter().map(HotInstance::memory_bytes).sum()
+    }
+
+    fn oldest_idle(&self) -> Option<Instant> {
+        self.idle().front().map(|i| i.last_used)
+    }
+
+    /// Destroys idle instances unused for `idle_timeout`, keeping the `min_hot` most recent.
+    pub(crate) fn expire_idle(&self, now: Instant) -> usize {
+        let expired: Vec<HotInstance> = {
+            let mut idle = self.idle();
+            let mut expired = Vec::new();
+            while idle.len() > self.min_hot
+                && idle
+                    .front()
+                    .is_some_and(|i| now.duration_since(i.last_used) >= self.idle_timeout)
+            {
+                expired.extend(idle.pop_front());
+            }
+            expired
+        };
+        // Drop outside the lock: destroying a store returns its slot to the allocator.
+        let count = expired.len();
+        drop(expired);
+        self.evictions.fetch_add(count as u64, Ordering::Relaxed);
+        count
+    }
+
+    pub(crate) fn clear(&self) {
+        let all: Vec<HotInstance> = self.idle().drain(..).collect();
+        drop(all);
+    }
+}
+
+/// All pools of the node, for node-wide eviction and the idle sweeper.
+#[derive(Default)]
+pub(crate) struct PoolRegistry {
+    pools: Mutex<Vec<Weak<VersionPool>>>,
+}
+
+impl PoolRegistry {
+    pub(crate) fn register(&self, pool: &Arc<VersionPool>) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|p| p.strong_count() > 0);
+        pools.push(Arc::downgrade(pool));
+    }
+
+    fn live(&self) -> Vec<Arc<VersionPool>> {
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// Destroys idle instances, least recently used first across all pools, until the
+    /// budget is back under its watermark. Returns how many were destroyed.
+    pub(crate) fn enforce(&self, budget: &MemoryBudget) -> usize {
+        let mut evicted = 0;
+        while budget.over_watermark() {
+            let pools = self.live();
+            let Some(victim) = pools
+                .iter()
+                .filter_map(|p| p.oldest_idle().map(|t| (t, p)))
+                .min_by_key(|(t, _)| *t)
+            else {
+                break;
+            };
+            let instance = victim.1.idle().pop_front();
+            if instance.is_some() {
+                victim.1.evictions.fetch_add(1, Ordering::Relaxed);
+                evicted += 1;
+            }
+            drop(instance);
+        }
+        evicted
+    }
+
+    pub(crate) fn expire_idle(&self, now: Instant) -> usize {
+        self.live().iter().map(|p| p.expire_idle(now)).sum()
+    }
+}
