@@ -123,15 +123,30 @@ impl Function {
         }
     }
 
-    /// Creates `min_hot_instances` instances ahead of the first request.
+    /// Creates `min_hot_instances` instances ahead of the first request — at least one, even
+    /// when none is to be kept, so that a component that cannot start (its initial memory
+    /// exceeds `memory_pages`, its start function traps) is refused at load, not on a request.
     pub(crate) async fn prewarm(&self) -> Result<(), RuntimeError> {
         if !matches!(self.inner.code, Code::Component(_)) {
             return Ok(());
         }
-        for _ in 0..self.inner.settings.min_hot_instances {
+        let keep = self.inner.settings.min_hot_instances;
+        for _ in 0..keep.max(1) {
             let deadline = Instant::now() + self.limit();
-            let instance = self.instantiate(deadline).await?;
-            self.inner.pool.put_idle(instance);
+            let instance = self
+                .instantiate(deadline)
+                .await
+                .map_err(|error| match error {
+                    RuntimeError::MemoryLimit { .. } => RuntimeError::invalid(format!(
+                        "the artifact needs more memory at start than memory_pages ({}) allows",
+                        self.inner.settings.memory_pages
+                    )),
+                    RuntimeError::InvalidArtifact { .. } | RuntimeError::Internal { .. } => error,
+                    other => RuntimeError::invalid(format!("instantiation failed: {other}")),
+                })?;
+            if self.inner.pool.idle_count() < keep as usize {
+                self.inner.pool.put_idle(instance);
+            }
         }
         self.inner.runtime.pools.enforce(&self.inner.runtime.budget);
         Ok(())

@@ -7,7 +7,9 @@ use std::io::{Read as _, Write as _};
 fn main() {
     let var = |name: &str| std::env::var(name).unwrap_or_default();
     let mut body = Vec::new();
-    std::io::stdin().read_to_end(&mut body).expect("read request body");
+    std::io::stdin()
+        .read_to_end(&mut body)
+        .expect("read request body");
     if var("PATH_INFO") == "/fail" {
         eprintln!("failing on purpose");
         std::process::exit(3);

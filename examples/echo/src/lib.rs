@@ -12,7 +12,11 @@ impl wasip2::exports::http::incoming_handler::Guest for Echo {
             .entries()
             .into_iter()
             .map(|(name, value)| {
-                format!("[\"{}\",\"{}\"]", esc(&name), esc(&String::from_utf8_lossy(&value)))
+                format!(
+                    "[\"{}\",\"{}\"]",
+                    esc(&name),
+                    esc(&String::from_utf8_lossy(&value))
+                )
             })
             .collect::<Vec<_>>()
             .join(",");

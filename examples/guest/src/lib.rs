@@ -3,17 +3,14 @@
 use std::io::{Read as _, Write as _};
 
 use wasip2::http::types::{
-    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse,
-    ResponseOutparam,
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 
 /// Sends a complete response with `status`, a `content-type` and `body`.
 pub fn respond(out: ResponseOutparam, status: u16, content_type: &str, body: &[u8]) {
-    let headers = Fields::from_list(&[(
-        "content-type".to_string(),
-        content_type.as_bytes().to_vec(),
-    )])
-    .expect("valid content-type header");
+    let headers =
+        Fields::from_list(&[("content-type".to_string(), content_type.as_bytes().to_vec())])
+            .expect("valid content-type header");
     let response = OutgoingResponse::new(headers);
     response.set_status_code(status).expect("valid status");
     let outgoing = response.body().expect("body is taken once");
@@ -40,7 +37,9 @@ pub fn path(request: &IncomingRequest) -> String {
 /// The request's query string (without `?`), empty when there is none.
 pub fn query(request: &IncomingRequest) -> String {
     let full = request.path_with_query().unwrap_or_default();
-    full.split_once('?').map(|(_, q)| q.to_string()).unwrap_or_default()
+    full.split_once('?')
+        .map(|(_, q)| q.to_string())
+        .unwrap_or_default()
 }
 
 /// The first value of query parameter `name`, not percent-decoded.

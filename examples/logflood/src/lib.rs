@@ -31,7 +31,11 @@ impl wasip2::exports::http::incoming_handler::Guest for LogFlood {
             println!("stdout line {i}");
         }
         eprintln!("stderr line");
-        guest::text(out, 200, &format!("logged {records} records and {lines} lines\n"));
+        guest::text(
+            out,
+            200,
+            &format!("logged {records} records and {lines} lines\n"),
+        );
     }
 }
 

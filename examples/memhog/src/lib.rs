@@ -41,18 +41,25 @@ impl wasip2::exports::http::incoming_handler::Guest for MemHog {
                 let mut results = Vec::new();
                 for delta in pages.split(',').filter_map(|p| p.parse::<usize>().ok()) {
                     let previous = core::arch::wasm32::memory_grow(0, delta);
-                    results.push(if previous == usize::MAX { "fail".to_string() } else { previous.to_string() });
+                    results.push(if previous == usize::MAX {
+                        "fail".to_string()
+                    } else {
+                        previous.to_string()
+                    });
                 }
                 let body = format!("{} pages={}\n", results.join(","), memory_bytes() / PAGE);
                 guest::text(out, 200, &body);
             }
             "/secret/write" => {
                 let block = secret_block();
-                let mut secret = Vec::with_capacity(1 << 20);
-                while secret.len() < (1 << 20) {
-                    secret.extend_from_slice(&block);
+                // Aligned like the scan's stride, and leaked so it stays in memory.
+                let layout = std::alloc::Layout::from_size_align(1 << 20, BLOCK).expect("layout");
+                let secret =
+                    unsafe { std::slice::from_raw_parts_mut(std::alloc::alloc(layout), 1 << 20) };
+                for chunk in secret.chunks_exact_mut(BLOCK) {
+                    chunk.copy_from_slice(&block);
                 }
-                std::mem::forget(std::hint::black_box(secret));
+                std::hint::black_box(secret);
                 guest::text(out, 200, "written\n");
             }
             "/secret/scan" => {
@@ -63,7 +70,8 @@ impl wasip2::exports::http::incoming_handler::Guest for MemHog {
                 // every other aligned block, the way an attacker would look for leftovers.
                 let mut address = BLOCK;
                 while address + BLOCK <= end {
-                    let candidate = unsafe { core::slice::from_raw_parts(address as *const u8, BLOCK) };
+                    let candidate =
+                        unsafe { core::slice::from_raw_parts(address as *const u8, BLOCK) };
                     if candidate == block {
                         copies += 1;
                     }

@@ -19,16 +19,20 @@ fn outcome<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>) -> St
 impl wasip2::exports::http::incoming_handler::Guest for Sandbox {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let body = match guest::path(&request).as_str() {
-            "/env" => std::env::vars().map(|(k, v)| format!("{k}={v}\n")).collect(),
+            "/env" => std::env::vars()
+                .map(|(k, v)| format!("{k}={v}\n"))
+                .collect(),
             "/file/read" => outcome(std::fs::read("/etc/passwd").map(|b| b.len())),
             "/file/write" => outcome(std::fs::write("/tmp/edgefn-sandbox-escape", b"x")),
             "/tcp" => {
-                let addr = guest::query_param(&request, "addr").unwrap_or_else(|| "127.0.0.1:80".into());
+                let addr =
+                    guest::query_param(&request, "addr").unwrap_or_else(|| "127.0.0.1:80".into());
                 outcome(std::net::TcpStream::connect(addr.as_str()).map(|_| "connected"))
             }
             "/udp" => outcome(std::net::UdpSocket::bind("0.0.0.0:0").map(|_| "bound")),
             "/dns" => {
-                let name = guest::query_param(&request, "name").unwrap_or_else(|| "localhost".into());
+                let name =
+                    guest::query_param(&request, "name").unwrap_or_else(|| "localhost".into());
                 outcome((name.as_str(), 80).to_socket_addrs().map(|a| a.count()))
             }
             _ => "unknown sandbox path\n".to_string(),

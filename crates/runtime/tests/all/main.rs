@@ -51,9 +51,15 @@ pub struct Fixture {
     pub logs: Arc<MemoryLogs>,
 }
 
+impl Default for Fixture {
+    fn default() -> Self {
+        Self::with(|_| {})
+    }
+}
+
 impl Fixture {
     pub fn new() -> Self {
-        Self::with(|_| {})
+        Self::default()
     }
 
     pub fn with(adjust: impl FnOnce(&mut RuntimeConfig)) -> Self {
