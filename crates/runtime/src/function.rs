@@ -152,6 +152,14 @@ impl Function {
         Ok(())
     }
 
+    /// Creates one instance and destroys it: the cost of a fresh instance, for benchmarks.
+    #[doc(hidden)]
+    pub async fn instantiate_once(&self) -> Result<(), RuntimeError> {
+        let instance = self.instantiate(Instant::now() + self.limit()).await?;
+        drop(instance);
+        Ok(())
+    }
+
     fn limit(&self) -> Duration {
         Duration::from_millis(self.inner.settings.max_execution_ms)
     }

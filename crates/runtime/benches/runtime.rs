@@ -1,0 +1,179 @@
+//! In-process costs of the hello component, each beside the same operation done with plain
+//! Wasmtime defaults (on-demand allocator, fresh store) in the same run:
+//!
+//! - `hot_call`: a request served by a reused instance;
+//! - `fresh_call`: a request served by a new instance (`instance_reuse = 1`);
+//! - `instantiate`: creating (and destroying) one instance;
+//! - `cold_start_cached`: from nothing loaded to one ready instance, native code mapped from
+//!   the precompiled cache;
+//! - `cold_start_raw`: the same from the raw `.wasm` (compiling).
+//!
+//! Run with `cargo bench -p edgefn-runtime --bench runtime`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use edgefn_runtime::{DiscardLogs, FunctionSettings, InvokeContext, LoadSpec, Runtime, RuntimeConfig};
+use http_body_util::{BodyExt as _, Full};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+fn request() -> http::Request<Bytes> {
+    http::Request::get("http://example.com/").body(Bytes::new()).unwrap()
+}
+
+/// The peer: what an embedder gets from Wasmtime's defaults.
+struct PeerState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for PeerState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for PeerState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: Default::default() }
+    }
+}
+
+struct Peer {
+    engine: Engine,
+    linker: Linker<PeerState>,
+}
+
+impl Peer {
+    fn new() -> Self {
+        let engine = Engine::default();
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).unwrap();
+        Self { engine, linker }
+    }
+
+    fn store(&self) -> Store<PeerState> {
+        Store::new(
+            &self.engine,
+            PeerState { wasi: WasiCtx::builder().build(), http: WasiHttpCtx::new(), table: ResourceTable::new() },
+        )
+    }
+
+    fn pre(&self, component: &Component) -> ProxyPre<PeerState> {
+        ProxyPre::new(self.linker.instantiate_pre(component).unwrap()).unwrap()
+    }
+
+    async fn fresh_call(&self, pre: &ProxyPre<PeerState>) {
+        let mut store = self.store();
+        let proxy = pre.instantiate_async(&mut store).await.unwrap();
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let request = request().map(|b| Full::new(b).map_err(|n: std::convert::Infallible| -> wasmtime_wasi_http::Error { match n {} }));
+        let incoming = store.data_mut().http().new_incoming_request(Scheme::Http, request).unwrap();
+        let out = store.data_mut().http().new_response_outparam(sender).unwrap();
+        proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, out).await.unwrap();
+        let response = receiver.await.unwrap().unwrap();
+        response.into_body().collect().await.unwrap();
+    }
+}
+
+fn hello_in(dir: &Path) -> PathBuf {
+    edgefn_test_support::guest_in(dir, "hello")
+}
+
+fn settings(reuse: u32, min_hot: u32) -> FunctionSettings {
+    FunctionSettings { instance_reuse: reuse, min_hot_instances: min_hot, ..FunctionSettings::default() }
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = hello_in(dir.path());
+    let runtime = rt.block_on(async { Runtime::new(RuntimeConfig::new(Arc::new(DiscardLogs))).unwrap() });
+    let spec = |reuse, min_hot| LoadSpec {
+        function_id: "hello".into(),
+        version: 1,
+        artifact: artifact.clone(),
+        sha256: None,
+        settings: settings(reuse, min_hot),
+    };
+    let hot = rt.block_on(runtime.load(spec(1_000_000, 1))).unwrap();
+    let fresh = rt.block_on(runtime.load(spec(1, 0))).unwrap();
+    let peer = Peer::new();
+    let peer_component = Component::from_file(&peer.engine, &artifact).unwrap();
+    let peer_pre = peer.pre(&peer_component);
+    let peer_native = dir.path().join("peer.cwasm");
+    std::fs::write(&peer_native, peer.engine.precompile_component(&std::fs::read(&artifact).unwrap()).unwrap()).unwrap();
+
+    let mut group = c.benchmark_group("hot_call");
+    group.bench_function("edgefn", |b| {
+        b.to_async(&rt).iter(|| async { hot.handle(request(), InvokeContext::default()).await.unwrap() })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("fresh_call");
+    group.bench_function("edgefn", |b| {
+        b.to_async(&rt).iter(|| async { fresh.handle(request(), InvokeContext::default()).await.unwrap() })
+    });
+    group.bench_function("wasmtime-defaults", |b| b.to_async(&rt).iter(|| peer.fresh_call(&peer_pre)));
+    group.finish();
+
+    let mut group = c.benchmark_group("instantiate");
+    group.bench_function("edgefn-pooling", |b| b.to_async(&rt).iter(|| async { fresh.instantiate_once().await.unwrap() }));
+    group.bench_function("wasmtime-on-demand", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut store = peer.store();
+            peer_pre.instantiate_async(&mut store).await.unwrap();
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("cold_start_cached");
+    group.bench_function("edgefn", |b| b.to_async(&rt).iter(|| async { runtime.load(spec(1, 1)).await.unwrap() }));
+    group.bench_function("wasmtime-deserialize-file", |b| {
+        b.to_async(&rt).iter(|| async {
+            // SAFETY: written above by `precompile_component` of this engine.
+            #[expect(unsafe_code, reason = "benchmark peer of our precompiled cache")]
+            let component = unsafe { Component::deserialize_file(&peer.engine, &peer_native).unwrap() };
+            let pre = peer.pre(&component);
+            let mut store = peer.store();
+            pre.instantiate_async(&mut store).await.unwrap();
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("cold_start_raw");
+    group.sample_size(10).measurement_time(Duration::from_secs(20));
+    group.bench_function("edgefn", |b| {
+        b.to_async(&rt).iter(|| async {
+            for entry in std::fs::read_dir(dir.path()).unwrap() {
+                let path = entry.unwrap().path();
+                if path.to_string_lossy().contains(".cwasm") && !path.ends_with("peer.cwasm") {
+                    std::fs::remove_file(path).unwrap();
+                }
+            }
+            runtime.load(spec(1, 1)).await.unwrap()
+        })
+    });
+    group.bench_function("wasmtime-compile", |b| {
+        b.to_async(&rt).iter(|| async {
+            let component = Component::from_file(&peer.engine, &artifact).unwrap();
+            let pre = peer.pre(&component);
+            let mut store = peer.store();
+            pre.instantiate_async(&mut store).await.unwrap();
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(name = runtime; config = Criterion::default().measurement_time(Duration::from_secs(5)); targets = benches);
+criterion_main!(runtime);
