@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use edgefn_runtime::{DiscardLogs, FunctionSettings, InvokeContext, LoadSpec, Runtime, RuntimeConfig};
+use edgefn_runtime::{
+    DiscardLogs, FunctionSettings, InvokeContext, LoadSpec, Runtime, RuntimeConfig,
+};
 use http_body_util::{BodyExt as _, Full};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
@@ -26,7 +28,9 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 fn request() -> http::Request<Bytes> {
-    http::Request::get("http://example.com/").body(Bytes::new()).unwrap()
+    http::Request::get("http://example.com/")
+        .body(Bytes::new())
+        .unwrap()
 }
 
 /// The peer: what an embedder gets from Wasmtime's defaults.
@@ -38,13 +42,20 @@ struct PeerState {
 
 impl WasiView for PeerState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for PeerState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: Default::default() }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
     }
 }
 
@@ -65,7 +76,11 @@ impl Peer {
     fn store(&self) -> Store<PeerState> {
         Store::new(
             &self.engine,
-            PeerState { wasi: WasiCtx::builder().build(), http: WasiHttpCtx::new(), table: ResourceTable::new() },
+            PeerState {
+                wasi: WasiCtx::builder().build(),
+                http: WasiHttpCtx::new(),
+                table: ResourceTable::new(),
+            },
         )
     }
 
@@ -77,10 +92,25 @@ impl Peer {
         let mut store = self.store();
         let proxy = pre.instantiate_async(&mut store).await.unwrap();
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        let request = request().map(|b| Full::new(b).map_err(|n: std::convert::Infallible| -> wasmtime_wasi_http::Error { match n {} }));
-        let incoming = store.data_mut().http().new_incoming_request(Scheme::Http, request).unwrap();
-        let out = store.data_mut().http().new_response_outparam(sender).unwrap();
-        proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, out).await.unwrap();
+        let request = request().map(|b| {
+            Full::new(b)
+                .map_err(|n: std::convert::Infallible| -> wasmtime_wasi_http::Error { match n {} })
+        });
+        let incoming = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .unwrap();
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .unwrap();
+        proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, incoming, out)
+            .await
+            .unwrap();
         let response = receiver.await.unwrap().unwrap();
         response.into_body().collect().await.unwrap();
     }
@@ -91,14 +121,23 @@ fn hello_in(dir: &Path) -> PathBuf {
 }
 
 fn settings(reuse: u32, min_hot: u32) -> FunctionSettings {
-    FunctionSettings { instance_reuse: reuse, min_hot_instances: min_hot, ..FunctionSettings::default() }
+    FunctionSettings {
+        instance_reuse: reuse,
+        min_hot_instances: min_hot,
+        ..FunctionSettings::default()
+    }
 }
 
 fn benches(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let artifact = hello_in(dir.path());
-    let runtime = rt.block_on(async { Runtime::new(RuntimeConfig::new(Arc::new(DiscardLogs))).unwrap() });
+    let runtime =
+        rt.block_on(async { Runtime::new(RuntimeConfig::new(Arc::new(DiscardLogs))).unwrap() });
     let spec = |reuse, min_hot| LoadSpec {
         function_id: "hello".into(),
         version: 1,
@@ -112,23 +151,43 @@ fn benches(c: &mut Criterion) {
     let peer_component = Component::from_file(&peer.engine, &artifact).unwrap();
     let peer_pre = peer.pre(&peer_component);
     let peer_native = dir.path().join("peer.cwasm");
-    std::fs::write(&peer_native, peer.engine.precompile_component(&std::fs::read(&artifact).unwrap()).unwrap()).unwrap();
+    std::fs::write(
+        &peer_native,
+        peer.engine
+            .precompile_component(&std::fs::read(&artifact).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
 
     let mut group = c.benchmark_group("hot_call");
     group.bench_function("edgefn", |b| {
-        b.to_async(&rt).iter(|| async { hot.handle(request(), InvokeContext::default()).await.unwrap() })
+        b.to_async(&rt).iter(|| async {
+            hot.handle(request(), InvokeContext::default())
+                .await
+                .unwrap()
+        })
     });
     group.finish();
 
     let mut group = c.benchmark_group("fresh_call");
     group.bench_function("edgefn", |b| {
-        b.to_async(&rt).iter(|| async { fresh.handle(request(), InvokeContext::default()).await.unwrap() })
+        b.to_async(&rt).iter(|| async {
+            fresh
+                .handle(request(), InvokeContext::default())
+                .await
+                .unwrap()
+        })
     });
-    group.bench_function("wasmtime-defaults", |b| b.to_async(&rt).iter(|| peer.fresh_call(&peer_pre)));
+    group.bench_function("wasmtime-defaults", |b| {
+        b.to_async(&rt).iter(|| peer.fresh_call(&peer_pre))
+    });
     group.finish();
 
     let mut group = c.benchmark_group("instantiate");
-    group.bench_function("edgefn-pooling", |b| b.to_async(&rt).iter(|| async { fresh.instantiate_once().await.unwrap() }));
+    group.bench_function("edgefn-pooling", |b| {
+        b.to_async(&rt)
+            .iter(|| async { fresh.instantiate_once().await.unwrap() })
+    });
     group.bench_function("wasmtime-on-demand", |b| {
         b.to_async(&rt).iter(|| async {
             let mut store = peer.store();
@@ -138,12 +197,16 @@ fn benches(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("cold_start_cached");
-    group.bench_function("edgefn", |b| b.to_async(&rt).iter(|| async { runtime.load(spec(1, 1)).await.unwrap() }));
+    group.bench_function("edgefn", |b| {
+        b.to_async(&rt)
+            .iter(|| async { runtime.load(spec(1, 1)).await.unwrap() })
+    });
     group.bench_function("wasmtime-deserialize-file", |b| {
         b.to_async(&rt).iter(|| async {
             // SAFETY: written above by `precompile_component` of this engine.
             #[expect(unsafe_code, reason = "benchmark peer of our precompiled cache")]
-            let component = unsafe { Component::deserialize_file(&peer.engine, &peer_native).unwrap() };
+            let component =
+                unsafe { Component::deserialize_file(&peer.engine, &peer_native).unwrap() };
             let pre = peer.pre(&component);
             let mut store = peer.store();
             pre.instantiate_async(&mut store).await.unwrap();
@@ -152,7 +215,9 @@ fn benches(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("cold_start_raw");
-    group.sample_size(10).measurement_time(Duration::from_secs(20));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
     group.bench_function("edgefn", |b| {
         b.to_async(&rt).iter(|| async {
             for entry in std::fs::read_dir(dir.path()).unwrap() {

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use edgefn_runtime::{DiscardLogs, FunctionSettings, InvokeContext, LoadSpec, Runtime, RuntimeConfig};
+use edgefn_runtime::{
+    DiscardLogs, FunctionSettings, InvokeContext, LoadSpec, Runtime, RuntimeConfig,
+};
 
 const LIMIT: Duration = Duration::from_millis(50);
 const RUNS: usize = 200;
@@ -30,7 +32,11 @@ fn report(name: &str, mut overshoots: Vec<Duration>) {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let artifact = edgefn_test_support::guest_in(dir.path(), "spin");
     let stop = Arc::new(AtomicBool::new(false));
@@ -47,18 +53,32 @@ fn main() {
         .collect();
     let (guest, sleep) = rt.block_on(async {
         let runtime = Runtime::new(RuntimeConfig::new(Arc::new(DiscardLogs))).unwrap();
-        let settings = FunctionSettings { max_execution_ms: LIMIT.as_millis() as u64, ..FunctionSettings::default() };
+        let settings = FunctionSettings {
+            max_execution_ms: LIMIT.as_millis() as u64,
+            ..FunctionSettings::default()
+        };
         let spin = runtime
-            .load(LoadSpec { function_id: "spin".into(), version: 1, artifact, sha256: None, settings })
+            .load(LoadSpec {
+                function_id: "spin".into(),
+                version: 1,
+                artifact,
+                sha256: None,
+                settings,
+            })
             .await
             .unwrap();
         let mut guest = Vec::with_capacity(RUNS);
         let mut sleep = Vec::with_capacity(RUNS);
         for _ in 0..RUNS {
             let started = Instant::now();
-            let request = http::Request::get("http://example.com/").body(Bytes::new()).unwrap();
+            let request = http::Request::get("http://example.com/")
+                .body(Bytes::new())
+                .unwrap();
             let outcome = spin.handle(request, InvokeContext::default()).await;
-            assert!(matches!(outcome, Err(edgefn_runtime::RuntimeError::Timeout { .. })));
+            assert!(matches!(
+                outcome,
+                Err(edgefn_runtime::RuntimeError::Timeout { .. })
+            ));
             guest.push(started.elapsed().saturating_sub(LIMIT));
             let started = Instant::now();
             tokio::time::sleep(LIMIT).await;

@@ -259,3 +259,20 @@ async fn a_deadline_earlier_than_the_limit_wins() {
     assert!(matches!(error, RuntimeError::Timeout { .. }), "{error}");
     assert!(started.elapsed() < Duration::from_secs(1));
 }
+
+#[tokio::test]
+async fn fuel_metering_stops_a_guest_that_runs_out() {
+    let fixture = Fixture::with(|config| config.fuel = Some(5_000_000));
+    let cpu = fixture
+        .load("cpu", FunctionSettings::default())
+        .await
+        .unwrap();
+    // A light request fits in the budget; a heavy one exhausts it long before its time limit.
+    call(&cpu, "/?n=1000").await.unwrap();
+    let started = Instant::now();
+    let error = call(&cpu, "/?n=4000000000").await.unwrap_err();
+    assert!(matches!(error, RuntimeError::Timeout { .. }), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Fuel is refilled for each request of a reused instance.
+    call(&cpu, "/?n=1000").await.unwrap();
+}

@@ -179,9 +179,8 @@ async fn refuses_an_artifact_over_the_size_limit_without_reading_it() {
     assert!(reason(result).contains("over the limit"));
 }
 
-/// A module with one function of `instructions` × (`i32.const 1`, `drop`): valid, and as slow
-/// to compile as its size makes it.
-fn huge_function_module(instructions: usize) -> Vec<u8> {
+/// A module whose `_start` has `body` as its code (no locals, `end` appended).
+fn module_with_body(body_instructions: &[u8]) -> Vec<u8> {
     fn leb(mut value: usize, out: &mut Vec<u8>) {
         loop {
             let byte = (value & 0x7f) as u8;
@@ -199,9 +198,7 @@ fn huge_function_module(instructions: usize) -> Vec<u8> {
         out.extend_from_slice(payload);
     }
     let mut body = vec![0u8]; // no locals
-    for _ in 0..instructions {
-        body.extend_from_slice(&[0x41, 0x01, 0x1a]);
-    }
+    body.extend_from_slice(body_instructions);
     body.push(0x0b);
     let mut code = vec![1u8];
     leb(body.len(), &mut code);
@@ -232,7 +229,8 @@ async fn a_pathological_module_is_stopped_by_the_compile_limits_while_others_kee
         .load("hello", FunctionSettings::default())
         .await
         .unwrap();
-    let module = huge_function_module(3_000_000);
+    // One function of three million `i32.const 1; drop` pairs.
+    let module = module_with_body(&[0x41, 0x01, 0x1a].repeat(3_000_000));
     let started = Instant::now();
     let compile = load_bytes(&fixture, &module, FunctionSettings::default());
     let serve = async {
@@ -317,5 +315,38 @@ async fn precompiled_code_is_cached_beside_the_artifact_and_survives_tampering()
     assert!(
         warm_load < Duration::from_secs(1),
         "loading from the cache took {warm_load:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_deeply_nested_module_is_handled_without_harming_the_node() {
+    let fixture = Fixture::with(|config| {
+        config.compiler = CompilerConfig {
+            timeout: Duration::from_secs(5),
+            ..config.compiler.clone()
+        };
+    });
+    let hello = fixture
+        .load("hello", FunctionSettings::default())
+        .await
+        .unwrap();
+    // 200,000 nested `block`s, then as many `end`s.
+    let depth = 200_000;
+    let mut body = [0x02, 0x40].repeat(depth);
+    body.extend(std::iter::repeat_n(0x0b, depth));
+    let result = load_bytes(
+        &fixture,
+        &module_with_body(&body),
+        FunctionSettings::default(),
+    )
+    .await;
+    // Whether Wasmtime accepts this depth is its business; ours is a clean answer either way.
+    match result {
+        Ok(_) | Err(RuntimeError::InvalidArtifact { .. }) => {}
+        Err(other) => panic!("unexpected error: {other}"),
+    }
+    assert_eq!(
+        crate::body_text(&call(&hello, "/").await.unwrap()),
+        "Hello, edgefn!\n"
     );
 }

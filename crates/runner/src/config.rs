@@ -1,0 +1,136 @@
+//! The runner's flags. Each has an `EDGEFN_…` environment variable; the doc comment of each
+//! field is its `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edgefn-runner",
+    version,
+    about = "The edgefn edge node: serves WebAssembly HTTP functions"
+)]
+pub struct RunnerArgs {
+    /// TOML manifest of the functions and routes to serve.
+    #[arg(long, env = "EDGEFN_MANIFEST")]
+    pub manifest: PathBuf,
+    /// Address of the public HTTP(S) listener (port 0 picks a free port).
+    #[arg(long, env = "EDGEFN_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain; with --tls-key, the listener speaks TLS (HTTP/1.1 and HTTP/2).
+    #[arg(long, env = "EDGEFN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "EDGEFN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Address of the admin listener (/metrics, /healthz, /readyz).
+    #[arg(long, env = "EDGEFN_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// Directory of the artifact cache.
+    #[arg(long, env = "EDGEFN_CACHE_DIR", default_value = ".edgefn/cache")]
+    pub cache_dir: PathBuf,
+    /// This node's id, in logs and metrics.
+    #[arg(long, env = "EDGEFN_NODE_ID", default_value = "local")]
+    pub node_id: String,
+    /// Labels of this node, e.g. `region=tokyo,pop=tokyo-1`.
+    #[arg(long, env = "EDGEFN_LABELS", value_parser = parse_labels, default_value = "")]
+    pub labels: Labels,
+    /// Largest total size of cached artifacts, in bytes.
+    #[arg(long, env = "EDGEFN_CACHE_MAX_BYTES", default_value_t = 10 << 30)]
+    pub cache_max_bytes: u64,
+    /// Most artifacts kept in the cache.
+    #[arg(long, env = "EDGEFN_CACHE_MAX_FILES", default_value_t = 1000)]
+    pub cache_max_files: usize,
+    /// Node-wide budget for the linear memory of hot instances, in bytes.
+    #[arg(long, env = "EDGEFN_MEMORY_BUDGET_BYTES", default_value_t = 4 << 30)]
+    pub memory_budget_bytes: u64,
+    /// Largest memory_pages (64 KiB each) a function may ask for.
+    #[arg(long, env = "EDGEFN_MAX_MEMORY_PAGES", default_value_t = 4096)]
+    pub max_memory_pages: u64,
+    /// Instance slots the pooling allocator reserves.
+    #[arg(long, env = "EDGEFN_POOL_INSTANCES", default_value_t = 1000)]
+    pub pool_instances: u32,
+    /// Concurrent executions per tenant.
+    #[arg(long, env = "EDGEFN_TENANT_MAX_CONCURRENT", default_value_t = 100)]
+    pub tenant_max_concurrent: u32,
+    /// Invocations per minute per tenant.
+    #[arg(
+        long,
+        env = "EDGEFN_TENANT_INVOCATIONS_PER_MINUTE",
+        default_value_t = 10_000
+    )]
+    pub tenant_invocations_per_minute: u32,
+    /// Largest request body, in bytes (larger: 413).
+    #[arg(long, env = "EDGEFN_MAX_REQUEST_BODY_BYTES", default_value_t = 16 << 20)]
+    pub max_request_body_bytes: u64,
+    /// Largest request head (request line plus headers), in bytes (larger: 431).
+    #[arg(long, env = "EDGEFN_MAX_HEADER_BYTES", default_value_t = 64 << 10)]
+    pub max_header_bytes: usize,
+    /// Seconds in-flight requests may take to finish after SIGTERM.
+    #[arg(long, env = "EDGEFN_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    pub drain_timeout_secs: u64,
+    /// Networks outbound HTTP from guests may reach besides public addresses (CIDR, repeat
+    /// the flag or separate with commas), e.g. an internal API at `10.1.0.0/16`.
+    #[arg(long, env = "EDGEFN_OUTBOUND_ALLOW_NETWORKS", value_delimiter = ',')]
+    pub outbound_allow_networks: Vec<edgefn_runtime::outbound::Network>,
+    /// First delay between artifact download attempts, in milliseconds (doubles to 60 s).
+    #[arg(long, env = "EDGEFN_FETCH_BACKOFF_MS", default_value_t = 1000)]
+    pub fetch_backoff_ms: u64,
+}
+
+/// `key=value` pairs in the order given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Labels(pub Vec<(String, String)>);
+
+fn parse_labels(text: &str) -> Result<Labels, String> {
+    let mut labels = Vec::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("label {pair:?} is not key=value"))?;
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        {
+            return Err(format!(
+                "label key {key:?} must be letters, digits, '_', '-' or '.'"
+            ));
+        }
+        labels.push((key.to_string(), value.to_string()));
+    }
+    Ok(Labels(labels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse_and_bad_ones_are_refused() {
+        assert_eq!(
+            parse_labels("region=tokyo, pop=tokyo-1").unwrap(),
+            Labels(vec![
+                ("region".into(), "tokyo".into()),
+                ("pop".into(), "tokyo-1".into())
+            ])
+        );
+        assert_eq!(parse_labels("").unwrap(), Labels::default());
+        assert!(parse_labels("region").is_err());
+        assert!(parse_labels("=x").is_err());
+    }
+
+    #[test]
+    fn every_flag_is_documented() {
+        use clap::CommandFactory as _;
+        let command = RunnerArgs::command();
+        command.clone().debug_assert();
+        for arg in command.get_arguments() {
+            if arg.get_id() != "help" && arg.get_id() != "version" {
+                assert!(arg.get_help().is_some(), "--{} has no help", arg.get_id());
+            }
+        }
+    }
+}

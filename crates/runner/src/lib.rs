@@ -1,0 +1,168 @@
+//! `edgefn-runner`: the edge node. It serves the functions and routes of a manifest (later
+//! fed by the control plane) through an HTTP(S) front, a host/path/method/priority router,
+//! per-tenant quotas and the `edgefn-runtime` instance pools, with a verified LRU artifact
+//! cache, Prometheus metrics and JSON logs.
+//!
+//! Wiring: [`run`] validates the manifest, binds the listeners, opens the cache (verifying
+//! every artifact), creates the runtime and the [`node::Node`], reconciles the node to the
+//! manifest, then serves until the shutdown future resolves and drains.
+//!
+//! Modules: `router` (pure route table), `manifest`, `cache`, `fetch`, `quotas`,
+//! `metrics`, `logs`, `node` (state and reconcile), `server` (the front), `admin`, `config`.
+
+pub mod admin;
+pub mod cache;
+pub mod config;
+pub mod fetch;
+pub mod logs;
+pub mod manifest;
+pub mod metrics;
+pub mod node;
+pub mod quotas;
+pub mod router;
+pub mod server;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use edgefn_runtime::{CompilerConfig, Runtime, RuntimeConfig};
+use serde_json::json;
+
+use crate::cache::{ArtifactCache, CacheLimits};
+use crate::config::RunnerArgs;
+use crate::fetch::{Backoff, Fetcher};
+use crate::manifest::Manifest;
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::quotas::{QuotaLimits, TenantQuotas};
+use crate::server::FrontConfig;
+
+/// Logs a bound address in the one fixed format tests and tools read:
+/// `{"message":"listening","listener":NAME,"address":"IP:PORT",...}`.
+fn log_listening(node_id: &str, listener: &str, address: std::net::SocketAddr) {
+    logs::write_line(&json!({
+        "timestamp": logs::rfc3339(std::time::SystemTime::now()),
+        "level": "INFO",
+        "message": "listening",
+        "node_id": node_id,
+        "listener": listener,
+        "address": address.to_string(),
+    }));
+}
+
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("cannot read certificate {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("invalid certificate {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read private key {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("certificate and key do not form a usable pair")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Runs a runner until `shutdown` resolves, then drains in-flight requests.
+pub async fn run(
+    args: RunnerArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // Everything that can be checked is checked before a socket is bound.
+    let manifest = Manifest::load(&args.manifest)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let per_minute = NonZeroU32::new(args.tenant_invocations_per_minute)
+        .context("--tenant-invocations-per-minute must be positive")?;
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
+    log_listening(
+        &args.node_id,
+        if tls.is_some() { "https" } else { "http" },
+        listener.local_addr()?,
+    );
+    log_listening(&args.node_id, "admin", admin_listener.local_addr()?);
+
+    let metrics = Arc::new(Metrics::new());
+    let cache_limits = CacheLimits {
+        max_bytes: args.cache_max_bytes,
+        max_files: args.cache_max_files,
+    };
+    let (cache, corrupt) = ArtifactCache::open(&args.cache_dir, cache_limits)
+        .with_context(|| format!("cannot open the cache at {}", args.cache_dir.display()))?;
+    for artifact in corrupt {
+        metrics.corrupt_artifacts.inc();
+        logs::write_line(&json!({
+            "timestamp": logs::rfc3339(std::time::SystemTime::now()),
+            "level": "ERROR",
+            "message": "deleted a corrupt cached artifact",
+            "node_id": args.node_id,
+            "path": artifact.path.display().to_string(),
+            "reason": artifact.reason,
+        }));
+    }
+
+    let mut runtime_config = RuntimeConfig::new(Arc::new(logs::JsonLogSink {
+        node_id: args.node_id.clone(),
+    }));
+    runtime_config.max_memory_pages = args.max_memory_pages;
+    runtime_config.memory_budget_bytes = args.memory_budget_bytes;
+    runtime_config.pool_instances = args.pool_instances;
+    runtime_config.max_request_body_bytes = args.max_request_body_bytes;
+    runtime_config.outbound_allowed_networks = args.outbound_allow_networks.clone();
+    // Untrusted artifacts are compiled by this same binary in a child process with rlimits.
+    runtime_config.compiler = CompilerConfig {
+        worker_program: Some(std::env::current_exe().context("cannot find this executable")?),
+        ..CompilerConfig::default()
+    };
+    let runtime = Runtime::new(runtime_config)?;
+    let backoff = Backoff {
+        initial: Duration::from_millis(args.fetch_backoff_ms),
+        ..Backoff::default()
+    };
+    let node = Node::new(
+        args.node_id.clone(),
+        runtime,
+        cache,
+        TenantQuotas::new(QuotaLimits {
+            max_concurrent: args.tenant_max_concurrent,
+            per_minute,
+        }),
+        metrics,
+        Fetcher::new(backoff, 50 << 20),
+    );
+    node.reconcile(&manifest);
+
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = tokio::spawn(admin::serve(admin_listener, node.clone(), async move {
+        let _ = admin_stopped.await;
+    }));
+    let front = FrontConfig {
+        max_request_body_bytes: args.max_request_body_bytes,
+        max_header_bytes: args.max_header_bytes,
+        drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+    };
+    server::serve(listener, tls, node.clone(), front, shutdown).await;
+    let _ = stop_admin.send(());
+    let _ = admin.await;
+    node.cache.persist();
+    Ok(())
+}

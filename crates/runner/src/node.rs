@@ -1,0 +1,279 @@
+//! The state of an edge node — its runtime, cache, quotas, metrics, loaded functions and
+//! route table — and `reconcile`, the one path that changes what the node runs. Start-up
+//! is a reconcile from empty; a control plane (later) only feeds new desired states here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use edgefn_runtime::{Function, LoadSpec, Runtime, RuntimeError};
+use tokio::sync::watch;
+
+use crate::cache::{ArtifactCache, CacheError};
+use crate::fetch::Fetcher;
+use crate::manifest::{FunctionEntry, Manifest, RouteTarget};
+use crate::metrics::{FunctionLabels, Metrics};
+use crate::quotas::TenantQuotas;
+use crate::router::RouteTable;
+
+/// Where a function version stands on this node.
+#[derive(Clone)]
+pub enum VersionState {
+    /// Being fetched, verified, compiled or pre-warmed.
+    Loading,
+    Ready(Function),
+    /// Could not be loaded; the message says why.
+    Failed(String),
+}
+
+/// One desired function version and its state.
+pub struct VersionSlot {
+    pub entry: FunctionEntry,
+    state: watch::Sender<VersionState>,
+}
+
+impl VersionSlot {
+    pub fn state(&self) -> VersionState {
+        self.state.borrow().clone()
+    }
+
+    /// Waits until the version is no longer loading, at most until `deadline`.
+    pub async fn settled(&self, deadline: Instant) -> Option<VersionState> {
+        let mut receiver = self.state.subscribe();
+        let waited = tokio::time::timeout_at(
+            deadline.into(),
+            receiver.wait_for(|s| !matches!(s, VersionState::Loading)),
+        );
+        match waited.await {
+            Ok(Ok(state)) => Some(state.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Function versions by id, newest last.
+pub type Functions = HashMap<String, BTreeMap<u64, Arc<VersionSlot>>>;
+
+pub struct Node {
+    pub node_id: String,
+    pub runtime: Runtime,
+    pub cache: Arc<ArtifactCache>,
+    pub quotas: Arc<TenantQuotas>,
+    pub metrics: Arc<Metrics>,
+    pub fetcher: Arc<Fetcher>,
+    routes: ArcSwap<RouteTable<RouteTarget>>,
+    functions: ArcSwap<Functions>,
+}
+
+impl Node {
+    pub fn new(
+        node_id: String,
+        runtime: Runtime,
+        cache: ArtifactCache,
+        quotas: Arc<TenantQuotas>,
+        metrics: Arc<Metrics>,
+        fetcher: Fetcher,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            node_id,
+            runtime,
+            cache: Arc::new(cache),
+            quotas,
+            metrics,
+            fetcher: Arc::new(fetcher),
+            routes: ArcSwap::from_pointee(RouteTable::default()),
+            functions: ArcSwap::from_pointee(Functions::new()),
+        })
+    }
+
+    pub fn routes(&self) -> arc_swap::Guard<Arc<RouteTable<RouteTarget>>> {
+        self.routes.load()
+    }
+
+    pub fn functions(&self) -> arc_swap::Guard<Arc<Functions>> {
+        self.functions.load()
+    }
+
+    /// The slot a route target names: its version, or the newest one.
+    pub fn slot(&self, target: &RouteTarget) -> Option<Arc<VersionSlot>> {
+        let functions = self.functions.load();
+        let versions = functions.get(&target.function_id)?;
+        match target.version {
+            Some(version) => versions.get(&version).cloned(),
+            None => versions.values().next_back().cloned(),
+        }
+    }
+
+    /// Whether every desired version has settled (ready or failed).
+    pub fn settled(&self) -> bool {
+        self.functions
+            .load()
+            .values()
+            .flat_map(BTreeMap::values)
+            .all(|s| !matches!(s.state(), VersionState::Loading))
+    }
+
+    /// Makes the node serve `manifest`: versions no longer wanted are dropped (their pools
+    /// destroyed), new ones are loaded in the background, and the route table is swapped in
+    /// one step. Versions already present with the same entry are kept as they are.
+    pub fn reconcile(self: &Arc<Self>, manifest: &Manifest) {
+        let current = self.functions.load_full();
+        let mut next = Functions::new();
+        for entry in &manifest.functions {
+            let existing = current
+                .get(&entry.id)
+                .and_then(|v| v.get(&entry.version))
+                .filter(|s| s.entry == *entry);
+            let slot = match existing {
+                Some(slot) => slot.clone(),
+                None => {
+                    let slot = Arc::new(VersionSlot {
+                        entry: entry.clone(),
+                        state: watch::Sender::new(VersionState::Loading),
+                    });
+                    let node = self.clone();
+                    let loading = slot.clone();
+                    tokio::spawn(async move { node.load_version(&loading).await });
+                    slot
+                }
+            };
+            next.entry(entry.id.clone())
+                .or_default()
+                .insert(entry.version, slot);
+        }
+        match RouteTable::new(manifest.routes.clone()) {
+            Ok(table) => {
+                self.functions.store(Arc::new(next));
+                self.routes.store(Arc::new(table));
+            }
+            // Manifests are validated on load; a table that still fails keeps the old state.
+            Err((index, error)) => tracing::error!(route = index, %error, "refusing a route table"),
+        }
+    }
+
+    async fn load_version(&self, slot: &VersionSlot) {
+        let entry = &slot.entry;
+        let state = match self.load_function(entry).await {
+            Ok(function) => {
+                tracing::info!(function_id = %entry.id, version = entry.version, "function ready");
+                VersionState::Ready(function)
+            }
+            Err(message) => {
+                tracing::error!(function_id = %entry.id, version = entry.version, error = %message, "function failed to load");
+                VersionState::Failed(message)
+            }
+        };
+        slot.state.send_replace(state);
+    }
+
+    /// Cached artifact, or fetched into the cache; then loaded. A cached file that fails its
+    /// hash check at load is deleted and fetched once more.
+    async fn load_function(&self, entry: &FunctionEntry) -> Result<Function, String> {
+        for attempt in 0..2 {
+            let (path, sha256) = match self.cache.get(&entry.id, entry.version) {
+                Some(cached) if entry.sha256.as_ref().is_none_or(|s| *s == cached.1) => cached,
+                _ => self.fetch_into_cache(entry).await?,
+            };
+            self.cache.touch(&entry.id, entry.version);
+            let spec = LoadSpec {
+                function_id: entry.id.clone(),
+                version: entry.version,
+                artifact: path,
+                sha256: Some(sha256),
+                settings: entry.settings.clone(),
+            };
+            match self.runtime.load(spec).await {
+                Ok(function) => return Ok(function),
+                Err(RuntimeError::InvalidArtifact { reason })
+                    if attempt == 0 && reason.starts_with("sha256 mismatch") =>
+                {
+                    tracing::error!(function_id = %entry.id, version = entry.version, %reason, "cached artifact is corrupt; fetching again");
+                    self.metrics.corrupt_artifacts.inc();
+                    self.cache.remove(&entry.id, entry.version);
+                }
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+        Err("artifact stayed corrupt after a fresh fetch".into())
+    }
+
+    async fn fetch_into_cache(
+        &self,
+        entry: &FunctionEntry,
+    ) -> Result<(std::path::PathBuf, String), String> {
+        let bytes = self
+            .fetcher
+            .fetch(&entry.source, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let cache = self.cache.clone();
+        let (id, version, expected) = (entry.id.clone(), entry.version, entry.sha256.clone());
+        let (before, _) = cache.usage();
+        let inserted = tokio::task::spawn_blocking(move || {
+            cache.insert(&id, version, &bytes, expected.as_deref())
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        match inserted {
+            Ok(inserted) => {
+                let (after, _) = self.cache.usage();
+                if after < before {
+                    self.metrics.cache_evictions.inc();
+                }
+                Ok(inserted)
+            }
+            Err(CacheError::Sha256Mismatch { expected, actual }) => Err(format!(
+                "sha256 mismatch: expected {expected}, downloaded {actual}"
+            )),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// Brings gauges and runtime-derived counters up to date before a scrape.
+    pub fn refresh_metrics(&self) {
+        let metrics = &self.metrics;
+        let mut ready = 0;
+        let mut dropped_logs: HashMap<&str, u64> = HashMap::new();
+        let mut per_function: HashMap<String, (i64, i64, u64)> = HashMap::new();
+        let functions = self.functions.load();
+        for (id, versions) in functions.iter() {
+            for slot in versions.values() {
+                if let VersionState::Ready(function) = slot.state() {
+                    ready += 1;
+                    let stats = function.pool_stats();
+                    let totals = per_function.entry(id.clone()).or_default();
+                    totals.0 += stats.busy_instances as i64;
+                    totals.1 += stats.idle_instances as i64;
+                    totals.2 += stats.evictions;
+                    dropped_logs.insert(id, self.runtime.dropped_logs(id));
+                }
+            }
+        }
+        metrics.functions_ready.set(ready);
+        for (id, (busy, idle, evictions)) in per_function {
+            let labels = FunctionLabels {
+                function_id: id.clone(),
+            };
+            metrics.hot_instances.get_or_create(&labels).set(busy);
+            metrics.idle_instances.get_or_create(&labels).set(idle);
+            metrics.advance(
+                &metrics.instance_evictions.get_or_create(&labels),
+                "instance_evictions",
+                &id,
+                evictions,
+            );
+        }
+        for (id, dropped) in dropped_logs {
+            let labels = FunctionLabels {
+                function_id: id.to_string(),
+            };
+            metrics.advance(
+                &metrics.guest_logs_dropped.get_or_create(&labels),
+                "guest_logs_dropped",
+                id,
+                dropped,
+            );
+        }
+    }
+}

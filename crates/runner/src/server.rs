@@ -1,0 +1,391 @@
+//! The HTTP(S) front: accept, parse, route, apply quotas, invoke, answer, log, count.
+//! HTTP/1.1 and HTTP/2 (negotiated by ALPN under TLS), request-size limits, and a graceful
+//! drain of in-flight requests on shutdown.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use edgefn_runtime::{InvokeContext, RuntimeError};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::logs::RequestLog;
+use crate::metrics::{ErrorLabels, FunctionLabels, QuotaLabels};
+use crate::node::{Node, VersionState};
+
+/// Limits of the front.
+#[derive(Clone, Copy, Debug)]
+pub struct FrontConfig {
+    pub max_request_body_bytes: u64,
+    /// Largest request head (request line and headers); larger ones get 431.
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    pub drain_timeout: Duration,
+}
+
+impl Default for FrontConfig {
+    fn default() -> Self {
+        Self {
+            max_request_body_bytes: 16 << 20,
+            max_header_bytes: 64 << 10,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Serves until `shutdown` resolves, then stops accepting and drains open connections.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    node: Arc<Node>,
+    config: FrontConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper refuses buffers under 8 KiB.
+    builder
+        .http1()
+        .max_buf_size(config.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .max_header_list_size(config.max_header_bytes.min(u32::MAX as usize) as u32);
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let node = node.clone();
+            async move { Ok::<_, Infallible>(handle(&node, config, request).await) }
+        });
+        let builder = builder.clone();
+        match &tls {
+            None => {
+                let connection = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                tokio::spawn(graceful.watch(connection));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await
+                    else {
+                        return;
+                    };
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
+                    let _ = watcher.watch(connection).await;
+                });
+            }
+        }
+    }
+    if tokio::time::timeout(config.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout passed with requests still running");
+    }
+}
+
+/// A request id from the client is kept when it is short and plain; otherwise a new one.
+fn request_id(headers: &http::HeaderMap) -> String {
+    let given = headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        });
+    match given {
+        Some(id) => id.to_string(),
+        None => format!(
+            "{:016x}{:016x}",
+            crate::fetch::random_u64(),
+            crate::fetch::random_u64()
+        ),
+    }
+}
+
+/// One table from runtime errors to HTTP statuses.
+pub fn status_for(error: &RuntimeError) -> StatusCode {
+    match error {
+        RuntimeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        RuntimeError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        RuntimeError::BodyTooLarge {
+            what: "request", ..
+        } => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// What a client may read about an error: the kind, never host internals.
+fn public_message(error: &RuntimeError) -> String {
+    match error {
+        RuntimeError::Timeout { limit } => {
+            format!("function timed out after {} ms", limit.as_millis())
+        }
+        RuntimeError::MemoryLimit { .. } => "function exceeded its memory limit".into(),
+        RuntimeError::Trap { .. } => "function failed".into(),
+        RuntimeError::Overloaded => "function overloaded, try again".into(),
+        RuntimeError::BodyTooLarge { what, limit_bytes } => {
+            format!("{what} body over {limit_bytes} bytes")
+        }
+        RuntimeError::CapabilityDenied { .. } => "function used a denied capability".into(),
+        _ => "internal error".into(),
+    }
+}
+
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    let body = json!({ "error": { "code": code, "message": message } }).to_string();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// What happened to a request, for the log line and metrics.
+struct Outcome {
+    response: Response<Full<Bytes>>,
+    function_id: Option<String>,
+    execution_status: String,
+    error_message: Option<String>,
+}
+
+impl Outcome {
+    fn refused(status: StatusCode, code: &str, message: &str, function_id: Option<String>) -> Self {
+        Self {
+            response: error_response(status, code, message),
+            function_id,
+            execution_status: code.to_string(),
+            error_message: Some(message.to_string()),
+        }
+    }
+}
+
+async fn handle(
+    node: &Node,
+    config: FrontConfig,
+    request: http::Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let start = SystemTime::now();
+    let started = Instant::now();
+    let request_id = request_id(request.headers());
+    let outcome = route_and_invoke(node, config, request, &request_id, started).await;
+    let mut response = outcome.response;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    let elapsed = started.elapsed();
+    RequestLog {
+        node_id: &node.node_id,
+        request_id: &request_id,
+        function_id: outcome.function_id.as_deref(),
+        start,
+        end: start + elapsed,
+        execution_status: &outcome.execution_status,
+        status: response.status().as_u16(),
+        duration_us: elapsed.as_micros() as u64,
+        error_message: outcome.error_message.as_deref(),
+    }
+    .write();
+    response
+}
+
+async fn route_and_invoke(
+    node: &Node,
+    config: FrontConfig,
+    request: http::Request<Incoming>,
+    request_id: &str,
+    started: Instant,
+) -> Outcome {
+    let host = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            request
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let target = {
+        let routes = node.routes();
+        match routes.lookup(&host, request.method().as_str(), request.uri().path()) {
+            Some(found) => found.spec.target.clone(),
+            None => {
+                return Outcome::refused(
+                    StatusCode::NOT_FOUND,
+                    "no_route",
+                    "no route matches this request",
+                    None,
+                );
+            }
+        }
+    };
+    let function_id = target.function_id.clone();
+    let unavailable = |message: &str| {
+        Outcome::refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "function_unavailable",
+            message,
+            Some(function_id.clone()),
+        )
+    };
+    let Some(slot) = node.slot(&target) else {
+        return unavailable("function is not deployed on this node");
+    };
+    let deadline = started + Duration::from_millis(slot.entry.settings.max_execution_ms);
+    let function = match slot.state() {
+        VersionState::Ready(function) => {
+            node.metrics.cache_hits.inc();
+            function
+        }
+        VersionState::Loading => {
+            node.metrics.cache_misses.inc();
+            match slot.settled(deadline).await {
+                Some(VersionState::Ready(function)) => function,
+                Some(VersionState::Failed(_)) => {
+                    return unavailable("function failed to load on this node");
+                }
+                _ => return unavailable("function is not available yet"),
+            }
+        }
+        VersionState::Failed(_) => return unavailable("function failed to load on this node"),
+    };
+    node.cache.touch(&slot.entry.id, slot.entry.version);
+
+    let _quota = match node.quotas.admit(&slot.entry.tenant) {
+        Ok(guard) => guard,
+        Err(exceeded) => {
+            let labels = QuotaLabels {
+                tenant: slot.entry.tenant.clone(),
+                reason: exceeded.reason().into(),
+            };
+            node.metrics.quota_rejections.get_or_create(&labels).inc();
+            let mut outcome = Outcome::refused(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                &format!("tenant {} quota exceeded", exceeded.reason()),
+                Some(function_id),
+            );
+            outcome.response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(exceeded.retry_after_seconds()),
+            );
+            return outcome;
+        }
+    };
+
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, config.max_request_body_bytes as usize)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(error)
+            if error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            let message = format!("request body over {} bytes", config.max_request_body_bytes);
+            return Outcome::refused(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                &message,
+                Some(function_id),
+            );
+        }
+        Err(_) => {
+            return Outcome::refused(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "could not read the request body",
+                Some(function_id),
+            );
+        }
+    };
+
+    let labels = FunctionLabels {
+        function_id: function_id.clone(),
+    };
+    let context = InvokeContext {
+        request_id: Some(request_id.into()),
+        deadline: None,
+    };
+    let invoked = function
+        .handle(http::Request::from_parts(parts, body), context)
+        .await;
+    node.metrics.invocations.get_or_create(&labels).inc();
+    node.metrics
+        .latency
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    match invoked {
+        Ok(invocation) => {
+            if invocation.cold_start {
+                node.metrics.cold_starts.get_or_create(&labels).inc();
+            }
+            Outcome {
+                response: invocation.response.map(Full::new),
+                function_id: Some(function_id),
+                execution_status: "ok".into(),
+                error_message: None,
+            }
+        }
+        Err(error) => {
+            let code = error.code();
+            node.metrics
+                .errors
+                .get_or_create(&ErrorLabels {
+                    function_id: function_id.clone(),
+                    error_code: code.into(),
+                })
+                .inc();
+            let mut outcome = Outcome::refused(
+                status_for(&error),
+                code,
+                &public_message(&error),
+                Some(function_id),
+            );
+            // The log keeps the full reason; the client got the short one.
+            outcome.error_message = Some(error.to_string());
+            outcome
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! What a user of the runner sees over HTTP.
+
+use std::io::{Read as _, Write as _};
+use std::time::{Duration, Instant};
+
+use crate::{Runner, metric};
+
+const HELLO_ECHO: &str = r#"
+[[functions]]
+id = "hello"
+version = 1
+path = "{guests}/hello.wasm"
+
+[[functions]]
+id = "echo"
+version = 1
+path = "{guests}/echo.wasm"
+
+[[routes]]
+path = "/hello"
+function = "hello"
+
+[[routes]]
+host = "api.example.com"
+path = "/echo/*"
+methods = ["POST", "PUT"]
+function = "echo"
+"#;
+
+#[tokio::test]
+async fn serves_hello_and_echo_and_404s_the_rest() {
+    let runner = Runner::start(HELLO_ECHO, &[]);
+    let client = reqwest::Client::new();
+    let hello = client.get(runner.url("/hello")).send().await.unwrap();
+    assert_eq!(hello.status(), 200);
+    let request_id = hello.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(!request_id.is_empty());
+    assert_eq!(hello.text().await.unwrap(), "Hello, edgefn!\n");
+
+    let echo = client
+        .post(runner.url("/echo/things?x=1"))
+        .header("host", "api.example.com")
+        .header("x-request-id", "client-chosen-1")
+        .body("ping")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echo.status(), 200);
+    assert_eq!(echo.headers()["x-request-id"], "client-chosen-1");
+    let text = echo.text().await.unwrap();
+    assert!(
+        text.contains("\"method\":\"POST\"") && text.contains("\"path\":\"/echo/things\""),
+        "{text}"
+    );
+    assert!(text.contains("\"body\":\"ping\""), "{text}");
+
+    // Wrong method, wrong host, unknown path: no route.
+    for (method, host, path) in [
+        ("GET", "api.example.com", "/echo/x"),
+        ("POST", "other.com", "/echo/x"),
+        ("GET", "x", "/nope"),
+    ] {
+        let response = client
+            .request(method.parse().unwrap(), runner.url(path))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{method} {host}{path}");
+        assert!(response.headers().contains_key("x-request-id"));
+        let body: serde_json::Value =
+            serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        assert_eq!(body["error"]["code"], "no_route");
+    }
+
+    // One JSON line per request with the documented fields.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let lines = runner.log_lines();
+    let logged = lines
+        .iter()
+        .find(|l| l["request_id"] == request_id.as_str())
+        .expect("request logged");
+    for field in [
+        "timestamp",
+        "level",
+        "node_id",
+        "function_id",
+        "start_timestamp",
+        "end_timestamp",
+        "execution_status",
+        "status",
+        "duration_us",
+    ] {
+        assert!(logged.get(field).is_some(), "missing {field} in {logged}");
+    }
+    assert_eq!(logged["function_id"], "hello");
+    assert_eq!(logged["node_id"], "test-node");
+    assert_eq!(logged["status"], 200);
+}
+
+#[test]
+fn a_malformed_request_line_gets_400() {
+    let runner = Runner::start(HELLO_ECHO, &[]);
+    let mut stream = std::net::TcpStream::connect(runner.http).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(b"THIS IS NOT HTTP\r\n\r\n").unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 400"), "{response:?}");
+}
+
+#[tokio::test]
+async fn oversized_bodies_and_headers_are_refused() {
+    let runner = Runner::start(
+        HELLO_ECHO,
+        &[
+            "--max-request-body-bytes",
+            "1000",
+            "--max-header-bytes",
+            "8192",
+        ],
+    );
+    let client = reqwest::Client::new();
+    let big_body = client
+        .post(runner.url("/echo/x"))
+        .header("host", "api.example.com")
+        .body(vec![b'x'; 5000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big_body.status(), 413);
+    let big_header = client
+        .get(runner.url("/hello"))
+        .header("x-big", "y".repeat(20_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big_header.status(), 431);
+}
+
+const LIMITS: &str = r#"
+[[functions]]
+id = "spin"
+version = 1
+path = "{guests}/spin.wasm"
+max_execution_ms = 200
+
+[[functions]]
+id = "memhog"
+version = 1
+path = "{guests}/memhog.wasm"
+memory_pages = 200
+
+[[routes]]
+path = "/spin"
+function = "spin"
+
+[[routes]]
+path = "/hog"
+function = "memhog"
+"#;
+
+#[tokio::test]
+async fn a_runaway_guest_gets_504_and_a_memory_hog_500() {
+    let runner = Runner::start(LIMITS, &[]);
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let spin = client.get(runner.url("/spin")).send().await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(spin.status(), 504);
+    assert!(
+        elapsed >= Duration::from_millis(200) && elapsed < Duration::from_millis(1200),
+        "{elapsed:?}"
+    );
+    let body: serde_json::Value = serde_json::from_str(&spin.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "timeout");
+
+    let hog = client.get(runner.url("/hog")).send().await.unwrap();
+    assert_eq!(hog.status(), 500);
+    let body: serde_json::Value = serde_json::from_str(&hog.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "memory_limit");
+    assert!(
+        !body.to_string().contains("wasm"),
+        "no host internals in {body}"
+    );
+
+    let metrics = runner.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"wasm_invoke_errors_total{function_id="spin",error_code="timeout"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"wasm_invoke_errors_total{function_id="memhog",error_code="memory_limit"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn quotas_answer_429_with_retry_after() {
+    let runner = Runner::start(HELLO_ECHO, &["--tenant-invocations-per-minute", "3"]);
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        assert_eq!(
+            client
+                .get(runner.url("/hello"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let refused = client.get(runner.url("/hello")).send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let metrics = runner.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"wasm_quota_rejections_total{tenant="default",reason="rate"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn each_metric_moves_by_exactly_what_happened() {
+    let runner = Runner::start(HELLO_ECHO, &[]);
+    let client = reqwest::Client::new();
+    let before = runner.metrics().await;
+    let count =
+        |text: &str| metric(text, r#"wasm_invoke_count_total{function_id="hello"}"#).unwrap_or(0.0);
+    let hits = |text: &str| metric(text, "wasm_cache_hits_total").unwrap_or(0.0);
+    let latency = |text: &str| {
+        metric(
+            text,
+            r#"wasm_invoke_latency_seconds_count{function_id="hello"}"#,
+        )
+        .unwrap_or(0.0)
+    };
+    client.get(runner.url("/hello")).send().await.unwrap();
+    let after_one = runner.metrics().await;
+    assert_eq!(count(&after_one) - count(&before), 1.0, "{after_one}");
+    assert_eq!(hits(&after_one) - hits(&before), 1.0);
+    assert_eq!(latency(&after_one) - latency(&before), 1.0);
+    for _ in 0..4 {
+        client.get(runner.url("/hello")).send().await.unwrap();
+    }
+    let after_five = runner.metrics().await;
+    assert_eq!(count(&after_five) - count(&before), 5.0);
+    // A 404 invokes nothing.
+    client
+        .get(runner.url("/nothing-here"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(count(&runner.metrics().await), count(&after_five));
+    assert_eq!(
+        metric(&after_five, r#"wasm_idle_instances{function_id="hello"}"#),
+        Some(1.0),
+        "{after_five}"
+    );
+    assert_eq!(metric(&after_five, "wasm_functions_ready"), Some(2.0));
+}
+
+#[tokio::test]
+async fn a_corrupted_cache_file_is_deleted_at_start_up_and_never_served() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let source = dir.join("hello-source.wasm");
+    std::fs::copy(edgefn_test_support::guest_wasm("hello"), &source).unwrap();
+    let manifest = format!(
+        "[[functions]]\nid = \"hello\"\nversion = 1\npath = \"{}\"\n\n[[routes]]\npath = \"/hello\"\nfunction = \"hello\"\n",
+        source.display()
+    );
+    {
+        let runner = Runner::start_in(dir.clone(), &manifest, &[]);
+        let ok = reqwest::get(runner.url("/hello")).await.unwrap();
+        assert_eq!(ok.status(), 200);
+    }
+    // Corrupt the cached copy and take the source away: the runner must not serve the file.
+    let cached = dir.join("cache/hello/1.wasm");
+    let mut bytes = std::fs::read(&cached).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&cached, &bytes).unwrap();
+    std::fs::remove_file(&source).unwrap();
+    let runner = Runner::start_in(dir.clone(), &manifest, &[]);
+    assert!(!cached.exists(), "the corrupt file is deleted");
+    let refused = reqwest::get(runner.url("/hello")).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let deleted = runner
+        .log_lines()
+        .into_iter()
+        .any(|l| l["message"] == "deleted a corrupt cached artifact");
+    assert!(deleted, "the deletion is logged");
+    assert_eq!(
+        metric(
+            &runner.metrics().await,
+            "wasm_cache_corrupt_artifacts_total"
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish() {
+    let manifest = r#"
+[[functions]]
+id = "cpu"
+version = 1
+path = "{guests}/cpu.wasm"
+
+[[routes]]
+path = "/cpu"
+function = "cpu"
+"#;
+    let mut runner = Runner::start(manifest, &[]);
+    let url = runner.url("/cpu?n=1500000000");
+    let in_flight = tokio::spawn(async move {
+        let started = Instant::now();
+        let response = reqwest::get(url).await.unwrap();
+        (response.status(), started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    runner.signal(nix::sys::signal::Signal::SIGTERM);
+    let (status, elapsed) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "the request in flight at SIGTERM completes");
+    assert!(
+        elapsed > Duration::from_millis(150),
+        "the request was still running at SIGTERM ({elapsed:?})"
+    );
+    let exit = tokio::task::spawn_blocking(move || runner.wait(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(exit.is_some_and(|s| s.success()), "{exit:?}");
+}
+
+#[tokio::test]
+async fn tls_serves_http2_and_http1() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), certified.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
+    let cert = dir.join("cert.pem").display().to_string();
+    let key = dir.join("key.pem").display().to_string();
+    let runner = Runner::start_in(
+        dir.clone(),
+        HELLO_ECHO,
+        &["--tls-cert", &cert, "--tls-key", &key],
+    );
+    assert_eq!(runner.scheme, "https");
+    let root = reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap();
+    let url = format!("https://localhost:{}/hello", runner.http.port());
+    for http2 in [true, false] {
+        let builder = reqwest::Client::builder()
+            .add_root_certificate(root.clone())
+            .resolve("localhost", runner.http);
+        let client = if http2 { builder } else { builder.http1_only() }
+            .build()
+            .unwrap();
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let expected = if http2 {
+            reqwest::Version::HTTP_2
+        } else {
+            reqwest::Version::HTTP_11
+        };
+        assert_eq!(response.version(), expected);
+        assert_eq!(response.text().await.unwrap(), "Hello, edgefn!\n");
+    }
+}
+
+#[test]
+fn a_bad_manifest_is_refused_with_file_entry_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = crate::write_manifest(
+        dir.path(),
+        "[[functions]]\nid = \"x\"\nversion = 1\npath = \"x.wasm\"\nmemory_pages = 0\n",
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_edgefn-runner"))
+        .arg("--manifest")
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("edge.toml")
+            && stderr.contains("functions[0]")
+            && stderr.contains("memory_pages"),
+        "{stderr}"
+    );
+}
