@@ -74,6 +74,33 @@ fn tls_acceptor(
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Re-reads the manifest on SIGHUP and reconciles to it; a manifest that does not validate
+/// is logged and the node keeps serving what it has.
+fn spawn_reload_on_hangup(node: Arc<Node>, manifest: std::path::PathBuf) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP; manifest reloads are off");
+        return;
+    };
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match Manifest::load(&manifest) {
+                Ok(manifest) => {
+                    node.reconcile(&manifest);
+                    tracing::info!(
+                        functions = manifest.functions.len(),
+                        routes = manifest.routes.len(),
+                        "manifest reloaded"
+                    );
+                }
+                Err(error) => {
+                    tracing::error!(%error, "manifest reload refused; keeping the current state")
+                }
+            }
+        }
+    });
+}
+
 /// Runs a runner until `shutdown` resolves, then drains in-flight requests.
 pub async fn run(
     args: RunnerArgs,
@@ -150,6 +177,7 @@ pub async fn run(
         Fetcher::new(backoff, 50 << 20),
     );
     node.reconcile(&manifest);
+    spawn_reload_on_hangup(node.clone(), args.manifest.clone());
 
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = tokio::spawn(admin::serve(admin_listener, node.clone(), async move {

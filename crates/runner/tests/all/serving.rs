@@ -410,3 +410,126 @@ fn a_bad_manifest_is_refused_with_file_entry_and_reason() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn sighup_swaps_routes_atomically_while_requests_are_in_flight() {
+    let mut runner = Runner::start(HELLO_ECHO, &[]);
+    let changed = r#"
+[[functions]]
+id = "echo"
+version = 1
+path = "{guests}/echo.wasm"
+
+[[routes]]
+path = "/hello"
+methods = ["GET"]
+function = "echo"
+"#;
+    let url = runner.url("/hello");
+    let load = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut statuses = Vec::new();
+        let mut bodies = Vec::new();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            let response = client.get(&url).send().await.unwrap();
+            statuses.push(response.status().as_u16());
+            bodies.push(response.text().await.unwrap());
+        }
+        (statuses, bodies)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    crate::write_manifest(&runner.dir, changed);
+    runner.signal(nix::sys::signal::Signal::SIGHUP);
+    let (statuses, bodies) = load.await.unwrap();
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "every request during the swap succeeded: {statuses:?}"
+    );
+    assert!(
+        bodies.first().unwrap().starts_with("Hello"),
+        "served hello before"
+    );
+    assert!(
+        bodies.last().unwrap().contains("\"path\":\"/hello\""),
+        "served echo after: {}",
+        bodies.last().unwrap()
+    );
+    assert!(
+        runner.wait(Duration::from_millis(10)).is_none(),
+        "still running"
+    );
+}
+
+/// Serves `bytes` on loopback after refusing the first `failures` requests; counts requests.
+async fn flaky_artifact_server(
+    bytes: Vec<u8>,
+    failures: usize,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let requests = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = counter.fetch_add(1, Ordering::SeqCst);
+            let bytes = bytes.clone();
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+                if seen < failures {
+                    let _ = stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                } else {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        bytes.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(&bytes).await;
+                }
+            });
+        }
+    });
+    (address, requests)
+}
+
+// Multi-threaded: the artifact server must run while `Runner::start` blocks this thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_artifact_is_fetched_with_retries_and_verified() {
+    let bytes = std::fs::read(edgefn_test_support::guest_wasm("hello")).unwrap();
+    let sha = edgefn_runner::cache::sha256_hex(&bytes);
+    let (address, requests) = flaky_artifact_server(bytes, 2).await;
+    let manifest = format!(
+        "[[functions]]\nid = \"hello\"\nversion = 7\nurl = \"http://{address}/hello.wasm\"\nsha256 = \"{sha}\"\n\n[[routes]]\npath = \"/\"\nfunction = \"hello\"\n"
+    );
+    let runner = Runner::start(&manifest, &["--fetch-backoff-ms", "50"]);
+    let response = reqwest::get(runner.url("/")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        requests.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "two failures, then success"
+    );
+    assert!(runner.dir.join("cache/hello/7.wasm").exists());
+
+    // A wrong sha256 is refused: the function never serves.
+    let (address, _) = flaky_artifact_server(b"\0asm\x01\0\0\0".to_vec(), 0).await;
+    let manifest = format!(
+        "[[functions]]\nid = \"bad\"\nversion = 1\nurl = \"http://{address}/bad.wasm\"\nsha256 = \"{sha}\"\n\n[[routes]]\npath = \"/\"\nfunction = \"bad\"\n"
+    );
+    let runner = Runner::start(&manifest, &["--fetch-backoff-ms", "50"]);
+    assert_eq!(reqwest::get(runner.url("/")).await.unwrap().status(), 503);
+    let failed = runner.log_lines().into_iter().any(|l| {
+        l["message"] == "function failed to load"
+            && l["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("sha256 mismatch")
+    });
+    assert!(failed, "the mismatch is logged");
+}
