@@ -13,7 +13,6 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 const INDEX_FILE: &str = "index.json";
 
@@ -76,9 +75,7 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+pub use edgefn_runtime::sha256_hex;
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;

@@ -6,7 +6,6 @@
 //! Run with `cargo bench -p edgefn-runtime --bench timeout_overshoot`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,18 +38,7 @@ fn main() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let artifact = edgefn_test_support::guest_in(dir.path(), "spin");
-    let stop = Arc::new(AtomicBool::new(false));
-    let burners: Vec<_> = (0..2)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut x = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    x = std::hint::black_box(x.wrapping_add(1));
-                }
-            })
-        })
-        .collect();
+    let busy = edgefn_test_support::BusyCores::start(2);
     let (guest, sleep) = rt.block_on(async {
         let runtime = Runtime::new(RuntimeConfig::new(Arc::new(DiscardLogs))).unwrap();
         let settings = FunctionSettings {
@@ -86,10 +74,7 @@ fn main() {
         }
         (guest, sleep)
     });
-    stop.store(true, Ordering::Relaxed);
-    for burner in burners {
-        burner.join().unwrap();
-    }
+    drop(busy);
     println!("timeout overshoot past {LIMIT:?}, {RUNS} runs, both cores busy");
     report("edgefn spin guest", guest);
     report("peer: tokio sleep", sleep);

@@ -327,51 +327,51 @@ impl Runtime {
         }
     }
 
-    #[expect(
-        unsafe_code,
-        reason = "Wasmtime's deserialization trusts its input; see SAFETY"
-    )]
     fn deserialize_file(
         &self,
         path: &Path,
         kind: ArtifactKind,
     ) -> Result<LoadedCode, RuntimeError> {
-        let engine = &self.inner.engine;
-        // SAFETY: the file was produced by `precompile` with this engine's settings (its name
-        // carries the engine's compatibility hash) and its SHA-256 was just checked against
-        // the digest recorded when it was written, so it is the compiler's output, unaltered.
-        // It is memory-mapped, so a cold start reads only the pages it touches.
-        let loaded = unsafe {
-            match kind {
-                ArtifactKind::Component => {
-                    Component::deserialize_file(engine, path).map(LoadedCode::Component)
-                }
-                ArtifactKind::Module => {
-                    Module::deserialize_file(engine, path).map(LoadedCode::Module)
-                }
-            }
-        };
-        loaded.map_err(|e| RuntimeError::internal(format!("{e:#}")))
+        self.deserialize(Precompiled::File(path), kind)
+    }
+
+    fn deserialize_bytes(
+        &self,
+        native: &[u8],
+        kind: ArtifactKind,
+    ) -> Result<LoadedCode, RuntimeError> {
+        self.deserialize(Precompiled::Bytes(native), kind)
     }
 
     #[expect(
         unsafe_code,
         reason = "Wasmtime's deserialization trusts its input; see SAFETY"
     )]
-    fn deserialize_bytes(
+    fn deserialize(
         &self,
-        native: &[u8],
+        native: Precompiled<'_>,
         kind: ArtifactKind,
     ) -> Result<LoadedCode, RuntimeError> {
         let engine = &self.inner.engine;
-        // SAFETY: `native` is the output of `precompile` for this engine, held in memory
-        // since it was produced.
+        // SAFETY: `native` is the output of `precompile` for this engine's settings: either
+        // still in memory since it was produced, or a cache file whose name carries the
+        // engine's compatibility hash and whose SHA-256 was just checked against the digest
+        // recorded when it was written. Files are memory-mapped, so a cold start reads only
+        // the pages it touches.
         let loaded = unsafe {
-            match kind {
-                ArtifactKind::Component => {
-                    Component::deserialize(engine, native).map(LoadedCode::Component)
+            match (native, kind) {
+                (Precompiled::File(path), ArtifactKind::Component) => {
+                    Component::deserialize_file(engine, path).map(LoadedCode::Component)
                 }
-                ArtifactKind::Module => Module::deserialize(engine, native).map(LoadedCode::Module),
+                (Precompiled::File(path), ArtifactKind::Module) => {
+                    Module::deserialize_file(engine, path).map(LoadedCode::Module)
+                }
+                (Precompiled::Bytes(bytes), ArtifactKind::Component) => {
+                    Component::deserialize(engine, bytes).map(LoadedCode::Component)
+                }
+                (Precompiled::Bytes(bytes), ArtifactKind::Module) => {
+                    Module::deserialize(engine, bytes).map(LoadedCode::Module)
+                }
             }
         };
         loaded.map_err(|e| RuntimeError::internal(format!("{e:#}")))
@@ -447,6 +447,12 @@ impl RuntimeInner {
             .or_insert_with(|| Arc::new(LogBudget::new(self.config.log_records_per_second)))
             .clone()
     }
+}
+
+#[derive(Clone, Copy)]
+enum Precompiled<'a> {
+    File(&'a Path),
+    Bytes(&'a [u8]),
 }
 
 pub(crate) enum LoadedCode {

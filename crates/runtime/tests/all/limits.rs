@@ -1,7 +1,5 @@
 //! Memory and time limits hold for any setting, and the runtime stays responsive.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -186,18 +184,7 @@ async fn a_tight_loop_is_stopped_and_others_are_served_while_both_cores_are_busy
         .await
         .unwrap();
     // Keep both cores busy outside the runtime for the whole test.
-    let stop = Arc::new(AtomicBool::new(false));
-    let burners: Vec<_> = (0..2)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut x = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    x = std::hint::black_box(x.wrapping_add(1));
-                }
-            })
-        })
-        .collect();
+    let busy = edgefn_test_support::BusyCores::start(2);
     let spins: Vec<_> = (0..4)
         .map(|_| {
             let spin = spin.clone();
@@ -215,10 +202,7 @@ async fn a_tight_loop_is_stopped_and_others_are_served_while_both_cores_are_busy
     for spin in spins {
         results.push(spin.await.unwrap());
     }
-    stop.store(true, Ordering::Relaxed);
-    for burner in burners {
-        burner.join().unwrap();
-    }
+    drop(busy);
     assert_eq!(body_text(&hello_answer.unwrap()), "Hello, edgefn!\n");
     assert!(
         hello_latency < Duration::from_secs(1),
