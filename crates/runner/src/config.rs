@@ -78,6 +78,10 @@ pub struct RunnerArgs {
     /// First delay between artifact download attempts, in milliseconds (doubles to 60 s).
     #[arg(long, env = "EDGEFN_FETCH_BACKOFF_MS", default_value_t = 1000)]
     pub fetch_backoff_ms: u64,
+    /// Download attempts before a background fetch reports failure (a later request for
+    /// the function tries again).
+    #[arg(long, env = "EDGEFN_FETCH_ATTEMPTS", default_value_t = 5)]
+    pub fetch_attempts: u32,
 }
 
 /// `key=value` pairs in the order given.

@@ -163,6 +163,7 @@ pub async fn run(
     let runtime = Runtime::new(runtime_config)?;
     let backoff = Backoff {
         initial: Duration::from_millis(args.fetch_backoff_ms),
+        attempts: args.fetch_attempts.max(1),
         ..Backoff::default()
     };
     let node = Node::new(

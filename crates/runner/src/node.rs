@@ -31,7 +31,13 @@ pub enum VersionState {
 pub struct VersionSlot {
     pub entry: FunctionEntry,
     state: watch::Sender<VersionState>,
+    /// When the last load attempt started, so that requests retry a failed load at most
+    /// once per [`RETRY_FAILED_AFTER`].
+    last_attempt: std::sync::Mutex<Instant>,
 }
+
+/// How soon a request may trigger another load of a version that failed.
+pub const RETRY_FAILED_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl VersionSlot {
     pub fn state(&self) -> VersionState {
@@ -131,6 +137,7 @@ impl Node {
                     let slot = Arc::new(VersionSlot {
                         entry: entry.clone(),
                         state: watch::Sender::new(VersionState::Loading),
+                        last_attempt: std::sync::Mutex::new(Instant::now()),
                     });
                     let node = self.clone();
                     let loading = slot.clone();
@@ -150,6 +157,26 @@ impl Node {
             // Manifests are validated on load; a table that still fails keeps the old state.
             Err((index, error)) => tracing::error!(route = index, %error, "refusing a route table"),
         }
+    }
+
+    /// A request found `slot` failed (its artifact missing, its source down): try loading it
+    /// again unless an attempt started less than [`RETRY_FAILED_AFTER`] ago. Returns whether
+    /// a new attempt started; the caller then waits for it within its own deadline.
+    pub fn retry_failed(self: &Arc<Self>, slot: &Arc<VersionSlot>) -> bool {
+        {
+            let mut last = slot.last_attempt.lock().unwrap_or_else(|e| e.into_inner());
+            if last.elapsed() < RETRY_FAILED_AFTER
+                || !matches!(slot.state(), VersionState::Failed(_))
+            {
+                return false;
+            }
+            *last = Instant::now();
+            slot.state.send_replace(VersionState::Loading);
+        }
+        let node = self.clone();
+        let slot = slot.clone();
+        tokio::spawn(async move { node.load_version(&slot).await });
+        true
     }
 
     async fn load_version(&self, slot: &VersionSlot) {

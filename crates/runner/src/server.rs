@@ -197,7 +197,7 @@ impl Outcome {
 }
 
 async fn handle(
-    node: &Node,
+    node: &Arc<Node>,
     config: FrontConfig,
     request: http::Request<Incoming>,
 ) -> Response<Full<Bytes>> {
@@ -226,7 +226,7 @@ async fn handle(
 }
 
 async fn route_and_invoke(
-    node: &Node,
+    node: &Arc<Node>,
     config: FrontConfig,
     request: http::Request<Incoming>,
     request_id: &str,
@@ -276,8 +276,13 @@ async fn route_and_invoke(
             node.metrics.cache_hits.inc();
             function
         }
-        VersionState::Loading => {
+        state => {
+            // A miss: wait for the load in progress, or start one again if the last failed
+            // (e.g. the artifact source was down), at most until this request's deadline.
             node.metrics.cache_misses.inc();
+            if matches!(state, VersionState::Failed(_)) && !node.retry_failed(&slot) {
+                return unavailable("function failed to load on this node");
+            }
             match slot.settled(deadline).await {
                 Some(VersionState::Ready(function)) => function,
                 Some(VersionState::Failed(_)) => {
@@ -286,7 +291,6 @@ async fn route_and_invoke(
                 _ => return unavailable("function is not available yet"),
             }
         }
-        VersionState::Failed(_) => return unavailable("function failed to load on this node"),
     };
     node.cache.touch(&slot.entry.id, slot.entry.version);
 

@@ -533,3 +533,36 @@ async fn a_url_artifact_is_fetched_with_retries_and_verified() {
     });
     assert!(failed, "the mismatch is logged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_fetches_an_artifact_whose_source_was_down_at_start_up() {
+    let bytes = std::fs::read(edgefn_test_support::guest_wasm("hello")).unwrap();
+    // The source refuses the first 3 requests: the start-up fetch (2 attempts) gives up.
+    let (address, requests) = flaky_artifact_server(bytes, 2).await;
+    let manifest = format!(
+        "[[functions]]\nid = \"hello\"\nversion = 1\nurl = \"http://{address}/hello.wasm\"\n\n[[routes]]\npath = \"/\"\nfunction = \"hello\"\n"
+    );
+    // One attempt per fetch: the background load fails after the first refusal.
+    let runner = Runner::start(
+        &manifest,
+        &["--fetch-backoff-ms", "10", "--fetch-attempts", "1"],
+    );
+    assert_eq!(
+        reqwest::get(runner.url("/")).await.unwrap().status(),
+        503,
+        "first request within a second of the failure"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // The next miss retries (the source refuses once more), then one after it succeeds.
+    let second = reqwest::get(runner.url("/")).await.unwrap().status();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let third = reqwest::get(runner.url("/")).await.unwrap();
+    assert_eq!(second, 503);
+    assert_eq!(
+        third.status(),
+        200,
+        "a request fetched the artifact once the source was back: {:#?}",
+        runner.log_lines()
+    );
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
