@@ -193,5 +193,6 @@ pub async fn run(
     let _ = stop_admin.send(());
     let _ = admin.await;
     node.cache.persist();
+    logs::flush();
     Ok(())
 }

@@ -11,12 +11,69 @@ pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_micros(time).to_string()
 }
 
-/// Writes one JSON object as a line on stdout.
+/// Lines waiting for the writer thread; bounded, so a stdout that stops draining slows
+/// the writers down instead of growing memory without limit.
+const PENDING_LINES: usize = 16 * 1024;
+
+enum LogMessage {
+    Line(String),
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+fn writer() -> &'static std::sync::mpsc::SyncSender<LogMessage> {
+    static WRITER: std::sync::OnceLock<std::sync::mpsc::SyncSender<LogMessage>> =
+        std::sync::OnceLock::new();
+    WRITER.get_or_init(|| {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<LogMessage>(PENDING_LINES);
+        let spawned = std::thread::Builder::new()
+            .name("edgefn-log".into())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+                // Write what is queued, flush when the queue is empty: one syscall per batch.
+                while let Ok(message) = receiver.recv() {
+                    let mut next = Some(message);
+                    while let Some(message) = next.take() {
+                        match message {
+                            LogMessage::Line(line) => {
+                                let _ = out.write_all(line.as_bytes());
+                            }
+                            LogMessage::Flush(done) => {
+                                let _ = out.flush();
+                                let _ = done.send(());
+                            }
+                        }
+                        next = receiver.try_recv().ok();
+                    }
+                    let _ = out.flush();
+                }
+            });
+        if let Err(error) = spawned {
+            eprintln!("edgefn-runner: cannot start the log writer: {error}");
+        }
+        sender
+    })
+}
+
+/// Writes one JSON object as a line on stdout (through the writer thread).
 pub fn write_line(value: &Value) {
-    let mut stdout = std::io::stdout().lock();
-    let _ = serde_json::to_writer(&mut stdout, value);
-    let _ = stdout.write_all(b"\n");
-    let _ = stdout.flush();
+    let mut line = value.to_string();
+    line.push('\n');
+    if let Err(std::sync::mpsc::SendError(LogMessage::Line(line))) =
+        writer().send(LogMessage::Line(line))
+    {
+        // No writer thread: write directly.
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(line.as_bytes());
+        let _ = stdout.flush();
+    }
+}
+
+/// Waits until every line written so far is on stdout (at shutdown).
+pub fn flush() {
+    let (done, flushed) = std::sync::mpsc::sync_channel(1);
+    if writer().send(LogMessage::Flush(done)).is_ok() {
+        let _ = flushed.recv_timeout(std::time::Duration::from_secs(5));
+    }
 }
 
 /// The outcome of one request, logged when its response is ready.
