@@ -5,114 +5,124 @@ use std::io::Write as _;
 use std::time::SystemTime;
 
 use edgefn_runtime::{GuestLogRecord, LogSink, LogSource};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_micros(time).to_string()
 }
 
-/// Lines waiting for the writer thread; bounded, so a stdout that stops draining slows
-/// the writers down instead of growing memory without limit.
-const PENDING_LINES: usize = 16 * 1024;
+/// Bytes of log lines waiting for the writer thread. The thread drains them every
+/// [`DRAIN_INTERVAL`] instead of being woken for every line: at tens of thousands of
+/// requests per second, a wake-up per line costs more than the line itself.
+static PENDING: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+/// Serialises writes to stdout, so lines from the drain and from a full buffer never mix.
+static STDOUT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+/// Above this, the writer of a line drains the buffer itself (backpressure, bounded memory).
+const MAX_PENDING_BYTES: usize = 4 << 20;
 
-enum LogMessage {
-    Line(String),
-    Flush(std::sync::mpsc::SyncSender<()>),
+fn write_out(bytes: &[u8]) {
+    let _serial = STDOUT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(bytes);
+    let _ = stdout.flush();
 }
 
-fn writer() -> &'static std::sync::mpsc::SyncSender<LogMessage> {
-    static WRITER: std::sync::OnceLock<std::sync::mpsc::SyncSender<LogMessage>> =
-        std::sync::OnceLock::new();
-    WRITER.get_or_init(|| {
-        let (sender, receiver) = std::sync::mpsc::sync_channel::<LogMessage>(PENDING_LINES);
+/// Moves pending lines to stdout.
+pub fn flush() {
+    let pending = std::mem::take(&mut *PENDING.lock().unwrap_or_else(|e| e.into_inner()));
+    if !pending.is_empty() {
+        write_out(&pending);
+    }
+}
+
+fn start_drain() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
         let spawned = std::thread::Builder::new()
             .name("edgefn-log".into())
-            .spawn(move || {
-                let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
-                // Write what is queued, flush when the queue is empty: one syscall per batch.
-                while let Ok(message) = receiver.recv() {
-                    let mut next = Some(message);
-                    while let Some(message) = next.take() {
-                        match message {
-                            LogMessage::Line(line) => {
-                                let _ = out.write_all(line.as_bytes());
-                            }
-                            LogMessage::Flush(done) => {
-                                let _ = out.flush();
-                                let _ = done.send(());
-                            }
-                        }
-                        next = receiver.try_recv().ok();
-                    }
-                    let _ = out.flush();
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(DRAIN_INTERVAL);
+                    flush();
                 }
             });
         if let Err(error) = spawned {
             eprintln!("edgefn-runner: cannot start the log writer: {error}");
         }
-        sender
-    })
+    });
 }
 
-/// Writes one JSON object as a line on stdout (through the writer thread).
+/// Queues `line` (one JSON object and its newline) for stdout.
+fn write_raw(line: &[u8]) {
+    start_drain();
+    let full = {
+        let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+        pending.extend_from_slice(line);
+        pending.len() > MAX_PENDING_BYTES
+    };
+    if full {
+        flush();
+    }
+}
+
+/// Writes one JSON object as a line on stdout (within [`DRAIN_INTERVAL`]).
 pub fn write_line(value: &Value) {
-    let mut line = value.to_string();
-    line.push('\n');
-    if let Err(std::sync::mpsc::SendError(LogMessage::Line(line))) =
-        writer().send(LogMessage::Line(line))
-    {
-        // No writer thread: write directly.
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(line.as_bytes());
-        let _ = stdout.flush();
-    }
-}
-
-/// Waits until every line written so far is on stdout (at shutdown).
-pub fn flush() {
-    let (done, flushed) = std::sync::mpsc::sync_channel(1);
-    if writer().send(LogMessage::Flush(done)).is_ok() {
-        let _ = flushed.recv_timeout(std::time::Duration::from_secs(5));
-    }
+    let mut line = value.to_string().into_bytes();
+    line.push(b'\n');
+    write_raw(&line);
 }
 
 /// The outcome of one request, logged when its response is ready.
+#[derive(serde::Serialize)]
 pub struct RequestLog<'a> {
     pub node_id: &'a str,
     pub request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub function_id: Option<&'a str>,
+    #[serde(rename = "start_timestamp", serialize_with = "serialize_time")]
     pub start: SystemTime,
+    #[serde(rename = "end_timestamp", serialize_with = "serialize_time")]
     pub end: SystemTime,
-    /// `ok`, or the error code (`timeout`, `no_route`, `quota`, ...).
+    /// `ok`, or the error code (`timeout`, `no_route`, `quota_exceeded`, ...).
     pub execution_status: &'a str,
     pub status: u16,
     pub duration_us: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error_message: Option<&'a str>,
+}
+
+fn serialize_time<S: serde::Serializer>(
+    time: &SystemTime,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_rfc3339_micros(*time))
+}
+
+/// The fixed head of a request line: the fields every JSON line starts with.
+#[derive(serde::Serialize)]
+struct RequestLine<'a> {
+    #[serde(serialize_with = "serialize_time")]
+    timestamp: SystemTime,
+    level: &'static str,
+    message: &'static str,
+    #[serde(flatten)]
+    request: &'a RequestLog<'a>,
 }
 
 impl RequestLog<'_> {
     pub fn write(&self) {
-        let mut line = Map::new();
-        line.insert("timestamp".into(), json!(rfc3339(self.end)));
-        line.insert(
-            "level".into(),
-            json!(if self.status >= 500 { "ERROR" } else { "INFO" }),
-        );
-        line.insert("message".into(), json!("request"));
-        line.insert("node_id".into(), json!(self.node_id));
-        line.insert("request_id".into(), json!(self.request_id));
-        if let Some(function_id) = self.function_id {
-            line.insert("function_id".into(), json!(function_id));
+        let line = RequestLine {
+            timestamp: self.end,
+            level: if self.status >= 500 { "ERROR" } else { "INFO" },
+            message: "request",
+            request: self,
+        };
+        let mut bytes = Vec::with_capacity(384);
+        if serde_json::to_writer(&mut bytes, &line).is_ok() {
+            bytes.push(b'\n');
+            write_raw(&bytes);
         }
-        line.insert("start_timestamp".into(), json!(rfc3339(self.start)));
-        line.insert("end_timestamp".into(), json!(rfc3339(self.end)));
-        line.insert("execution_status".into(), json!(self.execution_status));
-        line.insert("status".into(), json!(self.status));
-        line.insert("duration_us".into(), json!(self.duration_us));
-        if let Some(message) = self.error_message {
-            line.insert("error_message".into(), json!(message));
-        }
-        write_line(&Value::Object(line));
     }
 }
 

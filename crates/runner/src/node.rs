@@ -30,10 +30,52 @@ pub enum VersionState {
 /// One desired function version and its state.
 pub struct VersionSlot {
     pub entry: FunctionEntry,
+    /// What the request path needs per request, resolved once when the slot is created.
+    pub hot: SlotHandles,
     state: watch::Sender<VersionState>,
     /// When the last load attempt started, so that requests retry a failed load at most
     /// once per [`RETRY_FAILED_AFTER`].
     last_attempt: std::sync::Mutex<Instant>,
+}
+
+/// Per-version handles to the tenant's quota and the function's metrics.
+pub struct SlotHandles {
+    pub quota: Arc<crate::quotas::TenantQuota>,
+    pub invocations: prometheus_client::metrics::counter::Counter,
+    pub latency: prometheus_client::metrics::histogram::Histogram,
+    pub cold_starts: prometheus_client::metrics::counter::Counter,
+    /// Unix milliseconds of the last cache touch; the cache learns of use at most once a
+    /// second per version, not on every request.
+    last_touch_ms: std::sync::atomic::AtomicU64,
+}
+
+impl SlotHandles {
+    fn new(node: &Node, entry: &FunctionEntry) -> Self {
+        let labels = FunctionLabels {
+            function_id: entry.id.clone(),
+        };
+        Self {
+            quota: node.quotas.tenant(&entry.tenant),
+            invocations: node.metrics.invocations.get_or_create(&labels).clone(),
+            latency: node.metrics.latency.get_or_create(&labels).clone(),
+            cold_starts: node.metrics.cold_starts.get_or_create(&labels).clone(),
+            last_touch_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the cache should be told of a use now.
+    pub fn touch_due(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.last_touch_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= 1000
+            && self
+                .last_touch_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 /// How soon a request may trigger another load of a version that failed.
@@ -135,6 +177,7 @@ impl Node {
                 Some(slot) => slot.clone(),
                 None => {
                     let slot = Arc::new(VersionSlot {
+                        hot: SlotHandles::new(self, entry),
                         entry: entry.clone(),
                         state: watch::Sender::new(VersionState::Loading),
                         last_attempt: std::sync::Mutex::new(Instant::now()),

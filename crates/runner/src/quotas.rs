@@ -3,11 +3,12 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock as _, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 /// Quota settings applied to every tenant.
 #[derive(Clone, Copy, Debug)]
@@ -49,61 +50,80 @@ impl QuotaExceeded {
     }
 }
 
+/// The quotas of every tenant of the node.
 pub struct TenantQuotas {
     limits: QuotaLimits,
-    rate: DefaultKeyedRateLimiter<String>,
-    running: Mutex<HashMap<String, u32>>,
+    tenants: Mutex<HashMap<String, Arc<TenantQuota>>>,
+}
+
+/// One tenant's counters. Resolved once per function version, so that admitting a request
+/// takes no lock and allocates nothing.
+pub struct TenantQuota {
+    max_concurrent: u32,
+    running: AtomicU32,
+    rate: DefaultDirectRateLimiter,
 }
 
 /// Holds one concurrent-execution slot of a tenant until dropped.
 pub struct QuotaGuard {
-    quotas: Arc<TenantQuotas>,
-    tenant: String,
+    tenant: Arc<TenantQuota>,
 }
 
 impl Drop for QuotaGuard {
     fn drop(&mut self) {
-        let mut running = self
-            .quotas
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = running.get_mut(&self.tenant) {
-            *count -= 1;
-            if *count == 0 {
-                running.remove(&self.tenant);
-            }
-        }
+        self.tenant.running.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl TenantQuotas {
     pub fn new(limits: QuotaLimits) -> Arc<Self> {
-        // GCRA with a burst of the whole minute's allowance: a quiet tenant may spend its
-        // minute at once, a busy one is held to the average.
-        let quota = Quota::per_minute(limits.per_minute);
         Arc::new(Self {
             limits,
-            rate: RateLimiter::keyed(quota),
-            running: Mutex::new(HashMap::new()),
+            tenants: Mutex::new(HashMap::new()),
         })
     }
 
+    /// The counters of `tenant`, created on first use.
+    pub fn tenant(&self, tenant: &str) -> Arc<TenantQuota> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        tenants
+            .entry(tenant.to_string())
+            .or_insert_with(|| {
+                // GCRA with a burst of the whole minute's allowance: a quiet tenant may spend
+                // its minute at once, a busy one is held to the average.
+                Arc::new(TenantQuota {
+                    max_concurrent: self.limits.max_concurrent,
+                    running: AtomicU32::new(0),
+                    rate: RateLimiter::direct(Quota::per_minute(self.limits.per_minute)),
+                })
+            })
+            .clone()
+    }
+
     /// Admits one invocation of `tenant`, or says which quota is exhausted.
-    pub fn admit(self: &Arc<Self>, tenant: &str) -> Result<QuotaGuard, QuotaExceeded> {
+    pub fn admit(&self, tenant: &str) -> Result<QuotaGuard, QuotaExceeded> {
+        self.tenant(tenant).admit()
+    }
+}
+
+impl TenantQuota {
+    /// Admits one invocation, or says which quota is exhausted. A refused request holds
+    /// nothing.
+    pub fn admit(self: &Arc<Self>) -> Result<QuotaGuard, QuotaExceeded> {
+        let max = self.max_concurrent;
+        if self
+            .running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
         {
-            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            let count = running.entry(tenant.to_string()).or_insert(0);
-            if *count >= self.limits.max_concurrent {
-                return Err(QuotaExceeded::Concurrency);
-            }
-            *count += 1;
+            return Err(QuotaExceeded::Concurrency);
         }
         let guard = QuotaGuard {
-            quotas: self.clone(),
-            tenant: tenant.to_string(),
+            tenant: self.clone(),
         };
-        match self.rate.check_key(&tenant.to_string()) {
+        match self.rate.check() {
             Ok(()) => Ok(guard),
             Err(not_until) => {
                 drop(guard);
@@ -112,6 +132,11 @@ impl TenantQuotas {
                 })
             }
         }
+    }
+
+    /// Invocations of this tenant running now.
+    pub fn running(&self) -> u32 {
+        self.running.load(Ordering::Acquire)
     }
 }
 
@@ -149,6 +174,6 @@ mod tests {
             "{refused:?}"
         );
         // A refused request does not hold a concurrency slot.
-        assert!(quotas.running.lock().unwrap().is_empty());
+        assert_eq!(quotas.tenant("acme").running(), 0);
     }
 }

@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::logs::RequestLog;
-use crate::metrics::{ErrorLabels, FunctionLabels, QuotaLabels};
+use crate::metrics::{ErrorLabels, QuotaLabels};
 use crate::node::{Node, VersionState};
 
 /// Limits of the front.
@@ -292,9 +292,11 @@ async fn route_and_invoke(
             }
         }
     };
-    node.cache.touch(&slot.entry.id, slot.entry.version);
+    if slot.hot.touch_due() {
+        node.cache.touch(&slot.entry.id, slot.entry.version);
+    }
 
-    let _quota = match node.quotas.admit(&slot.entry.tenant) {
+    let _quota = match slot.hot.quota.admit() {
         Ok(guard) => guard,
         Err(exceeded) => {
             let labels = QuotaLabels {
@@ -345,9 +347,6 @@ async fn route_and_invoke(
         }
     };
 
-    let labels = FunctionLabels {
-        function_id: function_id.clone(),
-    };
     let context = InvokeContext {
         request_id: Some(request_id.into()),
         deadline: None,
@@ -355,15 +354,12 @@ async fn route_and_invoke(
     let invoked = function
         .handle(http::Request::from_parts(parts, body), context)
         .await;
-    node.metrics.invocations.get_or_create(&labels).inc();
-    node.metrics
-        .latency
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
+    slot.hot.invocations.inc();
+    slot.hot.latency.observe(started.elapsed().as_secs_f64());
     match invoked {
         Ok(invocation) => {
             if invocation.cold_start {
-                node.metrics.cold_starts.get_or_create(&labels).inc();
+                slot.hot.cold_starts.inc();
             }
             Outcome {
                 response: invocation.response.map(Full::new),
