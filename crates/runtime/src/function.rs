@@ -72,7 +72,8 @@ pub struct Invocation {
     pub response: http::Response<Bytes>,
     /// From taking an instance to the last byte of the response.
     pub wall_time: Duration,
-    /// CPU time spent running the guest (and the host functions it called).
+    /// Time spent running the guest and the host functions it called, excluding every wait
+    /// (see `limits::CpuTimed`): the figure per-tenant CPU quotas use.
     pub cpu_time: Duration,
     /// Whether a new instance had to be created for this request.
     pub cold_start: bool,
