@@ -178,6 +178,21 @@ pub async fn run(
         Fetcher::new(backoff, 50 << 20),
     );
     node.reconcile(&manifest);
+    let labels: serde_json::Map<String, serde_json::Value> = args
+        .labels
+        .0
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    logs::write_line(&json!({
+        "timestamp": logs::rfc3339(std::time::SystemTime::now()),
+        "level": "INFO",
+        "message": "node started",
+        "node_id": args.node_id,
+        "labels": labels,
+        "functions": manifest.functions.len(),
+        "routes": manifest.routes.len(),
+    }));
     spawn_reload_on_hangup(node.clone(), args.manifest.clone());
 
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();

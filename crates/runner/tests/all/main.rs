@@ -57,6 +57,8 @@ impl Runner {
                 "127.0.0.1:0",
                 "--node-id",
                 "test-node",
+                "--labels",
+                "region=tokyo,pop=tokyo-1",
             ])
             .arg("--cache-dir")
             .arg(dir.join("cache"))

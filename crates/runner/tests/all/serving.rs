@@ -97,6 +97,11 @@ async fn serves_hello_and_echo_and_404s_the_rest() {
         assert!(logged.get(field).is_some(), "missing {field} in {logged}");
     }
     assert_eq!(logged["function_id"], "hello");
+    let started = lines
+        .iter()
+        .find(|l| l["message"] == "node started")
+        .expect("start-up logged");
+    assert_eq!(started["labels"]["region"], "tokyo");
     assert_eq!(logged["node_id"], "test-node");
     assert_eq!(logged["status"], 200);
 }
