@@ -19,7 +19,9 @@ pub mod manifest;
 pub mod metrics;
 pub mod node;
 pub mod quotas;
-pub mod router;
+/// The route table lives in `edgefn-proto`, so the control plane validates patterns with
+/// the very code that matches them here.
+pub use edgefn_proto::router;
 pub mod server;
 
 use std::num::NonZeroU32;

@@ -1,0 +1,130 @@
+//! `ApiError`: every failure of the API, mapped to a status and the error body in one place.
+//! Internal detail is logged once here and never sent to clients.
+
+use axum::extract::rejection::JsonRejection;
+use axum::response::{IntoResponse, Response};
+use edgefn_proto::api::{ErrorBody, ErrorDetail, FieldError};
+use http::StatusCode;
+use serde_json::json;
+
+use crate::artifacts::ArtifactError;
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400 with every failing field.
+    Validation(Vec<FieldError>),
+    /// 400 for a body that is not the expected JSON.
+    BadRequest(String),
+    /// 403: a signature or token that does not hold.
+    Forbidden(String),
+    NotFound(String),
+    Conflict(String),
+    PayloadTooLarge(String),
+    /// 422: the uploaded bytes are not a runnable artifact.
+    InvalidArtifact(String),
+    /// 503: a backing service is down.
+    Unavailable(String),
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn not_found(what: &str) -> Self {
+        Self::NotFound(format!("{what} not found"))
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, String, serde_json::Value) {
+        match self {
+            Self::Validation(fields) => (
+                StatusCode::BAD_REQUEST,
+                "validation_failed",
+                format!("{} field(s) failed validation", fields.len()),
+                json!({ "fields": fields }),
+            ),
+            Self::BadRequest(m) => (
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                m.clone(),
+                json!(null),
+            ),
+            Self::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.clone(), json!(null)),
+            Self::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.clone(), json!(null)),
+            Self::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone(), json!(null)),
+            Self::PayloadTooLarge(m) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                m.clone(),
+                json!(null),
+            ),
+            Self::InvalidArtifact(m) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_artifact",
+                m.clone(),
+                json!(null),
+            ),
+            Self::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "a backing service is unavailable".into(),
+                json!(null),
+            ),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error".into(),
+                json!(null),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Internal(detail) | Self::Unavailable(detail) = &self {
+            tracing::error!(error = %detail, "request failed");
+        }
+        let (status, code, message, details) = self.parts();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message,
+                details,
+            },
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound => Self::NotFound("not found".into()),
+            StoreError::Conflict(m) => Self::Conflict(m),
+            StoreError::Database(m) | StoreError::Startup(m) => Self::Unavailable(m),
+        }
+    }
+}
+
+impl From<ArtifactError> for ApiError {
+    fn from(error: ArtifactError) -> Self {
+        match error {
+            ArtifactError::NotFound => Self::NotFound("object not found".into()),
+            ArtifactError::Store(m) => Self::Unavailable(m),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::PayloadTooLarge("request body too large".into())
+        } else {
+            Self::BadRequest(rejection.body_text())
+        }
+    }
+}
+
+/// `axum::Json`, with rejections answered in the API's error shape.
+#[derive(axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);

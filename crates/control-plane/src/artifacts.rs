@@ -1,0 +1,223 @@
+//! The artifact store: a local directory (default) or an S3-compatible bucket, behind
+//! `object_store`. Uploads land at `uploads/{function_id}/{version}`; accepted artifacts
+//! live content-addressed at `artifacts/sha256/{hash}`, so identical uploads share one object.
+//!
+//! Presigned uploads: with S3 the URL is a real presigned `PUT` to the bucket; with the
+//! local store it is this control plane's upload endpoint with an HMAC-SHA256 signature
+//! over function, version and expiry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac as _};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::signer::Signer as _;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
+use sha2::Sha256;
+
+use crate::store::now_ms;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("object not found")]
+    NotFound,
+    #[error("artifact store error: {0}")]
+    Store(String),
+}
+
+impl From<object_store::Error> for ArtifactError {
+    fn from(error: object_store::Error) -> Self {
+        match error {
+            object_store::Error::NotFound { .. } => Self::NotFound,
+            other => Self::Store(other.to_string()),
+        }
+    }
+}
+
+enum Signer {
+    /// Key of the HMAC over local upload URLs.
+    Local([u8; 32]),
+    S3(Arc<AmazonS3>),
+}
+
+pub struct Artifacts {
+    store: Arc<dyn ObjectStore>,
+    signer: Signer,
+    /// Base URL under which this control plane is reached (`http://host:port`).
+    public_url: String,
+}
+
+pub fn upload_path(function_id: &str, version: u64) -> ObjectPath {
+    ObjectPath::from(format!("uploads/{function_id}/{version}"))
+}
+
+pub fn artifact_path(sha256: &str) -> ObjectPath {
+    ObjectPath::from(format!("artifacts/sha256/{sha256}"))
+}
+
+/// S3 settings; credentials and region come from the usual AWS environment variables.
+#[derive(Clone, Debug)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub endpoint: Option<String>,
+}
+
+impl Artifacts {
+    /// A store in a local directory; `signing_key` signs upload URLs.
+    pub fn local(
+        dir: &std::path::Path,
+        signing_key: [u8; 32],
+        public_url: String,
+    ) -> Result<Self, ArtifactError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ArtifactError::Store(format!("cannot create {}: {e}", dir.display())))?;
+        let store = LocalFileSystem::new_with_prefix(dir)?;
+        Ok(Self {
+            store: Arc::new(store),
+            signer: Signer::Local(signing_key),
+            public_url,
+        })
+    }
+
+    /// A store in an S3-compatible bucket (path-style addressing, HTTP allowed for local
+    /// servers). Fails when the bucket cannot be reached.
+    pub async fn s3(settings: &S3Settings, public_url: String) -> Result<Self, ArtifactError> {
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(&settings.bucket);
+        if let Some(endpoint) = &settings.endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(true)
+                .with_virtual_hosted_style_request(false);
+        }
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            builder = builder.with_region("us-east-1");
+        }
+        let s3 = Arc::new(builder.build()?);
+        let artifacts = Self {
+            store: s3.clone(),
+            signer: Signer::S3(s3),
+            public_url,
+        };
+        // Reachability and credentials: a HEAD on a key that need not exist.
+        match artifacts
+            .store
+            .head(&ObjectPath::from("edgefn-probe"))
+            .await
+        {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(artifacts),
+            Err(error) => Err(ArtifactError::Store(format!(
+                "bucket {:?} is not reachable: {error}",
+                settings.bucket
+            ))),
+        }
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self.signer, Signer::Local(_))
+    }
+
+    fn mac(key: &[u8; 32], function_id: &str, version: u64, expires: i64) -> Hmac<Sha256> {
+        // A 32-byte key is always a valid HMAC key; `new_from_slice` cannot fail here.
+        let mut mac = <Hmac<Sha256>>::new_from_slice(key)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        mac.update(format!("upload\n{function_id}\n{version}\n{expires}").as_bytes());
+        mac
+    }
+
+    /// A URL the client `PUT`s the artifact to, valid for `ttl`, and its expiry (Unix ms).
+    pub async fn upload_url(
+        &self,
+        function_id: &str,
+        version: u64,
+        ttl: Duration,
+    ) -> Result<(String, i64), ArtifactError> {
+        let expires = now_ms() + ttl.as_millis() as i64;
+        let url = match &self.signer {
+            Signer::Local(key) => {
+                let signature = hex::encode(
+                    Self::mac(key, function_id, version, expires)
+                        .finalize()
+                        .into_bytes(),
+                );
+                format!(
+                    "{}/api/v1/uploads/{function_id}/{version}?expires={expires}&signature={signature}",
+                    self.public_url.trim_end_matches('/')
+                )
+            }
+            Signer::S3(s3) => s3
+                .signed_url(http::Method::PUT, &upload_path(function_id, version), ttl)
+                .await?
+                .to_string(),
+        };
+        Ok((url, expires))
+    }
+
+    /// Whether a local upload URL's signature is genuine and unexpired.
+    pub fn verify_upload(
+        &self,
+        function_id: &str,
+        version: u64,
+        expires: i64,
+        signature: &str,
+    ) -> bool {
+        let Signer::Local(key) = &self.signer else {
+            return false;
+        };
+        let Ok(signature) = hex::decode(signature) else {
+            return false;
+        };
+        expires > now_ms()
+            && Self::mac(key, function_id, version, expires)
+                .verify_slice(&signature)
+                .is_ok()
+    }
+
+    /// Where nodes download an accepted artifact.
+    pub fn artifact_url(&self, sha256: &str) -> String {
+        format!(
+            "{}/api/v1/artifacts/{sha256}",
+            self.public_url.trim_end_matches('/')
+        )
+    }
+
+    pub async fn put_upload(
+        &self,
+        function_id: &str,
+        version: u64,
+        bytes: Bytes,
+    ) -> Result<(), ArtifactError> {
+        self.store
+            .put(&upload_path(function_id, version), PutPayload::from(bytes))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn read(&self, path: &ObjectPath) -> Result<Bytes, ArtifactError> {
+        Ok(self.store.get(path).await?.bytes().await?)
+    }
+
+    pub async fn delete(&self, path: &ObjectPath) -> Result<(), ArtifactError> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Stores an accepted artifact under its hash, unless an identical one is there.
+    pub async fn store_artifact(&self, sha256: &str, bytes: Bytes) -> Result<(), ArtifactError> {
+        let path = artifact_path(sha256);
+        match self.store.head(&path).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => {
+                self.store.put(&path, PutPayload::from(bytes)).await?;
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+}

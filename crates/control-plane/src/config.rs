@@ -1,0 +1,140 @@
+//! The control plane's flags. Each has an `EDGEFN_…` variable; `--config FILE` reads the
+//! same settings from TOML (flag names with `_`), which flags and variables override.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{CommandFactory as _, FromArgMatches as _, Parser};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edgefn-control-plane",
+    version,
+    about = "The edgefn control plane"
+)]
+pub struct ControlPlaneArgs {
+    /// TOML file with any of these settings (keys are the flag names with `_`).
+    #[arg(long, env = "EDGEFN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the API listener (port 0 picks a free port).
+    #[arg(long, env = "EDGEFN_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory for the embedded database, local artifacts and keys.
+    #[arg(long, env = "EDGEFN_DATA_DIR", default_value = ".edgefn")]
+    pub data_dir: PathBuf,
+    /// `sqlite:…` or `postgres://…`; default: SQLite in the data directory.
+    #[arg(long, env = "EDGEFN_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// `s3://bucket` for an S3-compatible store; default: a directory in the data directory.
+    #[arg(long, env = "EDGEFN_ARTIFACTS")]
+    pub artifacts: Option<String>,
+    /// Endpoint of the S3-compatible server (MinIO, Garage, SeaweedFS); default AWS.
+    #[arg(long, env = "EDGEFN_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// How clients and nodes reach this control plane (used in upload and artifact URLs);
+    /// default `http://` + the listen address.
+    #[arg(long, env = "EDGEFN_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Largest `memory_pages` a function may ask for.
+    #[arg(long, env = "EDGEFN_MAX_MEMORY_PAGES", default_value_t = 4096)]
+    pub max_memory_pages: u64,
+    /// Largest `max_execution_ms` a function may ask for.
+    #[arg(long, env = "EDGEFN_MAX_EXECUTION_MS", default_value_t = 60_000)]
+    pub max_execution_ms: u64,
+    /// Largest artifact accepted, in bytes.
+    #[arg(long, env = "EDGEFN_MAX_ARTIFACT_BYTES", default_value_t = 50 << 20)]
+    pub max_artifact_bytes: usize,
+    /// Seconds an upload URL stays valid.
+    #[arg(long, env = "EDGEFN_UPLOAD_TTL_SECS", default_value_t = 900)]
+    pub upload_ttl_secs: u64,
+    /// Seconds of silence after which a node is marked offline.
+    #[arg(long, env = "EDGEFN_NODE_OFFLINE_AFTER_SECS", default_value_t = 120)]
+    pub node_offline_after_secs: u64,
+}
+
+impl ControlPlaneArgs {
+    /// Parses flags and variables, with defaults taken from `--config` when given.
+    pub fn parse_with_config() -> anyhow::Result<Self> {
+        Self::parse_from_with_config(std::env::args_os())
+    }
+
+    pub fn parse_from_with_config<I, T>(args: I) -> anyhow::Result<Self>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let first = Self::try_parse_from(&args)?;
+        let Some(path) = &first.config else {
+            return Ok(first);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let table: toml::Table = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+        let mut command = Self::command();
+        for (key, value) in table {
+            let id = key.replace('-', "_");
+            if id == "config" || !command.get_arguments().any(|a| a.get_id() == id.as_str()) {
+                anyhow::bail!("{}: unknown setting {key:?}", path.display());
+            }
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                other => anyhow::bail!(
+                    "{}: {key} must be a string or an integer, not {}",
+                    path.display(),
+                    other.type_str()
+                ),
+            };
+            command = command.mut_arg(id, |arg| arg.default_value(value));
+        }
+        let matches = command.try_get_matches_from(&args)?;
+        Ok(Self::from_arg_matches(&matches)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_sets_defaults_that_flags_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cp.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9999\"\nmax_memory_pages = 100\n",
+        )
+        .unwrap();
+        let args = ControlPlaneArgs::parse_from_with_config([
+            "cp",
+            "--config",
+            file.to_str().unwrap(),
+            "--max-memory-pages",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(args.listen.port(), 9999);
+        assert_eq!(args.max_memory_pages, 7);
+        std::fs::write(&file, "colour = \"blue\"\n").unwrap();
+        let error =
+            ControlPlaneArgs::parse_from_with_config(["cp", "--config", file.to_str().unwrap()])
+                .unwrap_err();
+        assert!(
+            error.to_string().contains("unknown setting \"colour\""),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn every_flag_is_documented() {
+        let command = ControlPlaneArgs::command();
+        command.clone().debug_assert();
+        for arg in command.get_arguments() {
+            if arg.get_id() != "help" && arg.get_id() != "version" {
+                assert!(arg.get_help().is_some(), "--{} has no help", arg.get_id());
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Request validation: every failing field is reported at once, as the 400's `details`.
+
+use edgefn_proto::Selector;
+use edgefn_proto::api::{CreateFunction, FieldError, FunctionSettings, RouteInput, SettingsInput};
+use edgefn_proto::router::{RouteSpec, RouteTable};
+
+/// Operator limits that bound what functions may ask for.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_memory_pages: u64,
+    pub max_execution_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_memory_pages: 4096,
+            max_execution_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Problems(pub Vec<FieldError>);
+
+impl Problems {
+    pub fn add(&mut self, field: &str, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.to_string(),
+            message: message.into(),
+        });
+    }
+
+    pub fn into_result<T>(self, value: T) -> Result<T, Vec<FieldError>> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.0)
+        }
+    }
+}
+
+/// Lower-case letters, digits and '-', starting with a letter or digit, at most 63.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+}
+
+fn check_range(
+    problems: &mut Problems,
+    field: &str,
+    value: Option<i64>,
+    default: i64,
+    max: i64,
+) -> i64 {
+    let value = value.unwrap_or(default);
+    if value <= 0 || value > max {
+        problems.add(field, format!("must be between 1 and {max}, got {value}"));
+    }
+    value.max(0)
+}
+
+/// Checks one `allowed_outbound_hosts` entry: `host`, `host:port` or `*.domain`.
+pub fn valid_outbound_host(entry: &str) -> bool {
+    let (host, port) = match entry.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (entry, None),
+    };
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return false;
+    }
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !name.contains("..")
+}
+
+pub fn settings(
+    input: &SettingsInput,
+    project: &str,
+    limits: Limits,
+    problems: &mut Problems,
+) -> FunctionSettings {
+    if let Some(entrypoint) = &input.entrypoint
+        && (entrypoint.is_empty()
+            || entrypoint.len() > 256
+            || entrypoint
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace()))
+    {
+        problems.add(
+            "entrypoint",
+            "must be 1-256 printable characters without spaces",
+        );
+    }
+    let memory_pages = check_range(
+        problems,
+        "memory_pages",
+        input.memory_pages,
+        256,
+        limits.max_memory_pages as i64,
+    );
+    let max_execution_ms = check_range(
+        problems,
+        "max_execution_ms",
+        input.max_execution_ms,
+        10_000,
+        limits.max_execution_ms as i64,
+    );
+    for (i, host) in input.allowed_outbound_hosts.iter().enumerate() {
+        if !valid_outbound_host(host) {
+            problems.add(
+                &format!("allowed_outbound_hosts[{i}]"),
+                "must be host, host:port or *.domain",
+            );
+        }
+    }
+    let max_hot = check_range(
+        problems,
+        "max_hot_instances",
+        input.max_hot_instances,
+        16,
+        10_000,
+    );
+    let min_hot = input.min_hot_instances.unwrap_or(1);
+    if min_hot < 0 || min_hot > max_hot {
+        problems.add(
+            "min_hot_instances",
+            "must be between 0 and max_hot_instances",
+        );
+    }
+    let reuse = check_range(
+        problems,
+        "instance_reuse",
+        input.instance_reuse,
+        1000,
+        1_000_000_000,
+    );
+    for name in input.env.keys() {
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            problems.add("env", format!("invalid variable name {name:?}"));
+        }
+    }
+    let tenant = input.tenant.clone().unwrap_or_else(|| project.to_string());
+    if !valid_name(&tenant) {
+        problems.add("tenant", "must be lower-case letters, digits and '-'");
+    }
+    FunctionSettings {
+        entrypoint: input.entrypoint.clone(),
+        memory_pages: memory_pages as u64,
+        max_execution_ms: max_execution_ms as u64,
+        allowed_outbound_hosts: input.allowed_outbound_hosts.clone(),
+        min_hot_instances: min_hot.clamp(0, u32::MAX as i64) as u32,
+        max_hot_instances: max_hot as u32,
+        instance_reuse: reuse as u32,
+        env: input.env.clone(),
+        tenant,
+    }
+}
+
+/// A validated `POST /functions`: project, name and settings.
+pub fn create_function(
+    input: &CreateFunction,
+    limits: Limits,
+) -> Result<(String, FunctionSettings), Vec<FieldError>> {
+    let mut problems = Problems::default();
+    if !valid_name(&input.name) {
+        problems.add(
+            "name",
+            "must be 1-63 lower-case letters, digits and '-', not starting with '-'",
+        );
+    }
+    let project = input.project.clone().unwrap_or_else(|| "default".into());
+    if !valid_name(&project) {
+        problems.add("project", "must be lower-case letters, digits and '-'");
+    }
+    let settings = settings(&input.settings, &project, limits, &mut problems);
+    problems.into_result((project, settings))
+}
+
+/// A validated route: methods upper-cased, sorted and deduplicated (the uniqueness key).
+pub fn route(input: &RouteInput) -> Result<RouteInput, Vec<FieldError>> {
+    let mut problems = Problems::default();
+    let mut methods: Vec<String> = input
+        .methods
+        .iter()
+        .map(|m| m.to_ascii_uppercase())
+        .collect();
+    methods.sort();
+    methods.dedup();
+    for method in &methods {
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+            problems.add("methods", format!("invalid method {method:?}"));
+        }
+    }
+    let spec = RouteSpec {
+        host: input.host.clone(),
+        path: input.path.clone(),
+        methods: methods.clone(),
+        priority: 0,
+        target: (),
+    };
+    if let Err((_, error)) = RouteTable::new(vec![spec]) {
+        problems.add(error.field, error.to_string());
+    }
+    if input.version.is_some_and(|v| v <= 0) {
+        problems.add("version", "must be positive");
+    }
+    if !(i32::MIN as i64..=i32::MAX as i64).contains(&input.priority) {
+        problems.add("priority", "must fit in 32 bits");
+    }
+    if let Err(error) = Selector::parse(&input.pop_selector) {
+        problems.add("pop_selector", error.to_string());
+    }
+    problems.into_result(RouteInput {
+        methods,
+        ..input.clone()
+    })
+}

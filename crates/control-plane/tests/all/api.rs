@@ -1,0 +1,483 @@
+//! Every endpoint and error code, on every backend.
+
+use bytes::Bytes;
+use edgefn_control_plane::store::now_ms;
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+
+use crate::fixture::{Backend, app, app_with, hello};
+use crate::on_every_backend;
+
+async fn upload_complete_and_download_round_trip(backend: Backend) {
+    let app = app(&backend).await;
+    let wasm = hello();
+    let (completed, id) = app.deploy_bytes("hello", &wasm).await;
+    assert_eq!(completed.status, 200, "{:?}", completed.json());
+    let version = completed.json();
+    let sha = hex::encode(Sha256::digest(&wasm));
+    assert_eq!(version["state"], "ready");
+    assert_eq!(version["kind"], "component");
+    assert_eq!(version["sha256"], sha);
+    assert_eq!(version["size"], wasm.len());
+    let url = version["artifact_url"].as_str().unwrap();
+    assert_eq!(url, format!("http://cp.test/api/v1/artifacts/{sha}"));
+    let downloaded = app.get(url.strip_prefix("http://cp.test").unwrap()).await;
+    assert_eq!(downloaded.status, 200);
+    assert_eq!(hex::encode(Sha256::digest(&downloaded.body)), sha);
+    let function = app.get(&format!("/api/v1/functions/{id}")).await.json();
+    assert_eq!(function["latest_ready_version"], 1);
+    // Versions are immutable once uploaded.
+    let again = app
+        .send(
+            "POST",
+            &format!("/api/v1/functions/{id}/versions/1/complete"),
+            Bytes::new(),
+            "application/json",
+        )
+        .await;
+    assert_eq!(again.status, 409);
+}
+
+async fn invalid_bytes_are_refused_with_422_and_the_version_marked_invalid(backend: Backend) {
+    let app = app(&backend).await;
+    let wasm = hello();
+    for (name, bytes) in [
+        ("text", b"#!/bin/sh\necho hi\n".to_vec()),
+        ("truncated", wasm[..wasm.len() / 2].to_vec()),
+    ] {
+        let (completed, id) = app.deploy_bytes(name, &bytes).await;
+        assert_eq!(completed.status, 422, "{name}");
+        let body = completed.json();
+        assert_eq!(body["error"]["code"], "invalid_artifact");
+        assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+        let version = app
+            .get(&format!("/api/v1/functions/{id}/versions/1"))
+            .await
+            .json();
+        assert_eq!(version["state"], "invalid");
+        assert!(version["artifact_url"].is_null());
+        // The uploaded object is gone: completing again finds nothing to accept.
+        let again = app
+            .send(
+                "POST",
+                &format!("/api/v1/functions/{id}/versions/1/complete"),
+                Bytes::new(),
+                "",
+            )
+            .await;
+        assert_eq!(again.status, 409);
+    }
+}
+
+async fn upload_urls_are_signed_and_expire(backend: Backend) {
+    let app = app(&backend).await;
+    let created = app
+        .json("POST", "/api/v1/functions", json!({ "name": "f" }))
+        .await
+        .json();
+    let url = created["upload_url"].as_str().unwrap();
+    let tampered = url
+        .replace("/f", "/g")
+        .replace("signature=", "signature=00");
+    assert_eq!(app.upload(&tampered, b"x").await.status, 403);
+    let other_version = url.replace("/1?", "/2?");
+    assert_eq!(app.upload(&other_version, b"x").await.status, 403);
+    let expired_app = app_with(&backend, std::time::Duration::ZERO).await;
+    // Same database on PostgreSQL (one schema per test): another name.
+    let created = expired_app
+        .json("POST", "/api/v1/functions", json!({ "name": "expired" }))
+        .await
+        .json();
+    assert_eq!(
+        expired_app
+            .upload(created["upload_url"].as_str().unwrap(), b"x")
+            .await
+            .status,
+        403
+    );
+}
+
+async fn validation_reports_every_field_and_persists_nothing(backend: Backend) {
+    let app = app(&backend).await;
+    let reply = app
+        .json(
+            "POST",
+            "/api/v1/functions",
+            json!({ "name": "Bad Name!", "memory_pages": 0, "max_execution_ms": -5, "entrypoint": "", "allowed_outbound_hosts": ["http://x/"] }),
+        )
+        .await;
+    assert_eq!(reply.status, 400);
+    let body = reply.json();
+    assert_eq!(body["error"]["code"], "validation_failed");
+    let fields: Vec<&str> = body["error"]["details"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    for field in [
+        "name",
+        "memory_pages",
+        "max_execution_ms",
+        "entrypoint",
+        "allowed_outbound_hosts[0]",
+    ] {
+        assert!(fields.contains(&field), "{field} missing from {fields:?}");
+    }
+    let too_much = app
+        .json(
+            "POST",
+            "/api/v1/functions",
+            json!({ "name": "a", "memory_pages": 100000 }),
+        )
+        .await;
+    assert_eq!(too_much.status, 400);
+    assert_eq!(app.get("/api/v1/functions").await.json(), json!([]));
+}
+
+async fn duplicate_names_conflict_per_project(backend: Backend) {
+    let app = app(&backend).await;
+    assert_eq!(
+        app.json("POST", "/api/v1/functions", json!({ "name": "api" }))
+            .await
+            .status,
+        201
+    );
+    let duplicate = app
+        .json("POST", "/api/v1/functions", json!({ "name": "api" }))
+        .await;
+    assert_eq!(duplicate.status, 409);
+    assert_eq!(duplicate.json()["error"]["code"], "conflict");
+    let elsewhere = app
+        .json(
+            "POST",
+            "/api/v1/functions",
+            json!({ "name": "api", "project": "shop" }),
+        )
+        .await;
+    assert_eq!(elsewhere.status, 201);
+    let shop = app.get("/api/v1/functions?project=shop").await.json();
+    assert_eq!(shop.as_array().unwrap().len(), 1);
+}
+
+async fn versions_number_up_and_list(backend: Backend) {
+    let app = app(&backend).await;
+    let created = app
+        .json(
+            "POST",
+            "/api/v1/functions",
+            json!({ "name": "f", "memory_pages": 64 }),
+        )
+        .await
+        .json();
+    let id = created["function_id"].as_str().unwrap();
+    assert_eq!(created["version"], 1);
+    let second = app
+        .send(
+            "POST",
+            &format!("/api/v1/functions/{id}/versions"),
+            Bytes::new(),
+            "",
+        )
+        .await;
+    assert_eq!(second.status, 201);
+    assert_eq!(second.json()["version"], 2);
+    let versions = app
+        .get(&format!("/api/v1/functions/{id}/versions"))
+        .await
+        .json();
+    let numbers: Vec<u64> = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1, 2]);
+    assert_eq!(versions[1]["settings"]["memory_pages"], 64);
+    assert_eq!(
+        app.get("/api/v1/functions/fn_nope/versions").await.status,
+        404
+    );
+    assert_eq!(
+        app.get(&format!("/api/v1/functions/{id}/versions/9"))
+            .await
+            .status,
+        404
+    );
+}
+
+async fn routes_are_validated_unique_and_editable(backend: Backend) {
+    let app = app(&backend).await;
+    let id = app
+        .json("POST", "/api/v1/functions", json!({ "name": "f" }))
+        .await
+        .json()["function_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let route = json!({ "host": "*.example.com", "path": "/api/*", "function_id": id, "methods": ["get"], "pop_selector": "region == 'tokyo'" });
+    let created = app.json("POST", "/api/v1/routes", route.clone()).await;
+    assert_eq!(created.status, 201, "{:?}", created.json());
+    let route_id = created.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(created.json()["methods"], json!(["GET"]));
+    assert_eq!(
+        app.json("POST", "/api/v1/routes", route.clone())
+            .await
+            .status,
+        409,
+        "same host, path and methods"
+    );
+
+    let bad_path = app
+        .json(
+            "POST",
+            "/api/v1/routes",
+            json!({ "path": "/a/*/b", "function_id": id }),
+        )
+        .await;
+    assert_eq!(bad_path.status, 400);
+    assert!(
+        bad_path.json()["error"]["details"]["fields"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("position 3")
+    );
+    let bad_selector = app
+        .json(
+            "POST",
+            "/api/v1/routes",
+            json!({ "path": "/x", "function_id": id, "pop_selector": "region == " }),
+        )
+        .await;
+    assert_eq!(bad_selector.status, 400);
+    assert!(bad_selector.body.windows(8).any(|w| w == b"position"));
+    let no_function = app
+        .json(
+            "POST",
+            "/api/v1/routes",
+            json!({ "path": "/x", "function_id": "fn_missing" }),
+        )
+        .await;
+    assert_eq!(no_function.status, 400);
+
+    let updated = app
+        .json(
+            "PUT",
+            &format!("/api/v1/routes/{route_id}"),
+            json!({ "path": "/v2/*", "function_id": id, "priority": 5 }),
+        )
+        .await;
+    assert_eq!(updated.status, 200);
+    assert_eq!(updated.json()["priority"], 5);
+    assert_eq!(
+        app.get(&format!("/api/v1/routes/{route_id}")).await.json()["path"],
+        "/v2/*"
+    );
+    assert_eq!(
+        app.get("/api/v1/routes")
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        app.send(
+            "DELETE",
+            &format!("/api/v1/routes/{route_id}"),
+            Bytes::new(),
+            ""
+        )
+        .await
+        .status,
+        204
+    );
+    assert_eq!(
+        app.get(&format!("/api/v1/routes/{route_id}")).await.status,
+        404
+    );
+    assert_eq!(
+        app.json(
+            "PUT",
+            "/api/v1/routes/rt_missing",
+            json!({ "path": "/", "function_id": id })
+        )
+        .await
+        .status,
+        404
+    );
+}
+
+async fn deleting_a_function_in_use_needs_force_and_removes_its_artifacts(backend: Backend) {
+    let app = app(&backend).await;
+    let (completed, id) = app.deploy_bytes("hello", &hello()).await;
+    let url = completed.json()["artifact_url"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("http://cp.test")
+        .unwrap()
+        .to_string();
+    app.json(
+        "POST",
+        "/api/v1/routes",
+        json!({ "path": "/", "function_id": id }),
+    )
+    .await;
+    let refused = app
+        .send(
+            "DELETE",
+            &format!("/api/v1/functions/{id}"),
+            Bytes::new(),
+            "",
+        )
+        .await;
+    assert_eq!(refused.status, 409);
+    assert_eq!(app.get(&url).await.status, 200);
+    let forced = app
+        .send(
+            "DELETE",
+            &format!("/api/v1/functions/{id}?force=true"),
+            Bytes::new(),
+            "",
+        )
+        .await;
+    assert_eq!(forced.status, 204);
+    assert_eq!(
+        app.get(&format!("/api/v1/functions/{id}")).await.status,
+        404
+    );
+    assert_eq!(app.get(&url).await.status, 404);
+    assert_eq!(app.get("/api/v1/routes").await.json(), json!([]));
+}
+
+async fn nodes_register_heartbeat_and_go_offline(backend: Backend) {
+    let app = app(&backend).await;
+    let registered = app.json("POST", "/api/v1/nodes/register", json!({ "name": "edge-1", "labels": { "region": "tokyo", "pop": "tokyo-1" }, "address": "127.0.0.1:8000" })).await;
+    assert_eq!(registered.status, 201);
+    let node_id = registered.json()["node_id"].as_str().unwrap().to_string();
+    let other = app
+        .json(
+            "POST",
+            "/api/v1/nodes/register",
+            json!({ "name": "edge-2", "labels": { "pop": "osaka-1" } }),
+        )
+        .await
+        .json();
+    assert_ne!(other["node_id"], node_id.as_str());
+    assert_eq!(
+        app.get(&format!("/api/v1/nodes/{node_id}")).await.json()["status"],
+        "syncing"
+    );
+
+    let beat = json!({ "node_id": node_id, "status": "online", "cpu_percent": 12.5, "mem_bytes": 1048576,
+        "inventory": [{ "function_id": "fn_x", "version": 3, "state": "ready" }] });
+    assert_eq!(
+        app.json(
+            "POST",
+            &format!("/api/v1/nodes/{node_id}/heartbeat"),
+            beat.clone()
+        )
+        .await
+        .status,
+        200
+    );
+    let node = app.get(&format!("/api/v1/nodes/{node_id}")).await.json();
+    assert_eq!(node["status"], "online");
+    assert_eq!(node["cpu_percent"], 12.5);
+    assert_eq!(node["inventory"][0]["version"], 3);
+    assert!(node["last_heartbeat"].as_i64().unwrap() >= now_ms() - 60_000);
+    let healthy = app
+        .get("/api/v1/nodes?healthy=true&pop=tokyo-1")
+        .await
+        .json();
+    assert_eq!(healthy.as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.get("/api/v1/nodes?healthy=true&pop=osaka-1")
+            .await
+            .json(),
+        json!([]),
+        "never heard from: not healthy"
+    );
+
+    assert_eq!(app.json("POST", "/api/v1/nodes/node_missing/heartbeat", json!({ "node_id": "node_missing", "status": "online", "cpu_percent": 1.0, "mem_bytes": 1 })).await.status, 404);
+    assert_eq!(
+        app.json(
+            "POST",
+            &format!("/api/v1/nodes/{node_id}/heartbeat"),
+            json!({ "node_id": "x", "status": "online", "cpu_percent": 1.0, "mem_bytes": 1 })
+        )
+        .await
+        .status,
+        400
+    );
+
+    // The sweeper's query: everything silent since "now" goes offline and leaves the set.
+    let marked = app
+        .store
+        .mark_silent_nodes_offline(now_ms() + 1)
+        .await
+        .unwrap();
+    assert_eq!(marked, 2);
+    assert_eq!(
+        app.get(&format!("/api/v1/nodes/{node_id}")).await.json()["status"],
+        "offline"
+    );
+    assert_eq!(
+        app.get("/api/v1/nodes?healthy=true").await.json(),
+        json!([])
+    );
+    assert_eq!(
+        app.get("/api/v1/nodes")
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+async fn bad_requests_get_the_error_body(backend: Backend) {
+    let app = app(&backend).await;
+    let malformed = app
+        .send("POST", "/api/v1/functions", "{not json", "application/json")
+        .await;
+    assert_eq!(malformed.status, 400);
+    assert_eq!(malformed.json()["error"]["code"], "bad_request");
+    let unknown_field = app
+        .json(
+            "POST",
+            "/api/v1/functions",
+            json!({ "name": "a", "colour": "red" }),
+        )
+        .await;
+    assert_eq!(unknown_field.status, 400);
+    let huge = app
+        .send(
+            "POST",
+            "/api/v1/functions",
+            vec![b' '; 2 << 20],
+            "application/json",
+        )
+        .await;
+    assert_eq!(huge.status, 413);
+    assert_eq!(huge.json()["error"]["code"], "payload_too_large");
+    let nowhere = app.get("/api/v2/anything").await;
+    assert_eq!(nowhere.status, 404);
+    assert_eq!(nowhere.json()["error"]["code"], "not_found");
+    assert_eq!(app.get("/api/v1/artifacts/not-a-hash").await.status, 404);
+}
+
+on_every_backend!(
+    upload_complete_and_download_round_trip,
+    invalid_bytes_are_refused_with_422_and_the_version_marked_invalid,
+    upload_urls_are_signed_and_expire,
+    validation_reports_every_field_and_persists_nothing,
+    duplicate_names_conflict_per_project,
+    versions_number_up_and_list,
+    routes_are_validated_unique_and_editable,
+    deleting_a_function_in_use_needs_force_and_removes_its_artifacts,
+    nodes_register_heartbeat_and_go_offline,
+    bad_requests_get_the_error_body,
+);

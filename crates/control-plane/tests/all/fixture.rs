@@ -1,0 +1,232 @@
+//! Backends and requests for the API suite.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use bytes::Bytes;
+use edgefn_control_plane::api::{AppState, router};
+use edgefn_control_plane::artifacts::Artifacts;
+use edgefn_control_plane::store::Store;
+use edgefn_control_plane::validate::Limits;
+use http_body_util::BodyExt as _;
+use tower::ServiceExt as _;
+
+/// Which metadata backend a test runs on.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Sqlite,
+    /// A fresh schema in the PostgreSQL test database, dropped with the last clone.
+    Postgres(String, Arc<DropSchema>),
+}
+
+/// Drops a test schema when the test is done (on a thread of its own: `Drop` cannot await).
+#[derive(Debug)]
+pub struct DropSchema {
+    url: String,
+    schema: String,
+}
+
+impl Drop for DropSchema {
+    fn drop(&mut self) {
+        let (url, schema) = (self.url.clone(), self.schema.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                if let Ok(pool) = sqlx::AnyPool::connect(&url).await {
+                    let _ =
+                        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                            .execute(&pool)
+                            .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// The PostgreSQL server tests use: `EDGEFN_TEST_POSTGRES_URL` (set by `.ci/run`, which then
+/// requires it), or this machine's default. `None` (the suite is skipped, and says so) only
+/// when the variable is unset and the default server does not answer.
+pub async fn postgres() -> Option<Backend> {
+    let (url, required) = match std::env::var("EDGEFN_TEST_POSTGRES_URL") {
+        Ok(url) => (url, true),
+        Err(_) => (DEFAULT_POSTGRES.to_string(), false),
+    };
+    sqlx::any::install_default_drivers();
+    let connection = sqlx::AnyPool::connect(&url).await;
+    let pool = match connection {
+        Ok(pool) => pool,
+        Err(error) if !required => {
+            eprintln!("skipping PostgreSQL suite: {url} is unavailable ({error})");
+            return None;
+        }
+        Err(error) => panic!(
+            "PostgreSQL at {url} is required (EDGEFN_TEST_POSTGRES_URL) but unavailable: {error}"
+        ),
+    };
+    let schema = format!("edgefn_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let scoped = format!("{url}{separator}options=-c%20search_path%3D{schema}");
+    Some(Backend::Postgres(
+        scoped,
+        Arc::new(DropSchema { url, schema }),
+    ))
+}
+
+pub struct App {
+    pub router: Router,
+    pub store: Store,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn app(backend: &Backend) -> App {
+    app_with(backend, Duration::from_secs(600)).await
+}
+
+pub async fn app_with(backend: &Backend, upload_ttl: Duration) -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let url = match backend {
+        Backend::Sqlite => format!("sqlite://{}?mode=rwc", dir.path().join("cp.db").display()),
+        Backend::Postgres(url, _) => url.clone(),
+    };
+    let store = Store::connect(&url).await.unwrap();
+    let artifacts = Artifacts::local(
+        &dir.path().join("artifacts"),
+        [7; 32],
+        "http://cp.test".into(),
+    )
+    .unwrap();
+    let state = AppState {
+        store: store.clone(),
+        artifacts: Arc::new(artifacts),
+        limits: Limits::default(),
+        upload_ttl,
+        max_artifact_bytes: 4 << 20,
+    };
+    App {
+        router: router(state),
+        store,
+        _dir: dir,
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+impl App {
+    pub async fn send(
+        &self,
+        method: &str,
+        uri: &str,
+        body: impl Into<Bytes>,
+        content_type: &str,
+    ) -> Reply {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", content_type)
+            .body(axum::body::Body::from(body.into()))
+            .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Reply { status, body }
+    }
+
+    pub async fn json(&self, method: &str, uri: &str, body: serde_json::Value) -> Reply {
+        self.send(method, uri, body.to_string(), "application/json")
+            .await
+    }
+
+    pub async fn get(&self, uri: &str) -> Reply {
+        self.send("GET", uri, Bytes::new(), "application/json")
+            .await
+    }
+
+    /// Uploads `bytes` through an `upload_url` (its path and query).
+    pub async fn upload(&self, upload_url: &str, bytes: &[u8]) -> Reply {
+        let path = upload_url
+            .strip_prefix("http://cp.test")
+            .expect("local upload URL");
+        self.send(
+            "PUT",
+            path,
+            Bytes::copy_from_slice(bytes),
+            "application/wasm",
+        )
+        .await
+    }
+
+    /// Creates a function, uploads `wasm` and completes version 1; returns the reply to
+    /// `complete` and the function id.
+    pub async fn deploy_bytes(&self, name: &str, wasm: &[u8]) -> (Reply, String) {
+        let created = self
+            .json(
+                "POST",
+                "/api/v1/functions",
+                serde_json::json!({ "name": name }),
+            )
+            .await;
+        assert_eq!(created.status, 201, "{:?}", created.json());
+        let created = created.json();
+        let id = created["function_id"].as_str().unwrap().to_string();
+        let uploaded = self
+            .upload(created["upload_url"].as_str().unwrap(), wasm)
+            .await;
+        assert_eq!(
+            uploaded.status,
+            200,
+            "{:?}",
+            String::from_utf8_lossy(&uploaded.body)
+        );
+        let completed = self
+            .send(
+                "POST",
+                &format!("/api/v1/functions/{id}/versions/1/complete"),
+                Bytes::new(),
+                "application/json",
+            )
+            .await;
+        (completed, id)
+    }
+}
+
+pub fn hello() -> Vec<u8> {
+    std::fs::read(edgefn_test_support::guest_wasm("hello")).unwrap()
+}
+
+/// Runs a test body for SQLite and PostgreSQL.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name($crate::fixture::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() {
+                if let Some(backend) = $crate::fixture::postgres().await { super::$name(backend).await }
+            })*
+        }
+    };
+}

@@ -1,0 +1,5 @@
+//! Control-plane tests: the API through `router(state)` without a server (tower `oneshot`),
+//! against SQLite and against the PostgreSQL server of this machine.
+
+mod api;
+mod fixture;

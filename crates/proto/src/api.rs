@@ -1,0 +1,266 @@
+//! Requests and responses of the control plane's REST API (`/api/v1`), shared with the CLI.
+//! Numbers that users type are signed in requests, so that `-1` reaches validation and is
+//! answered with a field error instead of a parse error.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::GuestKind;
+
+/// `POST /functions`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateFunction {
+    pub name: String,
+    /// Project the function belongs to (default `default`).
+    #[serde(default)]
+    pub project: Option<String>,
+    #[serde(flatten)]
+    pub settings: SettingsInput,
+}
+
+/// Per-version settings as submitted; absent fields take their defaults.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SettingsInput {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_pages: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_execution_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound_hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_hot_instances: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_hot_instances: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_reuse: Option<i64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Quota tenant (default: the project).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+/// Validated settings, as stored and as sent to nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionSettings {
+    pub entrypoint: Option<String>,
+    pub memory_pages: u64,
+    pub max_execution_ms: u64,
+    pub allowed_outbound_hosts: Vec<String>,
+    pub min_hot_instances: u32,
+    pub max_hot_instances: u32,
+    pub instance_reuse: u32,
+    pub env: BTreeMap<String, String>,
+    pub tenant: String,
+}
+
+/// `201` to `POST /functions` and `POST /functions/{id}/versions`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VersionCreated {
+    pub function_id: String,
+    pub version: u64,
+    /// Where to `PUT` the artifact's bytes (presigned, expires).
+    pub upload_url: String,
+    /// Unix milliseconds after which `upload_url` is refused.
+    pub upload_expires_at: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Function {
+    pub id: String,
+    pub project: String,
+    pub name: String,
+    pub settings: FunctionSettings,
+    pub created_at: i64,
+    /// Newest version whose artifact was accepted.
+    pub latest_ready_version: Option<u64>,
+}
+
+/// Where a version stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionState {
+    /// Waiting for its artifact.
+    Pending,
+    /// Artifact stored and validated; immutable from now on.
+    Ready,
+    /// The uploaded bytes were refused (see `error`).
+    Invalid,
+}
+
+impl VersionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Ready => "ready",
+            Self::Invalid => "invalid",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Self::Pending),
+            "ready" => Some(Self::Ready),
+            "invalid" => Some(Self::Invalid),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Version {
+    pub function_id: String,
+    pub version: u64,
+    pub state: VersionState,
+    pub settings: FunctionSettings,
+    pub sha256: Option<String>,
+    pub size: Option<u64>,
+    pub kind: Option<GuestKind>,
+    /// Where nodes download the artifact.
+    pub artifact_url: Option<String>,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub completed_at: Option<i64>,
+}
+
+/// `POST /routes` and `PUT /routes/{id}`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteInput {
+    #[serde(default = "any_host")]
+    pub host: String,
+    pub path: String,
+    pub function_id: String,
+    #[serde(default)]
+    pub version: Option<i64>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub priority: i64,
+    #[serde(default)]
+    pub pop_selector: String,
+}
+
+fn any_host() -> String {
+    "*".to_string()
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    pub id: String,
+    pub project: String,
+    pub host: String,
+    pub path: String,
+    pub function_id: String,
+    pub version: Option<u64>,
+    pub methods: Vec<String>,
+    pub priority: i32,
+    pub pop_selector: String,
+    pub created_at: i64,
+}
+
+/// `POST /nodes/register`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterNode {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub address: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeRegistered {
+    pub node_id: String,
+}
+
+/// A node's health as the control plane sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    Online,
+    Degraded,
+    Offline,
+    Syncing,
+}
+
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "online",
+            Self::Degraded => "degraded",
+            Self::Offline => "offline",
+            Self::Syncing => "syncing",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "online" => Some(Self::Online),
+            "degraded" => Some(Self::Degraded),
+            "offline" => Some(Self::Offline),
+            "syncing" => Some(Self::Syncing),
+            _ => None,
+        }
+    }
+}
+
+/// One function version a node holds, and its state there.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InventoryItem {
+    pub function_id: String,
+    pub version: u64,
+    pub state: String,
+}
+
+/// `POST /nodes/{id}/heartbeat`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub node_id: String,
+    pub status: NodeStatus,
+    pub cpu_percent: f64,
+    pub mem_bytes: u64,
+    #[serde(default)]
+    pub inventory: Vec<InventoryItem>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub address: String,
+    pub status: NodeStatus,
+    pub registered_at: i64,
+    pub last_heartbeat: Option<i64>,
+    pub cpu_percent: Option<f64>,
+    pub mem_bytes: Option<u64>,
+    pub inventory: Vec<InventoryItem>,
+}
+
+/// Every error: `{"error": {"code", "message", "details"}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    #[serde(default)]
+    pub details: serde_json::Value,
+}
+
+/// One failing field of a request (in `details` of a 400).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
