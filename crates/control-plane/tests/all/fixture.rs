@@ -17,7 +17,10 @@ use tower::ServiceExt as _;
 pub enum Backend {
     Sqlite,
     /// A fresh schema in the PostgreSQL test database, dropped with the last clone.
-    Postgres(String, Arc<DropSchema>),
+    Postgres {
+        url: String,
+        _schema: Arc<DropSchema>,
+    },
 }
 
 /// Drops a test schema when the test is done (on a thread of its own: `Drop` cannot await).
