@@ -82,10 +82,10 @@ pub async fn postgres() -> Option<Backend> {
         .unwrap();
     let separator = if url.contains('?') { '&' } else { '?' };
     let scoped = format!("{url}{separator}options=-c%20search_path%3D{schema}");
-    Some(Backend::Postgres(
-        scoped,
-        Arc::new(DropSchema { url, schema }),
-    ))
+    Some(Backend::Postgres {
+        url: scoped,
+        _schema: Arc::new(DropSchema { url, schema }),
+    })
 }
 
 pub struct App {
@@ -102,7 +102,7 @@ pub async fn app_with(backend: &Backend, upload_ttl: Duration) -> App {
     let dir = tempfile::tempdir().unwrap();
     let url = match backend {
         Backend::Sqlite => format!("sqlite://{}?mode=rwc", dir.path().join("cp.db").display()),
-        Backend::Postgres(url, _) => url.clone(),
+        Backend::Postgres { url, .. } => url.clone(),
     };
     let store = Store::connect(&url).await.unwrap();
     let artifacts = Artifacts::local(
