@@ -58,11 +58,15 @@ pub fn artifact_path(sha256: &str) -> ObjectPath {
     ObjectPath::from(format!("artifacts/sha256/{sha256}"))
 }
 
-/// S3 settings; credentials and region come from the usual AWS environment variables.
-#[derive(Clone, Debug)]
+/// S3 settings. Credentials and region left `None` come from the usual AWS environment
+/// variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`).
+#[derive(Clone, Debug, Default)]
 pub struct S3Settings {
     pub bucket: String,
     pub endpoint: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub region: Option<String>,
 }
 
 impl Artifacts {
@@ -92,7 +96,14 @@ impl Artifacts {
                 .with_allow_http(true)
                 .with_virtual_hosted_style_request(false);
         }
-        if std::env::var_os("AWS_REGION").is_none()
+        if let (Some(key), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
+            builder = builder
+                .with_access_key_id(key)
+                .with_secret_access_key(secret);
+        }
+        if let Some(region) = &settings.region {
+            builder = builder.with_region(region);
+        } else if std::env::var_os("AWS_REGION").is_none()
             && std::env::var_os("AWS_DEFAULT_REGION").is_none()
         {
             builder = builder.with_region("us-east-1");

@@ -102,6 +102,7 @@ pub async fn run(
             let settings = S3Settings {
                 bucket: bucket.to_string(),
                 endpoint: args.s3_endpoint.clone(),
+                ..S3Settings::default()
             };
             Artifacts::s3(&settings, public_url.clone()).await?
         }

@@ -120,6 +120,16 @@ impl Store {
         Ok(Self { pool, backend })
     }
 
+    /// A transaction that will write. On SQLite it takes the write lock up front (`BEGIN
+    /// IMMEDIATE`): a transaction that reads first and upgrades later fails at once with
+    /// `SQLITE_BUSY` when another connection writes, instead of waiting its turn.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     // ---- functions and versions -------------------------------------------------------
 
     /// Creates a function and its version 1 (pending) in one transaction.
@@ -132,7 +142,7 @@ impl Store {
         let id = new_id("fn");
         let now = now_ms();
         let settings_json = json(settings);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let project_exists = sqlx::query("SELECT 1 FROM projects WHERE id = $1")
             .bind(project)
             .fetch_optional(&mut *tx)
@@ -219,7 +229,7 @@ impl Store {
     /// Deletes a function, its versions and (with `force`) its routes. Returns the artifact
     /// hashes no remaining version references, for the caller to delete.
     pub async fn delete_function(&self, id: &str, force: bool) -> Result<Vec<String>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let routes: i64 = sqlx::query("SELECT COUNT(*) AS n FROM routes WHERE function_id = $1")
             .bind(id)
             .fetch_one(&mut *tx)
@@ -270,7 +280,7 @@ impl Store {
 
     /// Adds the next version (pending) with the function's current settings.
     pub async fn create_version(&self, function_id: &str) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query("SELECT next_version, settings FROM functions WHERE id = $1")
             .bind(function_id)
             .fetch_optional(&mut *tx)

@@ -481,3 +481,47 @@ on_every_backend!(
     nodes_register_heartbeat_and_go_offline,
     bad_requests_get_the_error_body,
 );
+
+/// The whole upload flow with artifacts in S3: the client PUTs to a real presigned URL.
+#[tokio::test]
+async fn uploads_go_straight_to_s3_through_presigned_urls() {
+    let Some(settings) = crate::artifacts::s3_settings() else {
+        return;
+    };
+    let app = crate::fixture::app_on_s3(&settings).await;
+    let wasm = hello();
+    let created = app
+        .json(
+            "POST",
+            "/api/v1/functions",
+            json!({ "name": format!("s3-{}", std::process::id()) }),
+        )
+        .await
+        .json();
+    let id = created["function_id"].as_str().unwrap();
+    let upload_url = created["upload_url"].as_str().unwrap();
+    assert!(
+        upload_url.starts_with(settings.endpoint.as_deref().unwrap()),
+        "{upload_url}"
+    );
+    let put = reqwest::Client::new()
+        .put(upload_url)
+        .body(wasm.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let completed = app
+        .send(
+            "POST",
+            &format!("/api/v1/functions/{id}/versions/1/complete"),
+            Bytes::new(),
+            "",
+        )
+        .await;
+    assert_eq!(completed.status, 200, "{:?}", completed.json());
+    let sha = hex::encode(Sha256::digest(&wasm));
+    assert_eq!(completed.json()["sha256"], sha);
+    let downloaded = app.get(&format!("/api/v1/artifacts/{sha}")).await;
+    assert_eq!(hex::encode(Sha256::digest(&downloaded.body)), sha);
+}

@@ -98,6 +98,32 @@ pub async fn app(backend: &Backend) -> App {
     app_with(backend, Duration::from_secs(600)).await
 }
 
+/// An app whose artifacts live in the S3 test server.
+pub async fn app_on_s3(settings: &edgefn_control_plane::artifacts::S3Settings) -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("cp.db").display()
+    ))
+    .await
+    .unwrap();
+    let artifacts = Artifacts::s3(settings, "http://cp.test".into())
+        .await
+        .unwrap();
+    let state = AppState {
+        store: store.clone(),
+        artifacts: Arc::new(artifacts),
+        limits: Limits::default(),
+        upload_ttl: Duration::from_secs(600),
+        max_artifact_bytes: 4 << 20,
+    };
+    App {
+        router: router(state),
+        store,
+        _dir: dir,
+    }
+}
+
 pub async fn app_with(backend: &Backend, upload_ttl: Duration) -> App {
     let dir = tempfile::tempdir().unwrap();
     let url = match backend {

@@ -2,4 +2,5 @@
 //! against SQLite and against the PostgreSQL server of this machine.
 
 mod api;
+mod artifacts;
 mod fixture;
