@@ -12,8 +12,8 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use edgefn_proto::api::{
-    CreateFunction, Function, Heartbeat, Node, NodeRegistered, NodeStatus, RegisterNode, Route,
-    RouteInput, Version, VersionCreated, VersionState,
+    CreateFunction, ErrorBody, Function, Heartbeat, Node, NodeRegistered, NodeStatus, RegisterNode,
+    Route, RouteInput, Version, VersionCreated, VersionState,
 };
 use http::StatusCode;
 use serde::Deserialize;
@@ -67,12 +67,49 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes", get(list_nodes))
         .route("/nodes/{id}", get(get_node))
         .route("/nodes/{id}/heartbeat", post(heartbeat))
+        .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(uploads);
     Router::new()
         .nest("/api/v1", api)
         .fallback(|| async { ApiError::not_found("endpoint") })
         .with_state(state)
+}
+
+/// The OpenAPI document of this API, generated from the handlers' annotations and the
+/// types' derived schemas.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "edgefn control plane API",
+        description = "Functions, versions, artifacts, routes and nodes."
+    ),
+    paths(
+        create_function,
+        list_functions,
+        get_function,
+        delete_function,
+        create_version,
+        list_versions,
+        get_version,
+        upload,
+        complete_version,
+        download_artifact,
+        create_route,
+        list_routes,
+        get_route,
+        update_route,
+        delete_route,
+        register_node,
+        list_nodes,
+        get_node,
+        heartbeat
+    )
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(<ApiDoc as utoipa::OpenApi>::openapi())
 }
 
 fn not_found(what: &'static str) -> impl Fn(StoreError) -> ApiError {
@@ -101,6 +138,7 @@ async fn version_created(
     })
 }
 
+#[utoipa::path(post, path = "/api/v1/functions", request_body = CreateFunction, responses((status = 201, body = VersionCreated), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 async fn create_function(
     State(state): State<AppState>,
     ApiJson(input): ApiJson<CreateFunction>,
@@ -122,6 +160,7 @@ struct ProjectFilter {
     project: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/functions", params(("project" = Option<String>, Query, description = "only this project")), responses((status = 200, body = Vec<Function>)))]
 async fn list_functions(
     State(state): State<AppState>,
     Query(filter): Query<ProjectFilter>,
@@ -134,6 +173,7 @@ async fn list_functions(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/functions/{id}", params(("id" = String, Path)), responses((status = 200, body = Function), (status = 404, body = ErrorBody)))]
 async fn get_function(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -153,6 +193,7 @@ struct DeleteOptions {
     force: bool,
 }
 
+#[utoipa::path(delete, path = "/api/v1/functions/{id}", params(("id" = String, Path), ("force" = Option<bool>, Query, description = "also delete its routes")), responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn delete_function(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -172,6 +213,7 @@ async fn delete_function(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/api/v1/functions/{id}/versions", params(("id" = String, Path)), responses((status = 201, body = VersionCreated), (status = 404, body = ErrorBody)))]
 async fn create_version(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -195,6 +237,7 @@ fn with_url(state: &AppState, mut version: Version) -> Version {
     version
 }
 
+#[utoipa::path(get, path = "/api/v1/functions/{id}/versions", params(("id" = String, Path)), responses((status = 200, body = Vec<Version>), (status = 404, body = ErrorBody)))]
 async fn list_versions(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -209,6 +252,7 @@ async fn list_versions(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/functions/{id}/versions/{version}", params(("id" = String, Path), ("version" = u64, Path)), responses((status = 200, body = Version), (status = 404, body = ErrorBody)))]
 async fn get_version(
     State(state): State<AppState>,
     Path((id, version)): Path<(String, u64)>,
@@ -228,6 +272,7 @@ struct UploadSignature {
 }
 
 /// The local store's presigned upload endpoint.
+#[utoipa::path(put, path = "/api/v1/uploads/{function_id}/{version}", params(("function_id" = String, Path), ("version" = u64, Path), ("expires" = i64, Query), ("signature" = String, Query)), request_body(content = Vec<u8>, content_type = "application/wasm"), responses((status = 200), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 async fn upload(
     State(state): State<AppState>,
     Path((function_id, version)): Path<(String, u64)>,
@@ -262,6 +307,7 @@ async fn upload(
 }
 
 /// Reads the uploaded bytes, hashes and validates them, and stores them by hash.
+#[utoipa::path(post, path = "/api/v1/functions/{id}/versions/{version}/complete", params(("id" = String, Path), ("version" = u64, Path)), responses((status = 200, body = Version), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn complete_version(
     State(state): State<AppState>,
     Path((function_id, version)): Path<(String, u64)>,
@@ -339,6 +385,7 @@ async fn complete_version(
     Ok(Json(with_url(&state, version)))
 }
 
+#[utoipa::path(get, path = "/api/v1/artifacts/{sha256}", params(("sha256" = String, Path)), responses((status = 200, content_type = "application/wasm", body = Vec<u8>), (status = 404, body = ErrorBody)))]
 async fn download_artifact(
     State(state): State<AppState>,
     Path(sha256): Path<String>,
@@ -381,6 +428,7 @@ async fn valid_route(state: &AppState, input: &RouteInput) -> ApiResult<RouteInp
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/routes", request_body = RouteInput, responses((status = 201, body = Route), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_route(
     State(state): State<AppState>,
     ApiJson(input): ApiJson<RouteInput>,
@@ -392,10 +440,12 @@ async fn create_route(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/routes", responses((status = 200, body = Vec<Route>)))]
 async fn list_routes(State(state): State<AppState>) -> ApiResult<Json<Vec<Route>>> {
     Ok(Json(state.store.list_routes().await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/routes/{id}", params(("id" = String, Path)), responses((status = 200, body = Route), (status = 404, body = ErrorBody)))]
 async fn get_route(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -409,6 +459,7 @@ async fn get_route(
     ))
 }
 
+#[utoipa::path(put, path = "/api/v1/routes/{id}", params(("id" = String, Path)), request_body = RouteInput, responses((status = 200, body = Route), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_route(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -424,6 +475,7 @@ async fn update_route(
     ))
 }
 
+#[utoipa::path(delete, path = "/api/v1/routes/{id}", params(("id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn delete_route(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -438,6 +490,7 @@ async fn delete_route(
 
 // ---- nodes ----------------------------------------------------------------------------
 
+#[utoipa::path(post, path = "/api/v1/nodes/register", request_body = RegisterNode, responses((status = 201, body = NodeRegistered), (status = 400, body = ErrorBody)))]
 async fn register_node(
     State(state): State<AppState>,
     ApiJson(input): ApiJson<RegisterNode>,
@@ -480,6 +533,7 @@ struct NodeFilter {
 
 /// All nodes, or with `healthy=true` the set a load balancer should route to: online
 /// nodes only, optionally of one `pop` or `region`.
+#[utoipa::path(get, path = "/api/v1/nodes", params(("healthy" = Option<bool>, Query, description = "only online nodes"), ("pop" = Option<String>, Query), ("region" = Option<String>, Query)), responses((status = 200, body = Vec<Node>)))]
 async fn list_nodes(
     State(state): State<AppState>,
     Query(filter): Query<NodeFilter>,
@@ -504,12 +558,14 @@ async fn list_nodes(
     Ok(Json(selected))
 }
 
+#[utoipa::path(get, path = "/api/v1/nodes/{id}", params(("id" = String, Path)), responses((status = 200, body = Node), (status = 404, body = ErrorBody)))]
 async fn get_node(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Node>> {
     Ok(Json(
         state.store.get_node(&id).await.map_err(not_found("node"))?,
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/heartbeat", params(("id" = String, Path)), request_body = Heartbeat, responses((status = 200), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn heartbeat(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -609,6 +609,17 @@ impl Store {
         }
     }
 
+    /// The benchmark's peer: the bare single-row UPDATE a heartbeat costs the database.
+    #[doc(hidden)]
+    pub async fn bare_update_for_benchmark(&self, node_id: &str, now: i64) -> bool {
+        sqlx::query("UPDATE nodes SET last_heartbeat = $2 WHERE id = $1")
+            .bind(node_id)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .is_ok_and(|r| r.rows_affected() == 1)
+    }
+
     /// Marks offline every node silent since before `cutoff` (Unix ms). Returns how many.
     pub async fn mark_silent_nodes_offline(&self, cutoff: i64) -> Result<u64> {
         let updated = sqlx::query(

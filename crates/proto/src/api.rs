@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::GuestKind;
 
 /// `POST /functions`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateFunction {
     pub name: String,
@@ -21,7 +21,7 @@ pub struct CreateFunction {
 }
 
 /// Per-version settings as submitted; absent fields take their defaults.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SettingsInput {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<String>,
@@ -45,7 +45,7 @@ pub struct SettingsInput {
 }
 
 /// Validated settings, as stored and as sent to nodes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionSettings {
     pub entrypoint: Option<String>,
     pub memory_pages: u64,
@@ -59,7 +59,7 @@ pub struct FunctionSettings {
 }
 
 /// `201` to `POST /functions` and `POST /functions/{id}/versions`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionCreated {
     pub function_id: String,
     pub version: u64,
@@ -69,7 +69,7 @@ pub struct VersionCreated {
     pub upload_expires_at: i64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Function {
     pub id: String,
     pub project: String,
@@ -81,7 +81,7 @@ pub struct Function {
 }
 
 /// Where a version stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VersionState {
     /// Waiting for its artifact.
@@ -111,7 +111,7 @@ impl VersionState {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Version {
     pub function_id: String,
     pub version: u64,
@@ -128,7 +128,7 @@ pub struct Version {
 }
 
 /// `POST /routes` and `PUT /routes/{id}`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteInput {
     #[serde(default = "any_host")]
@@ -149,7 +149,7 @@ fn any_host() -> String {
     "*".to_string()
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Route {
     pub id: String,
     pub project: String,
@@ -164,7 +164,7 @@ pub struct Route {
 }
 
 /// `POST /nodes/register`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterNode {
     pub name: String,
@@ -174,13 +174,13 @@ pub struct RegisterNode {
     pub address: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeRegistered {
     pub node_id: String,
 }
 
 /// A node's health as the control plane sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatus {
     Online,
@@ -211,7 +211,7 @@ impl NodeStatus {
 }
 
 /// One function version a node holds, and its state there.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InventoryItem {
     pub function_id: String,
     pub version: u64,
@@ -219,7 +219,7 @@ pub struct InventoryItem {
 }
 
 /// `POST /nodes/{id}/heartbeat`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     pub node_id: String,
@@ -230,7 +230,7 @@ pub struct Heartbeat {
     pub inventory: Vec<InventoryItem>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Node {
     pub id: String,
     pub name: String,
@@ -245,21 +245,22 @@ pub struct Node {
 }
 
 /// Every error: `{"error": {"code", "message", "details"}}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub details: serde_json::Value,
 }
 
 /// One failing field of a request (in `details` of a 400).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,

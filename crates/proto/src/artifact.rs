@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The guest kinds edgefn runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GuestKind {
     /// A `wasi:http/proxy` component.

@@ -525,3 +525,37 @@ async fn uploads_go_straight_to_s3_through_presigned_urls() {
     let downloaded = app.get(&format!("/api/v1/artifacts/{sha}")).await;
     assert_eq!(hex::encode(Sha256::digest(&downloaded.body)), sha);
 }
+
+/// The served OpenAPI document describes every route, and the copy checked into the
+/// repository (`crates/control-plane/openapi.json`) is current. Regenerate it with
+/// `UPDATE_OPENAPI=1 cargo test -p edgefn-control-plane openapi`.
+#[tokio::test]
+async fn the_openapi_document_is_served_and_current() {
+    let app = app(&Backend::Sqlite).await;
+    let served = app.get("/api/v1/openapi.json").await;
+    assert_eq!(served.status, 200);
+    let document = served.json();
+    for path in [
+        "/api/v1/functions",
+        "/api/v1/functions/{id}/versions/{version}/complete",
+        "/api/v1/routes/{id}",
+        "/api/v1/nodes/{id}/heartbeat",
+    ] {
+        assert!(document["paths"].get(path).is_some(), "{path} missing");
+    }
+    assert!(
+        document["components"]["schemas"]
+            .get("CreateFunction")
+            .is_some()
+    );
+    let pretty = serde_json::to_string_pretty(&document).unwrap() + "\n";
+    let checked_in = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(&checked_in, &pretty).unwrap();
+    }
+    let current = std::fs::read_to_string(&checked_in).unwrap_or_default();
+    assert!(
+        current == pretty,
+        "openapi.json is stale: run UPDATE_OPENAPI=1 cargo test -p edgefn-control-plane openapi"
+    );
+}

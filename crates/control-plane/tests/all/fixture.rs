@@ -59,6 +59,12 @@ const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// requires it), or this machine's default. `None` (the suite is skipped, and says so) only
 /// when the variable is unset and the default server does not answer.
 pub async fn postgres() -> Option<Backend> {
+    postgres_schema(&format!("edgefn_test_{}", uuid::Uuid::new_v4().simple())).await
+}
+
+/// Like [`postgres`], in a schema of a given name, emptied first (for fixtures that live as
+/// long as the test process and so are never dropped).
+pub async fn postgres_schema(schema: &str) -> Option<Backend> {
     let (url, required) = match std::env::var("EDGEFN_TEST_POSTGRES_URL") {
         Ok(url) => (url, true),
         Err(_) => (DEFAULT_POSTGRES.to_string(), false),
@@ -75,7 +81,13 @@ pub async fn postgres() -> Option<Backend> {
             "PostgreSQL at {url} is required (EDGEFN_TEST_POSTGRES_URL) but unavailable: {error}"
         ),
     };
-    let schema = format!("edgefn_test_{}", uuid::Uuid::new_v4().simple());
+    let schema = schema.to_string();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
         .execute(&pool)
         .await

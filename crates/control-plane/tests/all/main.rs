@@ -4,3 +4,5 @@
 mod api;
 mod artifacts;
 mod fixture;
+mod properties;
+mod startup;
