@@ -102,6 +102,21 @@ impl Store {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the writer. `synchronous = NORMAL` syncs
+                        // at checkpoints instead of at every commit: commits survive a crash of
+                        // this process, and only an OS crash or power loss can lose the newest
+                        // ones (never corrupt the file). With FULL, every heartbeat waited for
+                        // an fsync: ~1,200/s instead of the 5,000/s goal (bench/RESULTS.md).
+                        sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON")
+                            .execute(connection)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .acquire_timeout(std::time::Duration::from_secs(10))
             .connect(url)
             .await
