@@ -69,3 +69,107 @@ async fn a_schema_newer_than_the_binary_is_refused() {
     };
     assert!(error.contains("newer than this binary"), "{error}");
 }
+
+#[tokio::test]
+async fn the_binary_serves_the_api_on_a_real_socket() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgefn-control-plane"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("EDGEFN_DATABASE_URL")
+        .env_remove("EDGEFN_ARTIFACTS")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("\"listening\""))
+        .expect("the control plane announces its address");
+    let address = serde_json::from_str::<serde_json::Value>(&line).unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("http://{address}/api/v1/functions"))
+        .header("content-type", "application/json")
+        .body(r#"{"name":"hello"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let body: serde_json::Value = serde_json::from_str(&created.text().await.unwrap()).unwrap();
+    // The upload URL points back at this control plane.
+    let upload = body["upload_url"].as_str().unwrap().to_string();
+    assert!(
+        upload.starts_with(&format!("http://{address}/api/v1/uploads/")),
+        "{upload}"
+    );
+    let wasm = std::fs::read(edgefn_test_support::guest_wasm("hello")).unwrap();
+    assert_eq!(
+        client
+            .put(&upload)
+            .body(wasm)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let id = body["function_id"].as_str().unwrap();
+    let completed = client
+        .post(format!(
+            "http://{address}/api/v1/functions/{id}/versions/1/complete"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(completed.status(), 200);
+    assert!(
+        dir.path().join("edgefn.db").exists(),
+        "SQLite in the data directory by default"
+    );
+    let key = dir.path().join("upload-signing.key");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn the_sweeper_marks_silent_nodes_offline() {
+    let app = crate::fixture::app(&crate::fixture::Backend::Sqlite).await;
+    let id = app
+        .store
+        .register_node("edge", &Default::default(), "")
+        .await
+        .unwrap();
+    let beat = edgefn_proto::api::Heartbeat {
+        node_id: id.clone(),
+        status: edgefn_proto::api::NodeStatus::Online,
+        cpu_percent: 1.0,
+        mem_bytes: 1,
+        inventory: vec![],
+    };
+    app.store.heartbeat(&id, &beat).await.unwrap();
+    edgefn_control_plane::spawn_offline_sweeper(
+        app.store.clone(),
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_millis(50),
+    );
+    assert_eq!(
+        app.store.get_node(&id).await.unwrap().status,
+        edgefn_proto::api::NodeStatus::Online
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(
+        app.store.get_node(&id).await.unwrap().status,
+        edgefn_proto::api::NodeStatus::Offline
+    );
+}
