@@ -188,6 +188,26 @@ fn benches(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { fresh.instantiate_once().await.unwrap() })
     });
+    // The same with other amounts of memory kept resident per slot (see RuntimeConfig).
+    for keep in [0usize, 64 << 10, 256 << 10] {
+        let mut config = RuntimeConfig::new(Arc::new(DiscardLogs));
+        config.pool_memory_keep_resident_bytes = keep;
+        config.pool_instances = 100;
+        let variant = rt.block_on(async { Runtime::new(config).unwrap() });
+        let loaded = rt.block_on(variant.load(spec(1, 0))).unwrap();
+        group.bench_function(format!("edgefn-pooling-keep-{}k", keep >> 10), |b| {
+            b.to_async(&rt)
+                .iter(|| async { loaded.instantiate_once().await.unwrap() })
+        });
+        group.bench_function(format!("edgefn-fresh-call-keep-{}k", keep >> 10), |b| {
+            b.to_async(&rt).iter(|| async {
+                loaded
+                    .handle(request(), InvokeContext::default())
+                    .await
+                    .unwrap()
+            })
+        });
+    }
     group.bench_function("wasmtime-on-demand", |b| {
         b.to_async(&rt).iter(|| async {
             let mut store = peer.store();

@@ -33,7 +33,7 @@ pub(crate) struct EngineSettings {
 
 /// Wasmtime configuration shared by the runtime and the compile worker. `pool_instances` is
 /// `None` in the worker, which only compiles and so needs no instance slots.
-pub(crate) fn wasmtime_config(settings: EngineSettings, pool_instances: Option<u32>) -> Config {
+pub(crate) fn wasmtime_config(settings: EngineSettings, pool: Option<(u32, usize)>) -> Config {
     let mut config = Config::new();
     // Deadlines: epochs cost one load and compare per loop header and function entry; fuel
     // costs a counter update per basic block, so it is opt-in.
@@ -41,7 +41,7 @@ pub(crate) fn wasmtime_config(settings: EngineSettings, pool_instances: Option<u
     config.consume_fuel(settings.fuel);
     config.wasm_component_model(true);
     config.parallel_compilation(true);
-    if let Some(instances) = pool_instances {
+    if let Some((instances, memory_keep_resident)) = pool {
         let mut pool = PoolingAllocationConfig::new();
         // One component instance per hot instance; Rust components have one memory and a
         // handful of core instances and tables, so the totals below leave headroom.
@@ -51,12 +51,11 @@ pub(crate) fn wasmtime_config(settings: EngineSettings, pool_instances: Option<u
         pool.total_tables(instances.saturating_mul(4));
         pool.total_stacks(instances);
         pool.max_memory_size((settings.max_memory_pages * WASM_PAGE) as usize);
-        // Keep the first MiB of each memory and table slot resident and zero it with memset
-        // on reuse instead of returning it to the kernel: the next instantiation then takes
-        // no page faults for the stack and data a typical guest touches first. `wasmtime
-        // serve` measured ~150 us -> ~90 us per fresh instance with this (issue 2).
-        pool.linear_memory_keep_resident(1 << 20);
-        pool.table_keep_resident(64 << 10);
+        // Memory kept resident in each slot is zeroed with memset when an instance is
+        // destroyed, instead of being returned to the kernel; see
+        // `RuntimeConfig::pool_memory_keep_resident_bytes` for the measured trade-off.
+        pool.linear_memory_keep_resident(memory_keep_resident);
+        pool.table_keep_resident(memory_keep_resident.min(64 << 10));
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config
@@ -108,7 +107,11 @@ impl Runtime {
             max_memory_pages: config.max_memory_pages,
             fuel: config.fuel.is_some(),
         };
-        let engine = Engine::new(&wasmtime_config(settings, Some(config.pool_instances)))
+        let pool = (
+            config.pool_instances,
+            config.pool_memory_keep_resident_bytes,
+        );
+        let engine = Engine::new(&wasmtime_config(settings, Some(pool)))
             .map_err(|e| RuntimeError::internal(format!("failed to create engine: {e:#}")))?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
