@@ -6,6 +6,7 @@ pub mod api;
 pub mod artifact;
 pub mod router;
 pub mod selector;
+pub mod sync;
 
 pub use artifact::{GuestKind, inspect};
 pub use selector::{Selector, SelectorError};

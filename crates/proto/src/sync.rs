@@ -1,0 +1,117 @@
+//! What the control plane tells a node to run (its desired state, with a per-node revision)
+//! and what the node answers (an ack with one result per item). Versioned: a document
+//! carries its `format`, and a node refuses a format newer than it understands instead of
+//! misreading it. Within a format, unknown fields are ignored, so fields can be added.
+
+use serde::{Deserialize, Serialize};
+
+use crate::GuestKind;
+use crate::api::FunctionSettings;
+
+/// The newest desired-state format this build reads and writes.
+pub const DESIRED_STATE_FORMAT: u32 = 1;
+
+/// The full configuration a node must converge to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub format: u32,
+    pub node_id: String,
+    /// Increases with every change for this node; a node never applies a revision lower
+    /// than one it has applied.
+    pub revision: u64,
+    pub functions: Vec<DesiredFunction>,
+    pub routes: Vec<DesiredRoute>,
+}
+
+/// One function version a node must hold.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DesiredFunction {
+    pub function_id: String,
+    pub version: u64,
+    pub kind: GuestKind,
+    /// Where to download the artifact.
+    pub artifact_url: String,
+    /// The artifact's SHA-256; a download that does not match is discarded.
+    pub sha256: String,
+    pub settings: FunctionSettings,
+}
+
+/// One route a node must serve.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DesiredRoute {
+    pub id: String,
+    pub host: String,
+    pub path: String,
+    pub methods: Vec<String>,
+    pub priority: i32,
+    pub function_id: String,
+    /// `None`: the newest version the node holds.
+    pub version: Option<u64>,
+}
+
+/// Where one item stands on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemState {
+    Pending,
+    InProgress,
+    Cached,
+    Ready,
+    Failed,
+}
+
+/// A node's answer to a desired state: the revision it applied and each item's result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    pub node_id: String,
+    pub revision: u64,
+    pub items: Vec<ItemResult>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ItemResult {
+    pub function_id: String,
+    pub version: u64,
+    pub state: ItemState,
+    /// Why the item failed (a SHA-256 mismatch, an invalid module, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Why a desired-state document was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error(
+        "desired state format {found} is newer than this node understands ({supported}); upgrade the runner"
+    )]
+    NewerFormat { found: u32, supported: u32 },
+    #[error("invalid desired state: {0}")]
+    Invalid(String),
+}
+
+impl DesiredState {
+    /// Reads a desired state, refusing formats newer than [`DESIRED_STATE_FORMAT`] before
+    /// looking at anything else in the document.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        #[derive(Deserialize)]
+        struct Header {
+            format: u32,
+        }
+        let header: Header =
+            serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+        if header.format > DESIRED_STATE_FORMAT {
+            return Err(DecodeError::NewerFormat {
+                found: header.format,
+                supported: DESIRED_STATE_FORMAT,
+            });
+        }
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()))
+    }
+
+    /// The canonical encoding (pretty JSON, fields in declaration order).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
+        bytes.push(b'\n');
+        bytes
+    }
+}
