@@ -12,8 +12,9 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use edgefn_proto::api::{
-    CreateFunction, ErrorBody, Function, Heartbeat, Node, NodeRegistered, NodeStatus, RegisterNode,
-    Route, RouteInput, Version, VersionCreated, VersionState,
+    CreateFunction, DeployRequest, Deployment, ErrorBody, Function, Heartbeat, HeartbeatReply,
+    Node, NodeRegistered, NodeStatus, RegisterNode, RollbackRequest, Route, RouteInput, Version,
+    VersionCreated, VersionState,
 };
 use http::StatusCode;
 use serde::Deserialize;
@@ -68,6 +69,10 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes/{id}", get(get_node))
         .route("/nodes/{id}/heartbeat", post(heartbeat))
         .route("/openapi.json", get(openapi))
+        .route("/functions/{id}/deploy", post(deploy))
+        .route("/functions/{id}/rollback", post(rollback))
+        .route("/functions/{id}/undeploy", post(undeploy))
+        .route("/deployments/{id}", get(get_deployment))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(uploads);
     Router::new()
@@ -103,7 +108,11 @@ pub fn router(state: AppState) -> Router {
         register_node,
         list_nodes,
         get_node,
-        heartbeat
+        heartbeat,
+        deploy,
+        rollback,
+        undeploy,
+        get_deployment
     )
 )]
 pub struct ApiDoc;
@@ -204,6 +213,7 @@ async fn delete_function(
         .delete_function(&id, options.force)
         .await
         .map_err(not_found("function"))?;
+    refresh_desired(&state).await?;
     for sha256 in orphaned {
         // The metadata is gone; a leftover object costs space, never correctness.
         if let Err(error) = state.artifacts.delete(&artifact_path(&sha256)).await {
@@ -434,10 +444,9 @@ async fn create_route(
     ApiJson(input): ApiJson<RouteInput>,
 ) -> ApiResult<(StatusCode, Json<Route>)> {
     let input = valid_route(&state, &input).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(state.store.put_route(None, &input).await?),
-    ))
+    let route = state.store.put_route(None, &input).await?;
+    refresh_desired(&state).await?;
+    Ok((StatusCode::CREATED, Json(route)))
 }
 
 #[utoipa::path(get, path = "/api/v1/routes", responses((status = 200, body = Vec<Route>)))]
@@ -466,13 +475,13 @@ async fn update_route(
     ApiJson(input): ApiJson<RouteInput>,
 ) -> ApiResult<Json<Route>> {
     let input = valid_route(&state, &input).await?;
-    Ok(Json(
-        state
-            .store
-            .put_route(Some(&id), &input)
-            .await
-            .map_err(not_found("route"))?,
-    ))
+    let route = state
+        .store
+        .put_route(Some(&id), &input)
+        .await
+        .map_err(not_found("route"))?;
+    refresh_desired(&state).await?;
+    Ok(Json(route))
 }
 
 #[utoipa::path(delete, path = "/api/v1/routes/{id}", params(("id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
@@ -485,7 +494,15 @@ async fn delete_route(
         .delete_route(&id)
         .await
         .map_err(not_found("route"))?;
+    refresh_desired(&state).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Route, node and function changes change what nodes must run: recompute every node's
+/// desired state (a node whose document changed gets a new revision).
+async fn refresh_desired(state: &AppState) -> ApiResult<()> {
+    let urls = artifact_urls(state);
+    Ok(state.store.refresh_desired(&urls).await?)
 }
 
 // ---- nodes ----------------------------------------------------------------------------
@@ -520,6 +537,8 @@ async fn register_node(
         .store
         .register_node(&input.name, &input.labels, &input.address)
         .await?;
+    // A node that registers later receives everything its labels match.
+    refresh_desired(&state).await?;
     Ok((StatusCode::CREATED, Json(NodeRegistered { node_id })))
 }
 
@@ -565,12 +584,12 @@ async fn get_node(State(state): State<AppState>, Path(id): Path<String>) -> ApiR
     ))
 }
 
-#[utoipa::path(post, path = "/api/v1/nodes/{id}/heartbeat", params(("id" = String, Path)), request_body = Heartbeat, responses((status = 200), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/heartbeat", params(("id" = String, Path)), request_body = Heartbeat, responses((status = 200, body = HeartbeatReply), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn heartbeat(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(input): ApiJson<Heartbeat>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<HeartbeatReply>> {
     if input.node_id != id {
         return Err(ApiError::BadRequest(
             "node_id in the body differs from the path".into(),
@@ -587,5 +606,113 @@ async fn heartbeat(
         .heartbeat(&id, &input)
         .await
         .map_err(not_found("node"))?;
-    Ok(Json(serde_json::json!({ "ok": true })))
+    let (desired_revision, desired_state) = state
+        .store
+        .sync_node(&id, input.applied_revision, &input.results)
+        .await?;
+    Ok(Json(HeartbeatReply {
+        desired_revision,
+        desired_state,
+    }))
+}
+
+// ---- deployments ----------------------------------------------------------------------
+
+fn artifact_urls(state: &AppState) -> impl Fn(&str) -> String + Send + Sync + '_ {
+    |sha256| state.artifacts.artifact_url(sha256)
+}
+
+async fn deploy_version(
+    state: &AppState,
+    id: &str,
+    version: i64,
+    selector: &str,
+    strategy: &str,
+) -> ApiResult<Deployment> {
+    let mut problems = validate::Problems::default();
+    if version <= 0 {
+        problems.add("version", "must be positive");
+    }
+    if let Err(error) = edgefn_proto::Selector::parse(selector) {
+        problems.add("pop_selector", error.to_string());
+    }
+    if strategy != "all" {
+        problems.add("strategy", "only `all` is supported so far");
+    }
+    problems.into_result(()).map_err(ApiError::Validation)?;
+    state
+        .store
+        .get_function(id)
+        .await
+        .map_err(not_found("function"))?;
+    let urls = artifact_urls(state);
+    state
+        .store
+        .deploy(id, version as u64, selector, strategy, &urls)
+        .await
+        .map_err(not_found("version"))
+}
+
+#[utoipa::path(post, path = "/api/v1/functions/{id}/deploy", params(("id" = String, Path)), request_body = DeployRequest, responses((status = 201, body = Deployment), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn deploy(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(input): ApiJson<DeployRequest>,
+) -> ApiResult<(StatusCode, Json<Deployment>)> {
+    let deployment = deploy_version(
+        &state,
+        &id,
+        input.version,
+        &input.pop_selector,
+        &input.strategy,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(deployment)))
+}
+
+#[utoipa::path(post, path = "/api/v1/functions/{id}/rollback", params(("id" = String, Path)), request_body = RollbackRequest, responses((status = 201, body = Deployment), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn rollback(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(input): ApiJson<RollbackRequest>,
+) -> ApiResult<(StatusCode, Json<Deployment>)> {
+    if input.to_version.is_some_and(|v| v <= 0) {
+        return Err(ApiError::Validation(vec![edgefn_proto::api::FieldError {
+            field: "to_version".into(),
+            message: "must be positive".into(),
+        }]));
+    }
+    let (version, selector, strategy) = state
+        .store
+        .rollback_target(&id, input.to_version.map(|v| v as u64))
+        .await
+        .map_err(not_found("function"))?;
+    let deployment = deploy_version(&state, &id, version as i64, &selector, &strategy).await?;
+    Ok((StatusCode::CREATED, Json(deployment)))
+}
+
+#[utoipa::path(post, path = "/api/v1/functions/{id}/undeploy", params(("id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn undeploy(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    state
+        .store
+        .get_function(&id)
+        .await
+        .map_err(not_found("function"))?;
+    let urls = artifact_urls(&state);
+    state.store.undeploy(&id, &urls).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/deployments/{id}", params(("id" = String, Path)), responses((status = 200, body = Deployment), (status = 404, body = ErrorBody)))]
+async fn get_deployment(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Deployment>> {
+    Ok(Json(
+        state
+            .store
+            .get_deployment(&id)
+            .await
+            .map_err(not_found("deployment"))?,
+    ))
 }

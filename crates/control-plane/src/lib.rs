@@ -9,6 +9,7 @@
 pub mod api;
 pub mod artifacts;
 pub mod config;
+pub mod desired;
 pub mod store;
 pub mod validate;
 

@@ -145,6 +145,22 @@ impl Store {
         })
     }
 
+    /// Ends a write transaction: commit on success, roll back on any error. A transaction
+    /// that is merely dropped is rolled back only when its connection is next used, and until
+    /// then holds its locks.
+    async fn finish<T>(tx: sqlx::Transaction<'static, sqlx::Any>, result: Result<T>) -> Result<T> {
+        match result {
+            Ok(value) => {
+                tx.commit().await?;
+                Ok(value)
+            }
+            Err(error) => {
+                let _ = tx.rollback().await;
+                Err(error)
+            }
+        }
+    }
+
     // ---- functions and versions -------------------------------------------------------
 
     /// Creates a function and its version 1 (pending) in one transaction.
@@ -158,6 +174,7 @@ impl Store {
         let now = now_ms();
         let settings_json = json(settings);
         let mut tx = self.begin_write().await?;
+        let result: Result<()> = async {
         let project_exists = sqlx::query("SELECT 1 FROM projects WHERE id = $1")
             .bind(project)
             .fetch_optional(&mut *tx)
@@ -189,7 +206,10 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        Ok(())
+        }
+        .await;
+        Self::finish(tx, result).await?;
         let function = Function {
             id,
             project: project.to_string(),
@@ -245,17 +265,31 @@ impl Store {
     /// hashes no remaining version references, for the caller to delete.
     pub async fn delete_function(&self, id: &str, force: bool) -> Result<Vec<String>> {
         let mut tx = self.begin_write().await?;
-        let routes: i64 = sqlx::query("SELECT COUNT(*) AS n FROM routes WHERE function_id = $1")
+        let result: Result<Vec<String>> = async {
+            let routes: i64 =
+                sqlx::query("SELECT COUNT(*) AS n FROM routes WHERE function_id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+            let deployed: i64 = sqlx::query(
+                "SELECT COUNT(*) AS n FROM deployments WHERE function_id = $1 AND state = 'active'",
+            )
             .bind(id)
             .fetch_one(&mut *tx)
             .await?
             .try_get("n")?;
-        if routes > 0 && !force {
-            return Err(StoreError::Conflict(format!(
-                "the function is in use by {routes} route(s); delete them or force"
-            )));
-        }
-        let hashes: Vec<String> = sqlx::query(
+            if deployed > 0 && !force {
+                return Err(StoreError::Conflict(
+                    "the function is deployed; undeploy it or force".into(),
+                ));
+            }
+            if routes > 0 && !force {
+                return Err(StoreError::Conflict(format!(
+                    "the function is in use by {routes} route(s); delete them or force"
+                )));
+            }
+            let hashes: Vec<String> = sqlx::query(
             "SELECT DISTINCT sha256 FROM versions WHERE function_id = $1 AND sha256 IS NOT NULL",
         )
         .bind(id)
@@ -264,38 +298,45 @@ impl Store {
         .iter()
         .map(|r| r.try_get("sha256"))
         .collect::<std::result::Result<_, _>>()?;
-        sqlx::query("DELETE FROM routes WHERE function_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM versions WHERE function_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let deleted = sqlx::query("DELETE FROM functions WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        if deleted.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        let mut orphaned = Vec::new();
-        for hash in hashes {
-            let still_used = sqlx::query("SELECT 1 FROM versions WHERE sha256 = $1")
-                .bind(&hash)
-                .fetch_optional(&mut *tx)
+            sqlx::query("DELETE FROM routes WHERE function_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
                 .await?;
-            if still_used.is_none() {
-                orphaned.push(hash);
+            sqlx::query("DELETE FROM deployments WHERE function_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM versions WHERE function_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let deleted = sqlx::query("DELETE FROM functions WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            if deleted.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
             }
+            let mut orphaned = Vec::new();
+            for hash in hashes {
+                let still_used = sqlx::query("SELECT 1 FROM versions WHERE sha256 = $1")
+                    .bind(&hash)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if still_used.is_none() {
+                    orphaned.push(hash);
+                }
+            }
+            Ok(orphaned)
         }
-        tx.commit().await?;
-        Ok(orphaned)
+        .await;
+        Self::finish(tx, result).await
     }
 
     /// Adds the next version (pending) with the function's current settings.
     pub async fn create_version(&self, function_id: &str) -> Result<u64> {
         let mut tx = self.begin_write().await?;
+        let result: Result<u64> = async {
         let row = sqlx::query("SELECT next_version, settings FROM functions WHERE id = $1")
             .bind(function_id)
             .fetch_optional(&mut *tx)
@@ -315,8 +356,10 @@ impl Store {
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
         Ok(version as u64)
+        }
+        .await;
+        Self::finish(tx, result).await
     }
 
     fn version_from_row(row: &AnyRow) -> Result<Version> {
@@ -644,5 +687,324 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(updated.rows_affected())
+    }
+}
+
+// ---- deployments and desired state ----------------------------------------------------
+
+/// Builds the artifact URL nodes download a hash from.
+pub type ArtifactUrl<'a> = &'a (dyn Fn(&str) -> String + Send + Sync);
+
+impl Store {
+    /// Deploys a ready version to the nodes `selector` matches: the function's previous
+    /// active deployment is superseded, every node's desired state is recomputed, and the
+    /// matching nodes get a pending entry, all in one transaction.
+    pub async fn deploy(
+        &self,
+        function_id: &str,
+        version: u64,
+        selector: &str,
+        strategy: &str,
+        artifact_url: ArtifactUrl<'_>,
+    ) -> Result<edgefn_proto::api::Deployment> {
+        let mut tx = self.begin_write().await?;
+        let result: Result<String> = async {
+        let state: Option<String> =
+            sqlx::query("SELECT state FROM versions WHERE function_id = $1 AND version = $2")
+                .bind(function_id)
+                .bind(version as i64)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|row| row.try_get("state"))
+                .transpose()?;
+        match state.as_deref() {
+            None => return Err(StoreError::NotFound),
+            Some("ready") => {}
+            Some(other) => {
+                return Err(StoreError::Conflict(format!(
+                    "version {version} is {other}, not ready"
+                )));
+            }
+        }
+        sqlx::query("UPDATE deployments SET state = 'superseded' WHERE function_id = $1 AND state = 'active'")
+            .bind(function_id)
+            .execute(&mut *tx)
+            .await?;
+        let id = new_id("dep");
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO deployments (id, function_id, version, pop_selector, strategy, state, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 'active', $6)",
+        )
+        .bind(&id)
+        .bind(function_id)
+        .bind(version as i64)
+        .bind(selector)
+        .bind(strategy)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let targeted = Self::recompute_desired(&mut tx, artifact_url).await?;
+        for (node_id, functions) in targeted {
+            if functions
+                .iter()
+                .any(|(f, v)| f == function_id && *v == version)
+            {
+                sqlx::query("INSERT INTO deployment_nodes (deployment_id, node_id, state, updated_at) VALUES ($1, $2, 'pending', $3)")
+                    .bind(&id)
+                    .bind(&node_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        Ok(id)
+        }
+        .await;
+        let id = Self::finish(tx, result).await?;
+        self.get_deployment(&id).await
+    }
+
+    /// Stops serving a function anywhere: its active deployment ends and nodes drop it.
+    pub async fn undeploy(&self, function_id: &str, artifact_url: ArtifactUrl<'_>) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let result: Result<()> = async {
+        let ended = sqlx::query("UPDATE deployments SET state = 'undeployed' WHERE function_id = $1 AND state = 'active'")
+            .bind(function_id)
+            .execute(&mut *tx)
+            .await?;
+        if ended.rows_affected() == 0 {
+            return Err(StoreError::Conflict("the function is not deployed".into()));
+        }
+        Self::recompute_desired(&mut tx, artifact_url).await?;
+        Ok(())
+        }
+        .await;
+        Self::finish(tx, result).await
+    }
+
+    /// The version to roll back to: `to_version`, or the newest version deployed before the
+    /// active one; and the active deployment's selector and strategy.
+    pub async fn rollback_target(
+        &self,
+        function_id: &str,
+        to_version: Option<u64>,
+    ) -> Result<(u64, String, String)> {
+        let active = sqlx::query(
+            "SELECT version, pop_selector, strategy FROM deployments WHERE function_id = $1 AND state = 'active'",
+        )
+        .bind(function_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::Conflict("the function has no active deployment to roll back".into()))?;
+        let current: i64 = active.try_get("version")?;
+        let selector: String = active.try_get("pop_selector")?;
+        let strategy: String = active.try_get("strategy")?;
+        let target = match to_version {
+            Some(version) => version,
+            None => {
+                let previous: Option<i64> = sqlx::query(
+                    "SELECT version FROM deployments WHERE function_id = $1 AND state = 'superseded' AND version <> $2 \
+                     ORDER BY created_at DESC, id DESC LIMIT 1",
+                )
+                .bind(function_id)
+                .bind(current)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|row| row.try_get("version"))
+                .transpose()?;
+                previous
+                    .ok_or_else(|| StoreError::Conflict("no earlier deployed version".into()))?
+                    as u64
+            }
+        };
+        Ok((target, selector, strategy))
+    }
+
+    pub async fn get_deployment(&self, id: &str) -> Result<edgefn_proto::api::Deployment> {
+        let row = sqlx::query(
+            "SELECT id, function_id, version, pop_selector, strategy, state, created_at FROM deployments WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let nodes = sqlx::query("SELECT node_id, state, error, updated_at FROM deployment_nodes WHERE deployment_id = $1 ORDER BY node_id")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|n| {
+                let state: String = n.try_get("state")?;
+                Ok(edgefn_proto::api::DeploymentNode {
+                    node_id: n.try_get("node_id")?,
+                    state: edgefn_proto::sync::ItemState::parse(&state)
+                        .ok_or_else(|| StoreError::Database(format!("unknown item state {state}")))?,
+                    error: n.try_get("error")?,
+                    updated_at: n.try_get("updated_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let version: i64 = row.try_get("version")?;
+        Ok(edgefn_proto::api::Deployment {
+            id: row.try_get("id")?,
+            function_id: row.try_get("function_id")?,
+            version: version as u64,
+            pop_selector: row.try_get("pop_selector")?,
+            strategy: row.try_get("strategy")?,
+            state: row.try_get("state")?,
+            created_at: row.try_get("created_at")?,
+            nodes,
+        })
+    }
+
+    /// Recomputes every node's desired state inside `tx`; a node whose document changed gets
+    /// the next revision. Returns each node's (function, version) pairs.
+    pub async fn recompute_desired(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        artifact_url: ArtifactUrl<'_>,
+    ) -> Result<Vec<(String, Vec<(String, u64)>)>> {
+        use crate::desired::{ActiveDeployment, compute};
+        let deployments = sqlx::query(
+            "SELECT d.function_id, d.version, d.pop_selector, v.sha256, v.kind, v.settings FROM deployments d \
+             JOIN versions v ON v.function_id = d.function_id AND v.version = d.version WHERE d.state = 'active' \
+             ORDER BY d.function_id",
+        )
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|row| {
+            let selector: String = row.try_get("pop_selector")?;
+            let sha256: String = row.try_get("sha256")?;
+            let kind: String = row.try_get("kind")?;
+            let version: i64 = row.try_get("version")?;
+            Ok(ActiveDeployment {
+                // Selectors were validated when submitted; one that no longer parses selects nothing.
+                selector: edgefn_proto::Selector::parse(&selector).unwrap_or(edgefn_proto::Selector::Bool(false)),
+                function: edgefn_proto::sync::DesiredFunction {
+                    function_id: row.try_get("function_id")?,
+                    version: version as u64,
+                    kind: GuestKind::parse(&kind).ok_or_else(|| StoreError::Database(format!("unknown kind {kind}")))?,
+                    artifact_url: artifact_url(&sha256),
+                    sha256,
+                    settings: parse_json(&row.try_get::<String, _>("settings")?)?,
+                },
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        let sql = format!(
+            "SELECT {} FROM routes ORDER BY created_at, id",
+            Self::ROUTE_COLUMNS
+        );
+        let routes = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|row| {
+                let route = Self::route_from_row(row)?;
+                let selector = edgefn_proto::Selector::parse(&route.pop_selector)
+                    .unwrap_or(edgefn_proto::Selector::Bool(false));
+                Ok((route, selector))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let nodes = sqlx::query(
+            "SELECT n.id, n.labels, d.revision, d.document FROM nodes n LEFT JOIN node_desired d ON d.node_id = n.id",
+        )
+        .fetch_all(&mut **tx)
+        .await?;
+        let now = now_ms();
+        let mut targeted = Vec::with_capacity(nodes.len());
+        for row in &nodes {
+            let node_id: String = row.try_get("id")?;
+            let labels: BTreeMap<String, String> =
+                parse_json(&row.try_get::<String, _>("labels")?)?;
+            let revision: Option<i64> = row.try_get("revision")?;
+            let old: Option<String> = row.try_get("document")?;
+            // Documents are stored with revision 0, so a change of content is a change of text.
+            let state = compute(&node_id, &labels, 0, &deployments, &routes);
+            let document = json(&state);
+            targeted.push((
+                node_id.clone(),
+                state
+                    .functions
+                    .iter()
+                    .map(|f| (f.function_id.clone(), f.version))
+                    .collect(),
+            ));
+            if old.as_deref() == Some(document.as_str()) {
+                continue;
+            }
+            let next = revision.unwrap_or(0) + 1;
+            sqlx::query(
+                "INSERT INTO node_desired (node_id, revision, document, applied_revision, updated_at) VALUES ($1, $2, $3, 0, $4) \
+                 ON CONFLICT (node_id) DO UPDATE SET revision = excluded.revision, document = excluded.document, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(&node_id)
+            .bind(next)
+            .bind(&document)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(targeted)
+    }
+
+    /// Recomputes every node's desired state in a transaction of its own (after a route
+    /// change or a registration).
+    pub async fn refresh_desired(&self, artifact_url: ArtifactUrl<'_>) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let result: Result<()> = async {
+            Self::recompute_desired(&mut tx, artifact_url).await?;
+            Ok(())
+        }
+        .await;
+        Self::finish(tx, result).await
+    }
+
+    /// Records a node's ack and returns its desired state when the node is behind.
+    pub async fn sync_node(
+        &self,
+        node_id: &str,
+        applied: Option<u64>,
+        results: &[edgefn_proto::sync::ItemResult],
+    ) -> Result<(u64, Option<edgefn_proto::sync::DesiredState>)> {
+        let row = sqlx::query(
+            "SELECT revision, document, applied_revision FROM node_desired WHERE node_id = $1",
+        )
+        .bind(node_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok((0, None)) };
+        let revision: i64 = row.try_get("revision")?;
+        if let Some(applied) = applied {
+            sqlx::query("UPDATE node_desired SET applied_revision = $2 WHERE node_id = $1 AND applied_revision < $2")
+                .bind(node_id)
+                .bind(applied as i64)
+                .execute(&self.pool)
+                .await?;
+            let now = now_ms();
+            for result in results {
+                sqlx::query(
+                    "UPDATE deployment_nodes SET state = $4, error = $5, updated_at = $6 WHERE node_id = $1 AND deployment_id IN \
+                     (SELECT id FROM deployments WHERE function_id = $2 AND version = $3 AND state = 'active')",
+                )
+                .bind(node_id)
+                .bind(&result.function_id)
+                .bind(result.version as i64)
+                .bind(result.state.as_str())
+                .bind(result.error.clone())
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+            }
+        }
+        if applied.is_some_and(|a| a as i64 >= revision) {
+            return Ok((revision as u64, None));
+        }
+        let mut state: edgefn_proto::sync::DesiredState =
+            parse_json(&row.try_get::<String, _>("document")?)?;
+        state.revision = revision as u64;
+        Ok((revision as u64, Some(state)))
     }
 }

@@ -228,6 +228,67 @@ pub struct Heartbeat {
     pub mem_bytes: u64,
     #[serde(default)]
     pub inventory: Vec<InventoryItem>,
+    /// The desired-state revision the node has applied (its ack).
+    #[serde(default)]
+    pub applied_revision: Option<u64>,
+    /// The result of each item of that revision.
+    #[serde(default)]
+    pub results: Vec<crate::sync::ItemResult>,
+}
+
+/// The answer to a heartbeat: the node's desired state when it is behind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HeartbeatReply {
+    pub desired_revision: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_state: Option<crate::sync::DesiredState>,
+}
+
+/// `POST /functions/{id}/deploy`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    pub version: i64,
+    #[serde(default)]
+    pub pop_selector: String,
+    /// `all` (every matching node at once).
+    #[serde(default = "all_strategy")]
+    pub strategy: String,
+}
+
+fn all_strategy() -> String {
+    "all".to_string()
+}
+
+/// `POST /functions/{id}/rollback`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// Default: the version deployed before the current one.
+    #[serde(default)]
+    pub to_version: Option<i64>,
+}
+
+/// A deployment and where it stands on each node it targets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Deployment {
+    pub id: String,
+    pub function_id: String,
+    pub version: u64,
+    pub pop_selector: String,
+    pub strategy: String,
+    /// `active`, `superseded` or `undeployed`.
+    pub state: String,
+    pub created_at: i64,
+    pub nodes: Vec<DeploymentNode>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeploymentNode {
+    pub node_id: String,
+    pub state: crate::sync::ItemState,
+    pub error: Option<String>,
+    pub updated_at: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -12,7 +12,7 @@ use crate::api::FunctionSettings;
 pub const DESIRED_STATE_FORMAT: u32 = 1;
 
 /// The full configuration a node must converge to.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DesiredState {
     pub format: u32,
     pub node_id: String,
@@ -24,7 +24,7 @@ pub struct DesiredState {
 }
 
 /// One function version a node must hold.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DesiredFunction {
     pub function_id: String,
     pub version: u64,
@@ -37,7 +37,7 @@ pub struct DesiredFunction {
 }
 
 /// One route a node must serve.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DesiredRoute {
     pub id: String,
     pub host: String,
@@ -50,7 +50,7 @@ pub struct DesiredRoute {
 }
 
 /// Where one item stands on a node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ItemState {
     Pending,
@@ -60,15 +60,38 @@ pub enum ItemState {
     Failed,
 }
 
+impl ItemState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::InProgress => "in_progress",
+            Self::Cached => "cached",
+            Self::Ready => "ready",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "in_progress" => Self::InProgress,
+            "cached" => Self::Cached,
+            "ready" => Self::Ready,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
 /// A node's answer to a desired state: the revision it applied and each item's result.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Ack {
     pub node_id: String,
     pub revision: u64,
     pub items: Vec<ItemResult>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ItemResult {
     pub function_id: String,
     pub version: u64,

@@ -480,6 +480,7 @@ on_every_backend!(
     deleting_a_function_in_use_needs_force_and_removes_its_artifacts,
     nodes_register_heartbeat_and_go_offline,
     bad_requests_get_the_error_body,
+    deploys_become_desired_states_that_nodes_pull_and_ack,
 );
 
 /// The whole upload flow with artifacts in S3: the client PUTs to a real presigned URL.
@@ -557,5 +558,208 @@ async fn the_openapi_document_is_served_and_current() {
     assert!(
         current == pretty,
         "openapi.json is stale: run UPDATE_OPENAPI=1 cargo test -p edgefn-control-plane openapi"
+    );
+}
+
+async fn deploys_become_desired_states_that_nodes_pull_and_ack(backend: Backend) {
+    let app = app(&backend).await;
+    let (completed, id) = app.deploy_bytes("hello", &hello()).await;
+    assert_eq!(completed.status, 200);
+    let mut nodes = Vec::new();
+    for region in ["tokyo", "tokyo", "osaka"] {
+        let reply = app
+            .json(
+                "POST",
+                "/api/v1/nodes/register",
+                json!({ "name": format!("edge-{region}"), "labels": { "region": region } }),
+            )
+            .await;
+        nodes.push(reply.json()["node_id"].as_str().unwrap().to_string());
+    }
+    app.json(
+        "POST",
+        "/api/v1/routes",
+        json!({ "path": "/hello", "function_id": id }),
+    )
+    .await;
+    let deployed = app
+        .json(
+            "POST",
+            &format!("/api/v1/functions/{id}/deploy"),
+            json!({ "version": 1, "pop_selector": "region == 'tokyo'" }),
+        )
+        .await;
+    assert_eq!(deployed.status, 201, "{:?}", deployed.json());
+    let deployment = deployed.json();
+    let targeted: Vec<&str> = deployment["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(targeted.len(), 2);
+    assert!(targeted.contains(&nodes[0].as_str()) && targeted.contains(&nodes[1].as_str()));
+
+    let beat = |node: &str, applied: Option<u64>, results: serde_json::Value| json!({ "node_id": node, "status": "online", "cpu_percent": 1.0, "mem_bytes": 1, "applied_revision": applied, "results": results });
+    let reply = app
+        .json(
+            "POST",
+            &format!("/api/v1/nodes/{}/heartbeat", nodes[0]),
+            beat(&nodes[0], None, json!([])),
+        )
+        .await
+        .json();
+    let desired = &reply["desired_state"];
+    assert_eq!(desired["functions"][0]["function_id"], id.as_str());
+    assert_eq!(desired["routes"][0]["path"], "/hello");
+    assert!(
+        desired["functions"][0]["artifact_url"]
+            .as_str()
+            .unwrap()
+            .contains("/api/v1/artifacts/")
+    );
+    let revision = reply["desired_revision"].as_u64().unwrap();
+    // The ack: applied, ready. Nothing more to send, and the deployment shows it.
+    let acked = beat(
+        &nodes[0],
+        Some(revision),
+        json!([{ "function_id": id, "version": 1, "state": "ready" }]),
+    );
+    let reply = app
+        .json(
+            "POST",
+            &format!("/api/v1/nodes/{}/heartbeat", nodes[0]),
+            acked,
+        )
+        .await
+        .json();
+    assert!(reply.get("desired_state").is_none(), "{reply}");
+    let deployment = app
+        .get(&format!(
+            "/api/v1/deployments/{}",
+            deployment["id"].as_str().unwrap()
+        ))
+        .await
+        .json();
+    let first = deployment["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == nodes[0].as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(first["state"], "ready");
+
+    // Osaka holds nothing of it, and gets no route to it.
+    let osaka = app
+        .json(
+            "POST",
+            &format!("/api/v1/nodes/{}/heartbeat", nodes[2]),
+            beat(&nodes[2], None, json!([])),
+        )
+        .await
+        .json();
+    assert_eq!(osaka["desired_state"]["functions"], json!([]));
+    assert_eq!(osaka["desired_state"]["routes"], json!([]));
+
+    // A second version, then a rollback to the first: a new revision each time.
+    let v2 = app
+        .send(
+            "POST",
+            &format!("/api/v1/functions/{id}/versions"),
+            Bytes::new(),
+            "",
+        )
+        .await
+        .json();
+    app.upload(v2["upload_url"].as_str().unwrap(), &hello())
+        .await;
+    app.send(
+        "POST",
+        &format!("/api/v1/functions/{id}/versions/2/complete"),
+        Bytes::new(),
+        "",
+    )
+    .await;
+    let deployed = app
+        .json(
+            "POST",
+            &format!("/api/v1/functions/{id}/deploy"),
+            json!({ "version": 2, "pop_selector": "region == 'tokyo'" }),
+        )
+        .await;
+    assert_eq!(deployed.json()["version"], 2);
+    let rolled = app
+        .json(
+            "POST",
+            &format!("/api/v1/functions/{id}/rollback"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(rolled.status, 201);
+    assert_eq!(rolled.json()["version"], 1);
+    let reply = app
+        .json(
+            "POST",
+            &format!("/api/v1/nodes/{}/heartbeat", nodes[1]),
+            beat(&nodes[1], Some(revision), json!([])),
+        )
+        .await
+        .json();
+    assert_eq!(reply["desired_state"]["functions"][0]["version"], 1);
+    assert!(reply["desired_revision"].as_u64().unwrap() > revision);
+
+    // Deleting a deployed function needs force; undeploy empties the nodes' desired states.
+    assert_eq!(
+        app.send(
+            "DELETE",
+            &format!("/api/v1/functions/{id}"),
+            Bytes::new(),
+            ""
+        )
+        .await
+        .status,
+        409
+    );
+    assert_eq!(
+        app.send(
+            "POST",
+            &format!("/api/v1/functions/{id}/undeploy"),
+            Bytes::new(),
+            ""
+        )
+        .await
+        .status,
+        204
+    );
+    let reply = app
+        .json(
+            "POST",
+            &format!("/api/v1/nodes/{}/heartbeat", nodes[1]),
+            beat(&nodes[1], Some(revision), json!([])),
+        )
+        .await
+        .json();
+    assert_eq!(reply["desired_state"]["functions"], json!([]));
+    // Bad deploys: no such version, an invalid selector.
+    assert_eq!(
+        app.json(
+            "POST",
+            &format!("/api/v1/functions/{id}/deploy"),
+            json!({ "version": 9 })
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        app.json(
+            "POST",
+            &format!("/api/v1/functions/{id}/deploy"),
+            json!({ "version": 1, "pop_selector": "region ==" })
+        )
+        .await
+        .status,
+        400
     );
 }

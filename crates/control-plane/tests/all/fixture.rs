@@ -41,7 +41,9 @@ impl Drop for DropSchema {
                 return;
             };
             runtime.block_on(async {
+                // Never wait forever behind a connection that still holds a lock.
                 if let Ok(pool) = sqlx::AnyPool::connect(&url).await {
+                    let _ = sqlx::query("SET lock_timeout = '5s'").execute(&pool).await;
                     let _ =
                         sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
                             .execute(&pool)

@@ -156,6 +156,8 @@ async fn the_sweeper_marks_silent_nodes_offline() {
         cpu_percent: 1.0,
         mem_bytes: 1,
         inventory: vec![],
+        applied_revision: None,
+        results: vec![],
     };
     app.store.heartbeat(&id, &beat).await.unwrap();
     edgefn_control_plane::spawn_offline_sweeper(
