@@ -502,45 +502,41 @@ impl Store {
             }
             other => other,
         };
+        // Both statements take the route's fields as $2..$9, bound in one place.
+        let fields = |query: sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>| {
+            query
+                .bind(function.project.clone())
+                .bind(input.host.clone())
+                .bind(input.path.clone())
+                .bind(methods.clone())
+                .bind(input.function_id.clone())
+                .bind(input.version)
+                .bind(input.priority)
+                .bind(input.pop_selector.clone())
+        };
         let route_id = match id {
             None => {
                 let id = new_id("rt");
-                sqlx::query(
+                let insert = sqlx::query(
                     "INSERT INTO routes (id, project_id, host, path, methods, function_id, version, priority, pop_selector, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                )
-                .bind(&id)
-                .bind(&function.project)
-                .bind(&input.host)
-                .bind(&input.path)
-                .bind(&methods)
-                .bind(&input.function_id)
-                .bind(input.version)
-                .bind(input.priority)
-                .bind(&input.pop_selector)
-                .bind(now_ms())
-                .execute(&self.pool)
-                .await
-                .map_err(conflict)?;
+                );
+                fields(insert.bind(id.clone()))
+                    .bind(now_ms())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(conflict)?;
                 id
             }
             Some(id) => {
-                let updated = sqlx::query(
+                let update = sqlx::query(
                     "UPDATE routes SET project_id = $2, host = $3, path = $4, methods = $5, function_id = $6, version = $7, \
                      priority = $8, pop_selector = $9 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(&function.project)
-                .bind(&input.host)
-                .bind(&input.path)
-                .bind(&methods)
-                .bind(&input.function_id)
-                .bind(input.version)
-                .bind(input.priority)
-                .bind(&input.pop_selector)
-                .execute(&self.pool)
-                .await
-                .map_err(conflict)?;
+                );
+                let updated = fields(update.bind(id.to_string()))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(conflict)?;
                 if updated.rows_affected() == 0 {
                     return Err(StoreError::NotFound);
                 }
