@@ -76,6 +76,7 @@ async fn measure(label: &str, url: &str, nodes: usize) {
         limits: Limits::default(),
         upload_ttl: Duration::from_secs(60),
         max_artifact_bytes: 1 << 20,
+        feed: edgefn_control_plane::sync::RevisionFeed::new(),
     };
     let app = router(state);
     let api = run_for(ids.clone(), move |id| {

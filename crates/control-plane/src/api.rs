@@ -35,6 +35,8 @@ pub struct AppState {
     pub upload_ttl: Duration,
     /// Largest artifact accepted.
     pub max_artifact_bytes: usize,
+    /// Revision notices for nodes' push streams; poked after every desired-state change.
+    pub feed: Arc<crate::sync::RevisionFeed>,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -58,6 +60,10 @@ pub fn router(state: AppState) -> Router {
             "/functions/{id}/versions/{version}/complete",
             post(complete_version),
         )
+        .route(
+            "/functions/{id}/versions/{version}/upload-url",
+            post(renew_upload_url),
+        )
         .route("/artifacts/{sha256}", get(download_artifact))
         .route("/routes", post(create_route).get(list_routes))
         .route(
@@ -75,8 +81,16 @@ pub fn router(state: AppState) -> Router {
         .route("/deployments/{id}", get(get_deployment))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .merge(uploads);
+    let node_sync = crate::sync::NodeSyncService {
+        store: state.store.clone(),
+        feed: state.feed.clone(),
+        resend: edgefn_proto::backoff::Backoff::default(),
+    }
+    .server();
     Router::new()
         .nest("/api/v1", api)
+        // The nodes' push stream (gRPC over HTTP/2 on the same listener).
+        .route_service("/edgefn.sync.v1.NodeSync/{*method}", node_sync)
         .fallback(|| async { ApiError::not_found("endpoint") })
         .with_state(state)
 }
@@ -95,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         get_function,
         delete_function,
         create_version,
+        renew_upload_url,
         list_versions,
         get_version,
         upload,
@@ -237,6 +252,26 @@ async fn create_version(
         StatusCode::CREATED,
         Json(version_created(&state, &id, version).await?),
     ))
+}
+
+/// A fresh upload URL for a version still waiting for its artifact (the first URL expired,
+/// or was never seen: `POST /functions` makes version 1 before anything is uploaded).
+#[utoipa::path(post, path = "/api/v1/functions/{id}/versions/{version}/upload-url", params(("id" = String, Path), ("version" = u64, Path)), responses((status = 200, body = VersionCreated), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn renew_upload_url(
+    State(state): State<AppState>,
+    Path((function_id, version)): Path<(String, u64)>,
+) -> ApiResult<Json<VersionCreated>> {
+    let current = state
+        .store
+        .get_version(&function_id, version)
+        .await
+        .map_err(not_found("version"))?;
+    if current.state != VersionState::Pending {
+        return Err(ApiError::Conflict(
+            "versions are immutable once uploaded".into(),
+        ));
+    }
+    Ok(Json(version_created(&state, &function_id, version).await?))
 }
 
 fn with_url(state: &AppState, mut version: Version) -> Version {
@@ -502,7 +537,9 @@ async fn delete_route(
 /// desired state (a node whose document changed gets a new revision).
 async fn refresh_desired(state: &AppState) -> ApiResult<()> {
     let urls = artifact_urls(state);
-    Ok(state.store.refresh_desired(&urls).await?)
+    state.store.refresh_desired(&urls, None).await?;
+    state.feed.poke();
+    Ok(())
 }
 
 // ---- nodes ----------------------------------------------------------------------------
@@ -538,7 +575,9 @@ async fn register_node(
         .register_node(&input.name, &input.labels, &input.address)
         .await?;
     // A node that registers later receives everything its labels match.
-    refresh_desired(&state).await?;
+    let urls = artifact_urls(&state);
+    state.store.refresh_desired(&urls, Some(&node_id)).await?;
+    state.feed.poke();
     Ok((StatusCode::CREATED, Json(NodeRegistered { node_id })))
 }
 
@@ -646,11 +685,13 @@ async fn deploy_version(
         .await
         .map_err(not_found("function"))?;
     let urls = artifact_urls(state);
-    state
+    let deployment = state
         .store
         .deploy(id, version as u64, selector, strategy, &urls)
         .await
-        .map_err(not_found("version"))
+        .map_err(not_found("version"))?;
+    state.feed.poke();
+    Ok(deployment)
 }
 
 #[utoipa::path(post, path = "/api/v1/functions/{id}/deploy", params(("id" = String, Path)), request_body = DeployRequest, responses((status = 201, body = Deployment), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -700,6 +741,7 @@ async fn undeploy(State(state): State<AppState>, Path(id): Path<String>) -> ApiR
         .map_err(not_found("function"))?;
     let urls = artifact_urls(&state);
     state.store.undeploy(&id, &urls).await?;
+    state.feed.poke();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -47,6 +47,11 @@ pub struct ControlPlaneArgs {
     /// Seconds an upload URL stays valid.
     #[arg(long, env = "EDGEFN_UPLOAD_TTL_SECS", default_value_t = 900)]
     pub upload_ttl_secs: u64,
+    /// Milliseconds between reads of desired-state changes for the nodes' push streams
+    /// (changes made through this process are pushed at once; this bounds how soon nodes
+    /// connected here learn of changes made through another replica).
+    #[arg(long, env = "EDGEFN_SYNC_POLL_MS", default_value_t = 250)]
+    pub sync_poll_ms: u64,
     /// Seconds of silence after which a node is marked offline.
     #[arg(long, env = "EDGEFN_NODE_OFFLINE_AFTER_SECS", default_value_t = 120)]
     pub node_offline_after_secs: u64,

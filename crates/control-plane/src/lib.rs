@@ -11,6 +11,7 @@ pub mod artifacts;
 pub mod config;
 pub mod desired;
 pub mod store;
+pub mod sync;
 pub mod validate;
 
 use std::sync::Arc;
@@ -108,10 +109,24 @@ pub async fn run(
             Artifacts::s3(&settings, public_url.clone()).await?
         }
     };
+    // Catch up with a change whose recomputation a crash interrupted (a route written, its
+    // nodes' desired states not yet).
+    {
+        let url = |sha256: &str| artifacts.artifact_url(sha256);
+        store
+            .refresh_desired(&url, None)
+            .await
+            .context("cannot bring the nodes' desired states up to date")?;
+    }
     spawn_offline_sweeper(
         store.clone(),
         Duration::from_secs(args.node_offline_after_secs),
         Duration::from_secs(args.node_offline_after_secs.clamp(1, 10)),
+    );
+    let feed = sync::RevisionFeed::new();
+    feed.spawn_poller(
+        store.clone(),
+        Duration::from_millis(args.sync_poll_ms.max(10)),
     );
     let state = AppState {
         store,
@@ -122,12 +137,19 @@ pub async fn run(
         },
         upload_ttl: Duration::from_secs(args.upload_ttl_secs),
         max_artifact_bytes: args.max_artifact_bytes,
+        feed: feed.clone(),
     };
     // The one fixed format tools and tests read the bound address from.
     println!(
         "{}",
         serde_json::json!({ "level": "INFO", "message": "listening", "listener": "api", "address": address.to_string() })
     );
+    // Push streams never end by themselves: close them when shutdown starts, or draining
+    // would wait for them forever.
+    let shutdown = async move {
+        shutdown.await;
+        feed.close();
+    };
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown)
         .await?;

@@ -4,7 +4,7 @@
 //! errors are mapped to domain errors here, and nowhere else. The only SQL built at run
 //! time joins constant column lists (`AssertSqlSafe`); values are always bound.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use edgefn_proto::GuestKind;
 use edgefn_proto::api::{
@@ -617,10 +617,11 @@ impl Store {
             cpu_percent: row.try_get("cpu_percent")?,
             mem_bytes: mem.map(|m| m as u64),
             inventory: parse_json::<Vec<InventoryItem>>(&row.try_get::<String, _>("inventory")?)?,
+            usage: parse_json(&row.try_get::<String, _>("usage")?)?,
         })
     }
 
-    const NODE_COLUMNS: &str = "id, name, labels, address, status, registered_at, last_heartbeat, cpu_percent, mem_bytes, inventory";
+    const NODE_COLUMNS: &str = "id, name, labels, address, status, registered_at, last_heartbeat, cpu_percent, mem_bytes, inventory, usage";
 
     pub async fn get_node(&self, id: &str) -> Result<Node> {
         let sql = format!("SELECT {} FROM nodes WHERE id = $1", Self::NODE_COLUMNS);
@@ -646,7 +647,7 @@ impl Store {
     /// Records a heartbeat: one UPDATE. `NotFound` when the node is not registered.
     pub async fn heartbeat(&self, node_id: &str, heartbeat: &Heartbeat) -> Result<()> {
         let updated = sqlx::query(
-            "UPDATE nodes SET status = $2, last_heartbeat = $3, cpu_percent = $4, mem_bytes = $5, inventory = $6 WHERE id = $1",
+            "UPDATE nodes SET status = $2, last_heartbeat = $3, cpu_percent = $4, mem_bytes = $5, inventory = $6, usage = $7 WHERE id = $1",
         )
         .bind(node_id)
         .bind(heartbeat.status.as_str())
@@ -654,6 +655,7 @@ impl Store {
         .bind(heartbeat.cpu_percent)
         .bind(heartbeat.mem_bytes.min(i64::MAX as u64) as i64)
         .bind(json(&heartbeat.inventory))
+        .bind(json(&heartbeat.usage))
         .execute(&self.pool)
         .await?;
         if updated.rows_affected() == 0 {
@@ -687,6 +689,15 @@ impl Store {
 }
 
 // ---- deployments and desired state ----------------------------------------------------
+
+/// What a recomputation decided for one node.
+pub struct Targeted {
+    pub node_id: String,
+    /// The (function, version) pairs the node must hold.
+    pub functions: Vec<(String, u64)>,
+    /// Whether its document (and so its revision) changed.
+    pub changed: bool,
+}
 
 /// Builds the artifact URL nodes download a hash from.
 pub type ArtifactUrl<'a> = &'a (dyn Fn(&str) -> String + Send + Sync);
@@ -740,15 +751,14 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let targeted = Self::recompute_desired(&mut tx, artifact_url).await?;
-        for (node_id, functions) in targeted {
-            if functions
-                .iter()
-                .any(|(f, v)| f == function_id && *v == version)
-            {
+        // Nodes whose document changed joined the deployment in the recomputation; the ones
+        // that already held this version (a redeploy) join it here.
+        for node in Self::recompute_desired(&mut tx, artifact_url, None).await? {
+            let holds = node.functions.iter().any(|(f, v)| f == function_id && *v == version);
+            if holds && !node.changed {
                 sqlx::query("INSERT INTO deployment_nodes (deployment_id, node_id, state, updated_at) VALUES ($1, $2, 'pending', $3)")
                     .bind(&id)
-                    .bind(&node_id)
+                    .bind(&node.node_id)
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
@@ -772,7 +782,7 @@ impl Store {
         if ended.rows_affected() == 0 {
             return Err(StoreError::Conflict("the function is not deployed".into()));
         }
-        Self::recompute_desired(&mut tx, artifact_url).await?;
+        Self::recompute_desired(&mut tx, artifact_url, None).await?;
         Ok(())
         }
         .await;
@@ -854,40 +864,55 @@ impl Store {
         })
     }
 
-    /// Recomputes every node's desired state inside `tx`; a node whose document changed gets
-    /// the next revision. Returns each node's (function, version) pairs.
+    /// Recomputes the desired state of every node (or of `only` one) inside `tx`. A node
+    /// whose document changed gets the next revision, and a `pending` entry in each active
+    /// deployment it now holds and had no entry in (so a node that registers later shows up
+    /// in the deployments it joins).
     pub async fn recompute_desired(
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         artifact_url: ArtifactUrl<'_>,
-    ) -> Result<Vec<(String, Vec<(String, u64)>)>> {
+        only: Option<&str>,
+    ) -> Result<Vec<Targeted>> {
         use crate::desired::{ActiveDeployment, compute};
-        let deployments = sqlx::query(
-            "SELECT d.function_id, d.version, d.pop_selector, v.sha256, v.kind, v.settings FROM deployments d \
+        let rows = sqlx::query(
+            "SELECT d.id, d.function_id, d.version, d.pop_selector, v.sha256, v.kind, v.settings FROM deployments d \
              JOIN versions v ON v.function_id = d.function_id AND v.version = d.version WHERE d.state = 'active' \
              ORDER BY d.function_id",
         )
         .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(|row| {
-            let selector: String = row.try_get("pop_selector")?;
-            let sha256: String = row.try_get("sha256")?;
-            let kind: String = row.try_get("kind")?;
-            let version: i64 = row.try_get("version")?;
-            Ok(ActiveDeployment {
-                // Selectors were validated when submitted; one that no longer parses selects nothing.
-                selector: edgefn_proto::Selector::parse(&selector).unwrap_or(edgefn_proto::Selector::Bool(false)),
-                function: edgefn_proto::sync::DesiredFunction {
-                    function_id: row.try_get("function_id")?,
-                    version: version as u64,
-                    kind: GuestKind::parse(&kind).ok_or_else(|| StoreError::Database(format!("unknown kind {kind}")))?,
-                    artifact_url: artifact_url(&sha256),
-                    sha256,
-                    settings: parse_json(&row.try_get::<String, _>("settings")?)?,
-                },
+        .await?;
+        let deployment_ids = rows
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<String, _>("function_id")?,
+                    row.try_get::<String, _>("id")?,
+                ))
             })
-        })
-        .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<HashMap<String, String>>>()?;
+        let deployments = rows
+            .iter()
+            .map(|row| {
+                let selector: String = row.try_get("pop_selector")?;
+                let sha256: String = row.try_get("sha256")?;
+                let kind: String = row.try_get("kind")?;
+                let version: i64 = row.try_get("version")?;
+                Ok(ActiveDeployment {
+                    // Selectors were validated when submitted; one that no longer parses selects nothing.
+                    selector: edgefn_proto::Selector::parse(&selector)
+                        .unwrap_or(edgefn_proto::Selector::Bool(false)),
+                    function: edgefn_proto::sync::DesiredFunction {
+                        function_id: row.try_get("function_id")?,
+                        version: version as u64,
+                        kind: GuestKind::parse(&kind)
+                            .ok_or_else(|| StoreError::Database(format!("unknown kind {kind}")))?,
+                        artifact_url: artifact_url(&sha256),
+                        sha256,
+                        settings: parse_json(&row.try_get::<String, _>("settings")?)?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let sql = format!(
             "SELECT {} FROM routes ORDER BY created_at, id",
             Self::ROUTE_COLUMNS
@@ -904,8 +929,10 @@ impl Store {
             })
             .collect::<Result<Vec<_>>>()?;
         let nodes = sqlx::query(
-            "SELECT n.id, n.labels, d.revision, d.document FROM nodes n LEFT JOIN node_desired d ON d.node_id = n.id",
+            "SELECT n.id, n.labels, d.revision, d.document FROM nodes n LEFT JOIN node_desired d ON d.node_id = n.id \
+             WHERE CAST($1 AS TEXT) IS NULL OR n.id = $1",
         )
+        .bind(only)
         .fetch_all(&mut **tx)
         .await?;
         let now = now_ms();
@@ -919,16 +946,32 @@ impl Store {
             // Documents are stored with revision 0, so a change of content is a change of text.
             let state = compute(&node_id, &labels, 0, &deployments, &routes);
             let document = json(&state);
-            targeted.push((
-                node_id.clone(),
-                state
+            let changed = old.as_deref() != Some(document.as_str());
+            targeted.push(Targeted {
+                node_id: node_id.clone(),
+                functions: state
                     .functions
                     .iter()
                     .map(|f| (f.function_id.clone(), f.version))
                     .collect(),
-            ));
-            if old.as_deref() == Some(document.as_str()) {
+                changed,
+            });
+            if !changed {
                 continue;
+            }
+            for function in &state.functions {
+                let Some(deployment_id) = deployment_ids.get(&function.function_id) else {
+                    continue;
+                };
+                sqlx::query(
+                    "INSERT INTO deployment_nodes (deployment_id, node_id, state, updated_at) VALUES ($1, $2, 'pending', $3) \
+                     ON CONFLICT (deployment_id, node_id) DO NOTHING",
+                )
+                .bind(deployment_id)
+                .bind(&node_id)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
             }
             let next = revision.unwrap_or(0) + 1;
             sqlx::query(
@@ -946,16 +989,53 @@ impl Store {
         Ok(targeted)
     }
 
-    /// Recomputes every node's desired state in a transaction of its own (after a route
-    /// change or a registration).
-    pub async fn refresh_desired(&self, artifact_url: ArtifactUrl<'_>) -> Result<()> {
+    /// Recomputes the desired state of every node (or of `only` one) in a transaction of its
+    /// own: after a route change, a registration, or at start-up (which catches up with a
+    /// change whose recomputation a crash interrupted).
+    pub async fn refresh_desired(
+        &self,
+        artifact_url: ArtifactUrl<'_>,
+        only: Option<&str>,
+    ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         let result: Result<()> = async {
-            Self::recompute_desired(&mut tx, artifact_url).await?;
+            Self::recompute_desired(&mut tx, artifact_url, only).await?;
             Ok(())
         }
         .await;
         Self::finish(tx, result).await
+    }
+
+    /// `(node_id, revision, updated_at)` of every desired state written at or after `since`
+    /// (Unix ms): what the revision feed passes on to connected nodes.
+    pub async fn desired_changed_since(&self, since: i64) -> Result<Vec<(String, u64, i64)>> {
+        sqlx::query("SELECT node_id, revision, updated_at FROM node_desired WHERE updated_at >= $1")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                let revision: i64 = row.try_get("revision")?;
+                Ok((
+                    row.try_get("node_id")?,
+                    revision as u64,
+                    row.try_get("updated_at")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// A node's desired and applied revisions (0 and 0 before it has a desired state).
+    pub async fn node_revisions(&self, node_id: &str) -> Result<(u64, u64)> {
+        let row =
+            sqlx::query("SELECT revision, applied_revision FROM node_desired WHERE node_id = $1")
+                .bind(node_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else { return Ok((0, 0)) };
+        let revision: i64 = row.try_get("revision")?;
+        let applied: i64 = row.try_get("applied_revision")?;
+        Ok((revision as u64, applied as u64))
     }
 
     /// Records a node's ack and returns its desired state when the node is behind.

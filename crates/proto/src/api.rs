@@ -234,6 +234,33 @@ pub struct Heartbeat {
     /// The result of each item of that revision.
     #[serde(default)]
     pub results: Vec<crate::sync::ItemResult>,
+    /// What the node did since its previous heartbeat.
+    #[serde(default)]
+    pub usage: NodeUsage,
+}
+
+/// A node's work between two heartbeats.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeUsage {
+    /// Functions that were invoked, with their invocation and error counts.
+    #[serde(default)]
+    pub functions: Vec<FunctionUsage>,
+    /// Tenants that spent guest time, in milliseconds.
+    #[serde(default)]
+    pub tenants: Vec<TenantUsage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FunctionUsage {
+    pub function_id: String,
+    pub invocations: u64,
+    pub errors: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TenantUsage {
+    pub tenant: String,
+    pub cpu_ms: u64,
 }
 
 /// The answer to a heartbeat: the node's desired state when it is behind.
@@ -303,6 +330,8 @@ pub struct Node {
     pub cpu_percent: Option<f64>,
     pub mem_bytes: Option<u64>,
     pub inventory: Vec<InventoryItem>,
+    /// What the node reported doing between its last two heartbeats.
+    pub usage: NodeUsage,
 }
 
 /// Every error: `{"error": {"code", "message", "details"}}`.

@@ -4,9 +4,21 @@
 
 pub mod api;
 pub mod artifact;
+pub mod backoff;
 pub mod router;
 pub mod selector;
 pub mod sync;
+
+/// The gRPC service of node sync (`proto/sync.proto`): revision notices pushed to nodes.
+pub mod grpc {
+    #![allow(
+        clippy::all,
+        clippy::pedantic,
+        clippy::allow_attributes_without_reason,
+        reason = "generated code"
+    )]
+    tonic::include_proto!("edgefn.sync.v1");
+}
 
 pub use artifact::{GuestKind, inspect};
 pub use selector::{Selector, SelectorError};

@@ -10,12 +10,28 @@ use clap::Parser;
 #[command(
     name = "edgefn-runner",
     version,
-    about = "The edgefn edge node: serves WebAssembly HTTP functions"
+    about = "The edgefn edge node: serves WebAssembly HTTP functions",
+    group = clap::ArgGroup::new("source").required(true).args(["manifest", "control_plane"])
 )]
 pub struct RunnerArgs {
-    /// TOML manifest of the functions and routes to serve.
+    /// TOML manifest of the functions and routes to serve (standalone, without a control
+    /// plane; SIGHUP reloads it).
     #[arg(long, env = "EDGEFN_MANIFEST")]
-    pub manifest: PathBuf,
+    pub manifest: Option<PathBuf>,
+    /// URL of the control plane to register with and take the desired state from, e.g.
+    /// `http://127.0.0.1:8080`.
+    #[arg(long, env = "EDGEFN_CONTROL_PLANE")]
+    pub control_plane: Option<String>,
+    /// Directory for this node's identity and its last applied desired state, from which it
+    /// restarts even without the control plane.
+    #[arg(long, env = "EDGEFN_STATE_DIR", default_value = ".edgefn/node")]
+    pub state_dir: PathBuf,
+    /// Milliseconds between heartbeats to the control plane.
+    #[arg(long, env = "EDGEFN_HEARTBEAT_MS", default_value_t = 30_000)]
+    pub heartbeat_ms: u64,
+    /// The address the control plane shows for this node (default: the listener's).
+    #[arg(long, env = "EDGEFN_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
     /// Address of the public HTTP(S) listener (port 0 picks a free port).
     #[arg(long, env = "EDGEFN_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
@@ -31,7 +47,8 @@ pub struct RunnerArgs {
     /// Directory of the artifact cache.
     #[arg(long, env = "EDGEFN_CACHE_DIR", default_value = ".edgefn/cache")]
     pub cache_dir: PathBuf,
-    /// This node's id, in logs and metrics.
+    /// This node's name: in logs and metrics, and the name it registers under with a
+    /// control plane (which gives it an id of its own).
     #[arg(long, env = "EDGEFN_NODE_ID", default_value = "local")]
     pub node_id: String,
     /// Labels of this node, e.g. `region=tokyo,pop=tokyo-1`.

@@ -18,11 +18,14 @@ pub mod logs;
 pub mod manifest;
 pub mod metrics;
 pub mod node;
+pub mod push;
 pub mod quotas;
 /// The route table lives in `edgefn-proto`, so the control plane validates patterns with
 /// the very code that matches them here.
 pub use edgefn_proto::router;
 pub mod server;
+pub mod sync;
+pub mod usage;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -103,13 +106,46 @@ fn spawn_reload_on_hangup(node: Arc<Node>, manifest: std::path::PathBuf) {
     });
 }
 
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
 /// Runs a runner until `shutdown` resolves, then drains in-flight requests.
 pub async fn run(
     args: RunnerArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // Everything that can be checked is checked before a socket is bound.
-    let manifest = Manifest::load(&args.manifest)?;
+    // Everything that can be checked is checked before a socket is bound. With a control
+    // plane, the node starts from the desired state it applied last (if any).
+    let (manifest, applied) = match (&args.manifest, &args.control_plane) {
+        (Some(path), _) => (Manifest::load(path)?, None),
+        (None, Some(url)) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                anyhow::bail!("--control-plane must be an http:// or https:// URL, got {url:?}");
+            }
+            let applied = sync::load_applied(&args.state_dir);
+            let manifest = match &applied {
+                Some(state) => sync::manifest_of(state).with_context(|| {
+                    format!("{}: persisted desired state", args.state_dir.display())
+                })?,
+                None => Manifest {
+                    functions: Vec::new(),
+                    routes: Vec::new(),
+                },
+            };
+            (manifest, applied)
+        }
+        (None, None) => anyhow::bail!("one of --manifest and --control-plane is required"),
+    };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
         _ => None,
@@ -123,11 +159,9 @@ pub async fn run(
     let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
-    log_listening(
-        &args.node_id,
-        if tls.is_some() { "https" } else { "http" },
-        listener.local_addr()?,
-    );
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let public_address = listener.local_addr()?;
+    log_listening(&args.node_id, scheme, public_address);
     log_listening(&args.node_id, "admin", admin_listener.local_addr()?);
 
     let metrics = Arc::new(Metrics::new());
@@ -194,8 +228,34 @@ pub async fn run(
         "labels": labels,
         "functions": manifest.functions.len(),
         "routes": manifest.routes.len(),
+        "applied_revision": applied.as_ref().map(|s| s.revision),
     }));
-    spawn_reload_on_hangup(node.clone(), args.manifest.clone());
+    let mut sync_task = None;
+    match (&args.manifest, &args.control_plane) {
+        (Some(path), _) => spawn_reload_on_hangup(node.clone(), path.clone()),
+        (None, Some(url)) => {
+            let config = sync::SyncConfig {
+                control_plane: url.trim_end_matches('/').to_string(),
+                name: args.node_id.clone(),
+                labels: args.labels.0.iter().cloned().collect(),
+                address: args
+                    .advertise_address
+                    .clone()
+                    .unwrap_or_else(|| format!("{scheme}://{public_address}")),
+                state_dir: args.state_dir.clone(),
+                heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(10)),
+                backoff: Backoff {
+                    initial: Duration::from_secs(1),
+                    max: Duration::from_secs(60),
+                    attempts: u32::MAX,
+                },
+            };
+            sync_task = Some(tokio::spawn(
+                sync::SyncClient::new(node.clone(), config, applied).run(),
+            ));
+        }
+        (None, None) => {}
+    }
 
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = tokio::spawn(admin::serve(admin_listener, node.clone(), async move {
@@ -207,6 +267,9 @@ pub async fn run(
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
     };
     server::serve(listener, tls, node.clone(), front, shutdown).await;
+    if let Some(task) = sync_task {
+        task.abort();
+    }
     let _ = stop_admin.send(());
     let _ = admin.await;
     node.cache.persist();

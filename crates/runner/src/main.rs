@@ -30,23 +30,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(edgefn_runner::run(args, shutdown_signal())) {
+    match runtime.block_on(edgefn_runner::run(args, edgefn_runner::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("edgefn-runner: {error:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

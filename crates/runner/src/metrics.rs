@@ -39,6 +39,9 @@ pub struct Metrics {
     pub invocations: Family<FunctionLabels, Counter>,
     pub latency: Family<FunctionLabels, Histogram, fn() -> Histogram>,
     pub errors: Family<ErrorLabels, Counter>,
+    /// Failed invocations per function whatever the code (not exported: the sum of
+    /// `errors`; heartbeats report it).
+    pub failures: Family<FunctionLabels, Counter>,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub cache_evictions: Counter,
@@ -71,6 +74,7 @@ impl Metrics {
             invocations: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             errors: Family::default(),
+            failures: Family::default(),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
             cache_evictions: Counter::default(),

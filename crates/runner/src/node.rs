@@ -44,6 +44,8 @@ pub struct SlotHandles {
     pub invocations: prometheus_client::metrics::counter::Counter,
     pub latency: prometheus_client::metrics::histogram::Histogram,
     pub cold_starts: prometheus_client::metrics::counter::Counter,
+    /// Invocations that failed (any error code), for heartbeats.
+    pub failures: prometheus_client::metrics::counter::Counter,
     /// Unix milliseconds of the last cache touch; the cache learns of use at most once a
     /// second per version, not on every request.
     last_touch_ms: std::sync::atomic::AtomicU64,
@@ -59,6 +61,7 @@ impl SlotHandles {
             invocations: node.metrics.invocations.get_or_create(&labels).clone(),
             latency: node.metrics.latency.get_or_create(&labels).clone(),
             cold_starts: node.metrics.cold_starts.get_or_create(&labels).clone(),
+            failures: node.metrics.failures.get_or_create(&labels).clone(),
             last_touch_ms: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -84,6 +87,10 @@ pub const RETRY_FAILED_AFTER: std::time::Duration = std::time::Duration::from_se
 impl VersionSlot {
     pub fn state(&self) -> VersionState {
         self.state.borrow().clone()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        matches!(*self.state.borrow(), VersionState::Ready(_))
     }
 
     /// Waits until the version is no longer loading, at most until `deadline`.
@@ -143,14 +150,42 @@ impl Node {
         self.functions.load()
     }
 
-    /// The slot a route target names: its version, or the newest one.
+    /// The slot a route target names: its version, or else the newest ready one (the newest
+    /// of all while none is ready). So a node holding v1 while v2 loads keeps serving v1
+    /// until v2 is ready: the switch is atomic.
     pub fn slot(&self, target: &RouteTarget) -> Option<Arc<VersionSlot>> {
         let functions = self.functions.load();
         let versions = functions.get(&target.function_id)?;
         match target.version {
             Some(version) => versions.get(&version).cloned(),
-            None => versions.values().next_back().cloned(),
+            None => versions
+                .values()
+                .rev()
+                .find(|slot| slot.is_ready())
+                .or_else(|| versions.values().next_back())
+                .cloned(),
         }
+    }
+
+    /// The slot of one exact version, if the node holds it.
+    pub fn version_slot(&self, function_id: &str, version: u64) -> Option<Arc<VersionSlot>> {
+        self.functions
+            .load()
+            .get(function_id)?
+            .get(&version)
+            .cloned()
+    }
+
+    /// Waits until every version the node holds has settled, at most until `deadline`.
+    /// Returns whether all settled.
+    pub async fn wait_settled(&self, deadline: Instant) -> bool {
+        let functions = self.functions.load_full();
+        for slot in functions.values().flat_map(BTreeMap::values) {
+            if slot.settled(deadline).await.is_none() {
+                return false;
+            }
+        }
+        true
     }
 
     /// Whether every desired version has settled (ready or failed).

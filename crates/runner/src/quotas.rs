@@ -62,6 +62,8 @@ pub struct TenantQuota {
     max_concurrent: u32,
     running: AtomicU32,
     rate: DefaultDirectRateLimiter,
+    /// Guest time of all invocations so far, in microseconds (reported in heartbeats).
+    cpu_micros: std::sync::atomic::AtomicU64,
 }
 
 /// Holds one concurrent-execution slot of a tenant until dropped.
@@ -95,9 +97,19 @@ impl TenantQuotas {
                     max_concurrent: self.limits.max_concurrent,
                     running: AtomicU32::new(0),
                     rate: RateLimiter::direct(Quota::per_minute(self.limits.per_minute)),
+                    cpu_micros: std::sync::atomic::AtomicU64::new(0),
                 })
             })
             .clone()
+    }
+
+    /// Every tenant's guest time so far, in microseconds.
+    pub fn cpu_micros(&self) -> Vec<(String, u64)> {
+        let tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        tenants
+            .iter()
+            .map(|(name, quota)| (name.clone(), quota.cpu_micros.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// Admits one invocation of `tenant`, or says which quota is exhausted.
@@ -132,6 +144,12 @@ impl TenantQuota {
                 })
             }
         }
+    }
+
+    /// Counts guest time spent by one invocation.
+    pub fn add_cpu(&self, time: std::time::Duration) {
+        self.cpu_micros
+            .fetch_add(time.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Invocations of this tenant running now.

@@ -361,6 +361,7 @@ async fn route_and_invoke(
             if invocation.cold_start {
                 slot.hot.cold_starts.inc();
             }
+            slot.hot.quota.add_cpu(invocation.cpu_time);
             Outcome {
                 response: invocation.response.map(Full::new),
                 function_id: Some(function_id),
@@ -370,6 +371,7 @@ async fn route_and_invoke(
         }
         Err(error) => {
             let code = error.code();
+            slot.hot.failures.inc();
             node.metrics
                 .errors
                 .get_or_create(&ErrorLabels {

@@ -2,6 +2,8 @@
 //! cargo (once per test process) and hands out the paths of their `.wasm` files.
 #![forbid(unsafe_code)]
 
+pub mod postgres;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -24,6 +26,11 @@ fn guests_target_dir() -> PathBuf {
 }
 
 fn build(target: &str, packages: &[&str]) {
+    // A toolchain installed before rust-toolchain.toml named the wasm targets lacks them.
+    let _ = Command::new("rustup")
+        .current_dir(workspace_root().join("examples"))
+        .args(["--quiet", "target", "add", target])
+        .status();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command

@@ -19,86 +19,23 @@ pub enum Backend {
     /// A fresh schema in the PostgreSQL test database, dropped with the last clone.
     Postgres {
         url: String,
-        _schema: Arc<DropSchema>,
+        _schema: Arc<edgefn_test_support::postgres::TestSchema>,
     },
 }
 
-/// Drops a test schema when the test is done (on a thread of its own: `Drop` cannot await).
-#[derive(Debug)]
-pub struct DropSchema {
-    url: String,
-    schema: String,
-}
-
-impl Drop for DropSchema {
-    fn drop(&mut self) {
-        let (url, schema) = (self.url.clone(), self.schema.clone());
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                // Never wait forever behind a connection that still holds a lock.
-                if let Ok(pool) = sqlx::AnyPool::connect(&url).await {
-                    let _ = sqlx::query("SET lock_timeout = '5s'").execute(&pool).await;
-                    let _ =
-                        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-                            .execute(&pool)
-                            .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-/// The PostgreSQL server tests use: `EDGEFN_TEST_POSTGRES_URL` (set by `.ci/run`, which then
-/// requires it), or this machine's default. `None` (the suite is skipped, and says so) only
-/// when the variable is unset and the default server does not answer.
+/// A fresh schema in the PostgreSQL test database (`None`: skipped, and said so).
 pub async fn postgres() -> Option<Backend> {
-    postgres_schema(&format!("edgefn_test_{}", uuid::Uuid::new_v4().simple())).await
+    let name = edgefn_test_support::postgres::unique_schema_name("edgefn_test");
+    postgres_schema(&name).await
 }
 
 /// Like [`postgres`], in a schema of a given name, emptied first (for fixtures that live as
 /// long as the test process and so are never dropped).
 pub async fn postgres_schema(schema: &str) -> Option<Backend> {
-    let (url, required) = match std::env::var("EDGEFN_TEST_POSTGRES_URL") {
-        Ok(url) => (url, true),
-        Err(_) => (DEFAULT_POSTGRES.to_string(), false),
-    };
-    sqlx::any::install_default_drivers();
-    let connection = sqlx::AnyPool::connect(&url).await;
-    let pool = match connection {
-        Ok(pool) => pool,
-        Err(error) if !required => {
-            eprintln!("skipping PostgreSQL suite: {url} is unavailable ({error})");
-            return None;
-        }
-        Err(error) => panic!(
-            "PostgreSQL at {url} is required (EDGEFN_TEST_POSTGRES_URL) but unavailable: {error}"
-        ),
-    };
-    let schema = schema.to_string();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE"
-    )))
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&pool)
-        .await
-        .unwrap();
-    let separator = if url.contains('?') { '&' } else { '?' };
-    let scoped = format!("{url}{separator}options=-c%20search_path%3D{schema}");
+    let schema = edgefn_test_support::postgres::test_schema(schema).await?;
     Some(Backend::Postgres {
-        url: scoped,
-        _schema: Arc::new(DropSchema { url, schema }),
+        url: schema.url.clone(),
+        _schema: Arc::new(schema),
     })
 }
 
@@ -130,6 +67,7 @@ pub async fn app_on_s3(settings: &edgefn_control_plane::artifacts::S3Settings) -
         limits: Limits::default(),
         upload_ttl: Duration::from_secs(600),
         max_artifact_bytes: 4 << 20,
+        feed: edgefn_control_plane::sync::RevisionFeed::new(),
     };
     App {
         router: router(state),
@@ -157,6 +95,7 @@ pub async fn app_with(backend: &Backend, upload_ttl: Duration) -> App {
         limits: Limits::default(),
         upload_ttl,
         max_artifact_bytes: 4 << 20,
+        feed: edgefn_control_plane::sync::RevisionFeed::new(),
     };
     App {
         router: router(state),

@@ -158,6 +158,7 @@ async fn the_sweeper_marks_silent_nodes_offline() {
         inventory: vec![],
         applied_revision: None,
         results: vec![],
+        usage: Default::default(),
     };
     app.store.heartbeat(&id, &beat).await.unwrap();
     edgefn_control_plane::spawn_offline_sweeper(

@@ -1,0 +1,351 @@
+//! `edgefn dev`: a whole edgefn on this machine in one command. It starts a control plane
+//! (SQLite and local artifacts under `--dir`) and `--runners` runners attached to it, all in
+//! this process on 127.0.0.1, builds `examples/hello` (or takes `--wasm`), deploys it with a
+//! route for `/`, waits until every runner answers it, and prints the URLs. Ctrl-C or
+//! SIGTERM drains and stops everything.
+//!
+//! Running again reuses the directory: the function keeps its id, and an unchanged artifact
+//! is deployed again rather than uploaded as a new version.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Args, Parser as _};
+use edgefn_proto::api::{
+    CreateFunction, DeployRequest, Deployment, Function, Route, RouteInput, Version,
+};
+use tokio::sync::watch;
+
+use crate::GlobalArgs;
+use crate::client::Client;
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Directory for the control plane's database and artifacts and the runners' caches.
+    #[arg(long, default_value = ".edgefn")]
+    pub dir: PathBuf,
+    /// Runners to start; runner i is labelled `region=local,pop=dev-i`.
+    #[arg(long, default_value_t = 1)]
+    pub runners: u16,
+    /// Address of the control plane's API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// HTTP port of the first runner (runner i listens on this + i - 1).
+    #[arg(long, default_value_t = 8000)]
+    pub http_port: u16,
+    /// Admin (metrics) port of the first runner.
+    #[arg(long, default_value_t = 9090)]
+    pub admin_port: u16,
+    /// Deploy this .wasm instead of building examples/hello.
+    #[arg(long)]
+    pub wasm: Option<PathBuf>,
+    /// Milliseconds between the runners' heartbeats.
+    #[arg(long, default_value_t = 1000)]
+    pub heartbeat_ms: u64,
+}
+
+/// The function `edgefn dev` deploys.
+const FUNCTION: &str = "hello";
+
+pub async fn run(args: DevArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    if args.runners == 0 {
+        anyhow::bail!("--runners must be at least 1");
+    }
+    if !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "edgefn dev serves on loopback addresses only; got {}",
+            args.listen
+        );
+    }
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let wasm = match &args.wasm {
+        Some(path) => path.clone(),
+        None => build_hello(&args.dir)?,
+    };
+    let bytes = std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+
+    let cp_url = format!("http://{}", args.listen);
+    let cp_args = edgefn_control_plane::config::ControlPlaneArgs::try_parse_from([
+        "edgefn-control-plane".to_string(),
+        "--listen".into(),
+        args.listen.to_string(),
+        "--data-dir".into(),
+        args.dir.join("control-plane").display().to_string(),
+        "--node-offline-after-secs".into(),
+        "30".into(),
+    ])?;
+    tasks.spawn(named(
+        "control plane",
+        edgefn_control_plane::run(cp_args, until_stopped(stopped.clone())),
+    ));
+    let client = Client::new(&cp_url, global.token.clone())?;
+    wait_for_control_plane(&client, &mut tasks).await?;
+
+    let mut runners = Vec::new();
+    for i in 1..=args.runners {
+        let http = SocketAddr::new(args.listen.ip(), args.http_port + i - 1);
+        let admin = SocketAddr::new(args.listen.ip(), args.admin_port + i - 1);
+        let home = args.dir.join(format!("runner-{i}"));
+        let runner_args = edgefn_runner::config::RunnerArgs::try_parse_from([
+            "edgefn-runner".to_string(),
+            "--control-plane".into(),
+            cp_url.clone(),
+            "--listen".into(),
+            http.to_string(),
+            "--admin-listen".into(),
+            admin.to_string(),
+            "--cache-dir".into(),
+            home.join("cache").display().to_string(),
+            "--state-dir".into(),
+            home.join("state").display().to_string(),
+            "--node-id".into(),
+            format!("dev-{i}"),
+            "--labels".into(),
+            format!("region=local,pop=dev-{i}"),
+            "--heartbeat-ms".into(),
+            args.heartbeat_ms.to_string(),
+            "--memory-budget-bytes".into(),
+            (512u64 << 20).to_string(),
+            "--pool-instances".into(),
+            "100".into(),
+        ])?;
+        tasks.spawn(named(
+            "runner",
+            edgefn_runner::run(runner_args, until_stopped(stopped.clone())),
+        ));
+        runners.push((format!("dev-{i}"), http, admin));
+    }
+
+    let started = Instant::now();
+    let deployed = deploy_hello(&client, bytes).await?;
+    wait_until_ready(&client, &deployed.id, args.runners.into(), &mut tasks).await?;
+    for (_, http, _) in &runners {
+        let url = format!("http://{http}/");
+        let reply = reqwest::get(&url)
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        if !reply.status().is_success() {
+            anyhow::bail!(
+                "{url} answered {} after the deployment was ready",
+                reply.status()
+            );
+        }
+    }
+    println!();
+    println!(
+        "edgefn dev is running ({} {} deployed and answering in {} ms)",
+        FUNCTION,
+        format_args!("version {}", deployed.version),
+        started.elapsed().as_millis()
+    );
+    println!("  control plane  {cp_url}   (export EDGEFN_URL={cp_url} for other edgefn commands)");
+    for (name, http, admin) in &runners {
+        println!("  runner {name:<7} http://{http}/   metrics http://{admin}/metrics");
+    }
+    println!("  try:           curl http://{}/", runners[0].1);
+    println!("  deploy yours:  edgefn deploy {FUNCTION} --wasm PATH --wait");
+    println!("Ctrl-C stops everything.");
+
+    let outcome = tokio::select! {
+        _ = edgefn_runner::shutdown_signal() => Ok(()),
+        Some(ended) = tasks.join_next() => match ended {
+            Ok(Err(error)) => Err(error),
+            _ => Err(anyhow::anyhow!("a component stopped unexpectedly")),
+        },
+    };
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
+    outcome
+}
+
+async fn named(
+    what: &'static str,
+    task: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    task.await.with_context(|| format!("the {what} failed"))
+}
+
+/// Builds `examples/hello` for wasm32-wasip2 into `{dir}/guests` with cargo.
+fn build_hello(dir: &Path) -> anyhow::Result<PathBuf> {
+    let here = Path::new("examples/Cargo.toml");
+    let from_source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/Cargo.toml");
+    let manifest = [here.to_path_buf(), from_source]
+        .into_iter()
+        .find(|p| p.exists())
+        .context("cannot find examples/Cargo.toml: run edgefn dev from the edgefn repository, or pass --wasm PATH")?;
+    let target_dir = std::path::absolute(dir.join("guests"))?;
+    eprintln!("building examples/hello (wasm32-wasip2) ...");
+    let examples = manifest.parent().unwrap_or(Path::new("."));
+    // A toolchain installed before rust-toolchain.toml named the wasm targets lacks them;
+    // rustup adds them (a no-op when present). Without rustup, cargo's error says what to do.
+    let _ = std::process::Command::new("rustup")
+        .current_dir(examples)
+        .args(["--quiet", "target", "add", "wasm32-wasip2"])
+        .status();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(examples)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "hello",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .status()
+        .context("cannot run cargo to build examples/hello")?;
+    if !status.success() {
+        anyhow::bail!("building examples/hello failed ({status})");
+    }
+    Ok(target_dir.join("wasm32-wasip2/release/hello.wasm"))
+}
+
+async fn wait_for_control_plane(
+    client: &Client,
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if client.get::<Vec<Function>>("/functions").await.is_ok() {
+            return Ok(());
+        }
+        check_alive(tasks).await?;
+        if Instant::now() > deadline {
+            anyhow::bail!("the control plane did not come up within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Fails with a component's own error if one has stopped.
+async fn check_alive(tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>) -> anyhow::Result<()> {
+    match tasks.try_join_next() {
+        Some(Ok(Err(error))) => Err(error),
+        Some(_) => Err(anyhow::anyhow!("a component stopped unexpectedly")),
+        None => Ok(()),
+    }
+}
+
+/// Makes sure `hello` exists, holds `bytes` as a ready version, is deployed everywhere and
+/// routed at `/`.
+async fn deploy_hello(client: &Client, bytes: Vec<u8>) -> anyhow::Result<Deployment> {
+    let function = match crate::commands::resolve(client, FUNCTION).await {
+        Ok(function) => function,
+        Err(_) => {
+            let body = CreateFunction {
+                name: FUNCTION.into(),
+                ..CreateFunction::default()
+            };
+            let created: edgefn_proto::api::VersionCreated =
+                client.post("/functions", &body).await?;
+            client
+                .get(&format!("/functions/{}", created.function_id))
+                .await?
+        }
+    };
+    let sha256 = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    let versions: Vec<Version> = client
+        .get(&format!("/functions/{}/versions", function.id))
+        .await?;
+    let existing = versions
+        .iter()
+        .filter(|v| v.sha256.as_deref() == Some(sha256.as_str()))
+        .max_by_key(|v| v.version);
+    let version = match existing {
+        Some(version) => version.version,
+        None => {
+            crate::commands::upload_version(client, &function, bytes, true)
+                .await?
+                .version
+        }
+    };
+    let routes: Vec<Route> = client.get("/routes").await?;
+    if !routes
+        .iter()
+        .any(|r| r.function_id == function.id && r.path == "/")
+    {
+        let _: Route = client
+            .post(
+                "/routes",
+                &RouteInput {
+                    host: "*".into(),
+                    path: "/".into(),
+                    function_id: function.id.clone(),
+                    version: None,
+                    methods: Vec::new(),
+                    priority: 0,
+                    pop_selector: String::new(),
+                },
+            )
+            .await?;
+    }
+    client
+        .post(
+            &format!("/functions/{}/deploy", function.id),
+            &DeployRequest {
+                version: version as i64,
+                pop_selector: String::new(),
+                strategy: "all".into(),
+            },
+        )
+        .await
+}
+
+/// Waits until `runners` nodes hold the deployment ready (nodes join it as they register);
+/// a node that fails it ends the wait with the node's error.
+async fn wait_until_ready(
+    client: &Client,
+    deployment_id: &str,
+    runners: usize,
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    use edgefn_proto::sync::ItemState;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let deployment: Deployment = client.get(&format!("/deployments/{deployment_id}")).await?;
+        if let Some(failed) = deployment
+            .nodes
+            .iter()
+            .find(|n| n.state == ItemState::Failed)
+        {
+            anyhow::bail!(
+                "node {} could not load {FUNCTION}: {}",
+                failed.node_id,
+                failed.error.as_deref().unwrap_or("no reason given")
+            );
+        }
+        let ready = deployment
+            .nodes
+            .iter()
+            .filter(|n| n.state == ItemState::Ready)
+            .count();
+        if ready >= runners {
+            return Ok(());
+        }
+        check_alive(tasks).await?;
+        if Instant::now() > deadline {
+            anyhow::bail!("{ready} of {runners} runners were ready after 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,695 @@
+//! The sync client: how a runner attached to a control plane learns what to run.
+//!
+//! The node registers once (its id is kept in the state directory), then heartbeats. A
+//! heartbeat carries the revision the node has applied and a result per item; its reply
+//! carries the node's desired state whenever the node is behind. A push notice (see
+//! `watch`) only wakes the loop early, so content always arrives the same way.
+//!
+//! Applying a desired state goes through [`Node::reconcile`], the one path that changes what
+//! a node runs, in two steps. First the node takes the new versions while keeping the
+//! version it already serves of each function whose new version is not ready yet (routes
+//! without a version serve the newest *ready* version, so traffic stays on the old one).
+//! Once everything has settled, the versions that became ready replace the old ones; a
+//! version that failed (SHA-256 mismatch, invalid module, download given up) is reported
+//! with its error and the old one stays in service (a NACK, as in Envoy's xDS).
+//!
+//! The applied state — the effective document, including kept versions — is written to
+//! `{state_dir}/desired.json` before it is acked, and a restarted runner serves it at once,
+//! with or without a control plane. Revisions only go up: a document with a revision at or
+//! below the applied one changes nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgefn_proto::api::{
+    FunctionUsage, Heartbeat, HeartbeatReply, InventoryItem, NodeRegistered, NodeStatus, NodeUsage,
+    RegisterNode, TenantUsage,
+};
+use edgefn_proto::sync::{DesiredFunction, DesiredState, ItemResult, ItemState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::fetch::Backoff;
+use crate::manifest::{ArtifactSource, FunctionEntry, Manifest, RouteTarget};
+use crate::node::{Node, VersionState};
+use crate::router::RouteSpec;
+
+/// How the sync client reaches its control plane and describes its node.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    /// Base URL of the control plane, e.g. `http://127.0.0.1:8080`.
+    pub control_plane: String,
+    /// The name the node registers under.
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Where the node serves, as the control plane should show it.
+    pub address: String,
+    pub state_dir: PathBuf,
+    pub heartbeat_interval: Duration,
+    /// Schedule of retries after a failed contact (1 s doubling to 60 s, forever).
+    pub backoff: Backoff,
+}
+
+/// What the state directory keeps about this node's identity.
+#[derive(Debug, Serialize, Deserialize)]
+struct Identity {
+    node_id: String,
+    control_plane: String,
+}
+
+/// Why a desired state could not be turned into something the node runs.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConvertError(String);
+
+/// The manifest a desired state stands for.
+pub fn manifest_of(state: &DesiredState) -> Result<Manifest, ConvertError> {
+    let mut functions = Vec::with_capacity(state.functions.len());
+    for function in &state.functions {
+        functions.push(entry_of(function)?);
+    }
+    let routes = state
+        .routes
+        .iter()
+        .map(|route| RouteSpec {
+            host: route.host.clone(),
+            path: route.path.clone(),
+            methods: route.methods.clone(),
+            priority: route.priority,
+            target: RouteTarget {
+                function_id: route.function_id.clone(),
+                version: route.version,
+            },
+        })
+        .collect::<Vec<_>>();
+    crate::router::RouteTable::new(routes.clone())
+        .map_err(|(index, error)| ConvertError(format!("route {index}: {error}")))?;
+    Ok(Manifest { functions, routes })
+}
+
+fn entry_of(function: &DesiredFunction) -> Result<FunctionEntry, ConvertError> {
+    let fail = |reason: &str| {
+        ConvertError(format!(
+            "function {} version {}: {reason}",
+            function.function_id, function.version
+        ))
+    };
+    if !crate::manifest::valid_function_id(&function.function_id) {
+        return Err(fail("invalid function id"));
+    }
+    let url = &function.artifact_url;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(fail("artifact_url must be http(s)"));
+    }
+    if function.sha256.len() != 64 || !function.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(fail("sha256 must be 64 hex digits"));
+    }
+    let given = &function.settings;
+    let settings = edgefn_runtime::FunctionSettings {
+        entrypoint: given.entrypoint.clone(),
+        memory_pages: given.memory_pages,
+        max_execution_ms: given.max_execution_ms,
+        allowed_outbound_hosts: given.allowed_outbound_hosts.clone(),
+        env: given
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        min_hot_instances: given.min_hot_instances,
+        max_hot_instances: given.max_hot_instances.max(1),
+        instance_reuse: given.instance_reuse.max(1),
+        ..edgefn_runtime::FunctionSettings::default()
+    };
+    Ok(FunctionEntry {
+        id: function.function_id.clone(),
+        version: function.version,
+        source: ArtifactSource::Url(url.clone()),
+        sha256: Some(function.sha256.to_ascii_lowercase()),
+        tenant: given.tenant.clone(),
+        settings,
+    })
+}
+
+/// The desired state last applied, as persisted in the state directory.
+pub fn load_applied(state_dir: &Path) -> Option<DesiredState> {
+    let path = state_dir.join("desired.json");
+    let bytes = std::fs::read(&path).ok()?;
+    match DesiredState::decode(&bytes) {
+        Ok(state) => Some(state),
+        Err(error) => {
+            tracing::error!(path = %path.display(), %error, "ignoring the persisted desired state");
+            None
+        }
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old or the new file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    file.write_all(bytes)?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The result of each desired item on this node right now.
+pub fn item_results(node: &Node, state: &DesiredState) -> Vec<ItemResult> {
+    state
+        .functions
+        .iter()
+        .map(|function| {
+            let slot = node.version_slot(&function.function_id, function.version);
+            let (state, error) = match slot.map(|s| s.state()) {
+                None => (ItemState::Pending, None),
+                Some(VersionState::Loading) => (ItemState::InProgress, None),
+                Some(VersionState::Ready(_)) => (ItemState::Ready, None),
+                Some(VersionState::Failed(message)) => (ItemState::Failed, Some(message)),
+            };
+            ItemResult {
+                function_id: function.function_id.clone(),
+                version: function.version,
+                state,
+                error,
+            }
+        })
+        .collect()
+}
+
+/// The sync client of one node.
+pub struct SyncClient {
+    node: Arc<Node>,
+    config: SyncConfig,
+    http: reqwest::Client,
+    /// Set by the push stream (or anything else) to heartbeat at once.
+    pub wake: Arc<Notify>,
+    node_id: Option<String>,
+    /// The effective state the node runs and has persisted.
+    applied: Option<DesiredState>,
+    /// A newer desired state being applied.
+    target: Option<DesiredState>,
+    usage: crate::usage::UsageSampler,
+    /// The applied revision, shared with the push stream (which wakes only for newer ones).
+    applied_shared: Arc<std::sync::atomic::AtomicU64>,
+    /// The push stream of the current node id.
+    push: Option<(String, tokio::task::JoinHandle<()>)>,
+    /// Cumulative counters as of the last heartbeat the control plane took, so the next
+    /// one reports what happened since.
+    reported: UsageTotals,
+}
+
+/// Cumulative per-function (invocations, errors) and per-tenant guest microseconds.
+#[derive(Clone, Default)]
+struct UsageTotals {
+    functions: BTreeMap<String, (u64, u64)>,
+    tenants: BTreeMap<String, u64>,
+}
+
+impl UsageTotals {
+    fn now(node: &Node) -> Self {
+        let functions = node
+            .functions()
+            .iter()
+            .filter_map(|(id, versions)| {
+                // Every version of a function shares its counters (labelled by function id).
+                let slot = versions.values().next()?;
+                Some((
+                    id.clone(),
+                    (slot.hot.invocations.get(), slot.hot.failures.get()),
+                ))
+            })
+            .collect();
+        Self {
+            functions,
+            tenants: node.quotas.cpu_micros().into_iter().collect(),
+        }
+    }
+
+    /// What happened between `before` and `self`; only what changed.
+    fn since(&self, before: &Self) -> NodeUsage {
+        let functions = self
+            .functions
+            .iter()
+            .filter_map(|(id, (invocations, errors))| {
+                let (was_invocations, was_errors) =
+                    before.functions.get(id).copied().unwrap_or_default();
+                let usage = FunctionUsage {
+                    function_id: id.clone(),
+                    invocations: invocations.saturating_sub(was_invocations),
+                    errors: errors.saturating_sub(was_errors),
+                };
+                (usage.invocations > 0 || usage.errors > 0).then_some(usage)
+            })
+            .collect();
+        let tenants = self
+            .tenants
+            .iter()
+            .filter_map(|(tenant, micros)| {
+                let spent = micros.saturating_sub(before.tenants.get(tenant).copied().unwrap_or(0));
+                (spent >= 1000).then(|| TenantUsage {
+                    tenant: tenant.clone(),
+                    cpu_ms: spent / 1000,
+                })
+            })
+            .collect();
+        NodeUsage { functions, tenants }
+    }
+}
+
+impl SyncClient {
+    /// A client for `node`, starting from the persisted applied state (already reconciled by
+    /// the caller) and identity.
+    pub fn new(node: Arc<Node>, config: SyncConfig, applied: Option<DesiredState>) -> Self {
+        let identity = std::fs::read(config.state_dir.join("node.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Identity>(&bytes).ok())
+            // An id from another control plane means nothing here.
+            .filter(|identity| identity.control_plane == config.control_plane);
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        Self {
+            node,
+            http,
+            wake: Arc::new(Notify::new()),
+            node_id: identity.map(|i| i.node_id),
+            applied,
+            target: None,
+            usage: crate::usage::UsageSampler::new(),
+            applied_shared: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            push: None,
+            reported: UsageTotals::default(),
+            config,
+        }
+    }
+
+    /// The node id the control plane gave this node, once registered.
+    pub fn node_id(&self) -> Option<&str> {
+        self.node_id.as_deref()
+    }
+
+    /// The revision applied under the current node id. Revisions count per node id, so a
+    /// node registered anew (the control plane lost its database) starts again from 0.
+    pub fn applied_revision(&self) -> Option<u64> {
+        self.applied
+            .as_ref()
+            .filter(|s| Some(s.node_id.as_str()) == self.node_id.as_deref())
+            .map(|s| s.revision)
+    }
+
+    /// Runs forever: register, heartbeat, apply, ack. Failures back off and try again.
+    pub async fn run(mut self) {
+        let mut failures = 0u32;
+        loop {
+            match self.contact().await {
+                Ok(()) => {
+                    failures = 0;
+                    self.keep_push_stream();
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let delay = self.config.backoff.delay(failures);
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "control plane contact failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.wake.notified() => {}
+                    }
+                    continue;
+                }
+            }
+            if self.target.is_some() {
+                // Ack as soon as the new state has settled; report progress meanwhile.
+                let deadline = Instant::now() + self.config.heartbeat_interval;
+                if self.node.wait_settled(deadline).await {
+                    self.finish_apply();
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.heartbeat_interval) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Keeps one push stream open for the current node id (a new id replaces it).
+    fn keep_push_stream(&mut self) {
+        let Some(node_id) = self.node_id.clone() else {
+            return;
+        };
+        self.applied_shared.store(
+            self.applied_revision().unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if self.push.as_ref().is_some_and(|(id, _)| *id == node_id) {
+            return;
+        }
+        if let Some((_, task)) = self.push.take() {
+            task.abort();
+        }
+        let task = tokio::spawn(crate::push::follow(
+            self.config.control_plane.clone(),
+            node_id.clone(),
+            self.applied_shared.clone(),
+            self.wake.clone(),
+        ));
+        self.push = Some((node_id, task));
+    }
+
+    /// One exchange: register when needed, then heartbeat and take any newer desired state.
+    pub async fn contact(&mut self) -> Result<(), String> {
+        let node_id = match &self.node_id {
+            Some(id) => id.clone(),
+            None => self.register().await?,
+        };
+        let report = self.target.as_ref().or(self.applied.as_ref());
+        let results = report
+            .map(|state| item_results(&self.node, state))
+            .unwrap_or_default();
+        let (cpu_percent, mem_bytes) = self.usage.sample();
+        let totals = UsageTotals::now(&self.node);
+        let heartbeat = Heartbeat {
+            node_id: node_id.clone(),
+            status: if self.target.is_some() {
+                NodeStatus::Syncing
+            } else {
+                NodeStatus::Online
+            },
+            cpu_percent,
+            mem_bytes,
+            inventory: self.inventory(),
+            applied_revision: Some(self.applied_revision().unwrap_or(0)),
+            results,
+            usage: totals.since(&self.reported),
+        };
+        let url = format!(
+            "{}/api/v1/nodes/{node_id}/heartbeat",
+            self.config.control_plane
+        );
+        let reply = self
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&heartbeat).map_err(|e| e.to_string())?)
+            .send()
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        if reply.status() == reqwest::StatusCode::NOT_FOUND {
+            // The control plane lost this node (a new database): register again.
+            tracing::warn!(
+                node_id,
+                "the control plane does not know this node; registering again"
+            );
+            self.node_id = None;
+            return Err("node unknown to the control plane".into());
+        }
+        let reply: HeartbeatReply = read_json(reply, &url).await?;
+        self.reported = totals;
+        if let Some(state) = reply.desired_state {
+            self.start_apply(state);
+        }
+        Ok(())
+    }
+
+    async fn register(&mut self) -> Result<String, String> {
+        let url = format!("{}/api/v1/nodes/register", self.config.control_plane);
+        let body = RegisterNode {
+            name: self.config.name.clone(),
+            labels: self.config.labels.clone(),
+            address: self.config.address.clone(),
+        };
+        let reply = self
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body).map_err(|e| e.to_string())?)
+            .send()
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        let registered: NodeRegistered = read_json(reply, &url).await?;
+        let identity = Identity {
+            node_id: registered.node_id.clone(),
+            control_plane: self.config.control_plane.clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&identity).map_err(|e| e.to_string())?;
+        write_atomically(&self.config.state_dir.join("node.json"), &bytes)
+            .map_err(|e| format!("cannot persist the node id: {e}"))?;
+        tracing::info!(node_id = %registered.node_id, name = %self.config.name, "registered with the control plane");
+        self.node_id = Some(registered.node_id.clone());
+        Ok(registered.node_id)
+    }
+
+    fn inventory(&self) -> Vec<InventoryItem> {
+        let functions = self.node.functions();
+        let mut items = Vec::new();
+        for (id, versions) in functions.iter() {
+            for (version, slot) in versions {
+                let state = match slot.state() {
+                    VersionState::Loading => "in_progress",
+                    VersionState::Ready(_) => "ready",
+                    VersionState::Failed(_) => "failed",
+                };
+                items.push(InventoryItem {
+                    function_id: id.clone(),
+                    version: *version,
+                    state: state.into(),
+                });
+            }
+        }
+        items.sort_by(|a, b| (&a.function_id, a.version).cmp(&(&b.function_id, b.version)));
+        items
+    }
+
+    /// Starts applying `state` unless it is not newer than what the node has or is applying.
+    fn start_apply(&mut self, state: DesiredState) {
+        let newest = self
+            .target
+            .as_ref()
+            .filter(|s| s.node_id == state.node_id)
+            .map(|s| s.revision)
+            .max(self.applied_revision());
+        if newest.is_some_and(|n| state.revision <= n)
+            || Some(&state.node_id) != self.node_id.as_ref()
+        {
+            return;
+        }
+        let effective = self.with_kept_versions(&state, false);
+        match manifest_of(&effective) {
+            Ok(manifest) => {
+                tracing::info!(
+                    revision = state.revision,
+                    functions = state.functions.len(),
+                    routes = state.routes.len(),
+                    "applying a desired state"
+                );
+                self.node.reconcile(&manifest);
+                self.target = Some(state);
+            }
+            Err(error) => {
+                // Nothing in it can run; keep serving and say why at every contact.
+                tracing::error!(revision = state.revision, %error, "refusing a desired state");
+            }
+        }
+    }
+
+    /// `state` plus, for each function whose desired version is not ready on the node, the
+    /// version of it the node last applied (if that one is ready), so it keeps serving.
+    /// With `settled`, only versions whose replacement failed are kept.
+    fn with_kept_versions(&self, state: &DesiredState, settled: bool) -> DesiredState {
+        let mut effective = state.clone();
+        let Some(applied) = &self.applied else {
+            return effective;
+        };
+        for wanted in &state.functions {
+            let replacement = self
+                .node
+                .version_slot(&wanted.function_id, wanted.version)
+                .map(|s| s.state());
+            let keep_old = match replacement {
+                Some(VersionState::Ready(_)) => false,
+                Some(VersionState::Failed(_)) => true,
+                Some(VersionState::Loading) | None => !settled,
+            };
+            if !keep_old {
+                continue;
+            }
+            let old = applied.functions.iter().filter(|f| {
+                f.function_id == wanted.function_id
+                    && f.version != wanted.version
+                    && self
+                        .node
+                        .version_slot(&f.function_id, f.version)
+                        .is_some_and(|s| s.is_ready())
+            });
+            if let Some(old) = old.max_by_key(|f| f.version) {
+                effective.functions.push(old.clone());
+            }
+        }
+        effective
+    }
+
+    /// Everything of the target has settled: drop the versions that were replaced, persist
+    /// the effective state, and ack at the next contact (which happens at once).
+    fn finish_apply(&mut self) {
+        let Some(target) = self.target.take() else {
+            return;
+        };
+        let effective = self.with_kept_versions(&target, true);
+        if let Ok(manifest) = manifest_of(&effective) {
+            self.node.reconcile(&manifest);
+        }
+        if let Err(error) = write_atomically(
+            &self.config.state_dir.join("desired.json"),
+            &effective.encode(),
+        ) {
+            // Still acked: the node runs it; only a restart without a CP would lose it.
+            tracing::error!(%error, "cannot persist the applied desired state");
+        }
+        let failed = item_results(&self.node, &target)
+            .iter()
+            .filter(|r| r.state == ItemState::Failed)
+            .count();
+        tracing::info!(revision = target.revision, failed, "desired state applied");
+        self.applied = Some(effective);
+        self.wake.notify_one();
+    }
+}
+
+impl Drop for SyncClient {
+    /// The push stream ends with its client (a runner shutting down must not keep a
+    /// connection to the control plane open).
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.push.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    reply: reqwest::Response,
+    url: &str,
+) -> Result<T, String> {
+    let status = reply.status();
+    let body = reply
+        .bytes()
+        .await
+        .map_err(|e| format!("reading the reply of {url}: {e}"))?;
+    if !status.is_success() {
+        let message = serde_json::from_slice::<edgefn_proto::api::ErrorBody>(&body)
+            .map(|e| e.error.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+        return Err(format!("{url}: {status}: {message}"));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("{url}: invalid reply: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired(sha256: &str, url: &str) -> DesiredState {
+        DesiredState {
+            format: edgefn_proto::sync::DESIRED_STATE_FORMAT,
+            node_id: "node-1".into(),
+            revision: 3,
+            functions: vec![DesiredFunction {
+                function_id: "fn_1".into(),
+                version: 2,
+                kind: edgefn_proto::GuestKind::Component,
+                artifact_url: url.into(),
+                sha256: sha256.into(),
+                settings: edgefn_proto::api::FunctionSettings {
+                    entrypoint: None,
+                    memory_pages: 16,
+                    max_execution_ms: 500,
+                    allowed_outbound_hosts: vec!["api.example.com".into()],
+                    min_hot_instances: 1,
+                    max_hot_instances: 4,
+                    instance_reuse: 10,
+                    env: [("K".to_string(), "V".to_string())].into(),
+                    tenant: "acme".into(),
+                },
+            }],
+            routes: vec![edgefn_proto::sync::DesiredRoute {
+                id: "rt_1".into(),
+                host: "*".into(),
+                path: "/".into(),
+                methods: vec![],
+                priority: 0,
+                function_id: "fn_1".into(),
+                version: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_desired_state_becomes_the_manifest_it_stands_for() {
+        let sha = "AB".repeat(32);
+        let manifest = manifest_of(&desired(&sha, "http://cp/api/v1/artifacts/x")).unwrap();
+        let entry = &manifest.functions[0];
+        assert_eq!((entry.id.as_str(), entry.version), ("fn_1", 2));
+        assert_eq!(entry.sha256.as_deref(), Some("ab".repeat(32).as_str()));
+        assert_eq!(entry.tenant, "acme");
+        assert_eq!(entry.settings.memory_pages, 16);
+        assert_eq!(entry.settings.env, vec![("K".into(), "V".into())]);
+        assert_eq!(manifest.routes[0].target.function_id, "fn_1");
+    }
+
+    #[test]
+    fn unusable_items_are_refused_with_the_reason() {
+        let sha = "ab".repeat(32);
+        let bad_url = manifest_of(&desired(&sha, "file:///etc/passwd")).unwrap_err();
+        assert!(bad_url.to_string().contains("artifact_url"), "{bad_url}");
+        let bad_sha = manifest_of(&desired("zz", "http://cp/a")).unwrap_err();
+        assert!(bad_sha.to_string().contains("sha256"), "{bad_sha}");
+        let mut bad_id = desired(&sha, "http://cp/a");
+        bad_id.functions[0].function_id = "../escape".into();
+        assert!(manifest_of(&bad_id).is_err());
+    }
+
+    #[test]
+    fn usage_reports_only_what_changed_since_the_last_heartbeat() {
+        let before = UsageTotals {
+            functions: [("a".to_string(), (10, 1)), ("b".to_string(), (5, 0))].into(),
+            tenants: [("t".to_string(), 1_000_000)].into(),
+        };
+        let now = UsageTotals {
+            functions: [
+                ("a".to_string(), (15, 3)),
+                ("b".to_string(), (5, 0)),
+                ("c".to_string(), (2, 0)),
+            ]
+            .into(),
+            tenants: [("t".to_string(), 1_250_000), ("u".to_string(), 10)].into(),
+        };
+        let usage = now.since(&before);
+        assert_eq!(
+            usage.functions,
+            vec![
+                FunctionUsage {
+                    function_id: "a".into(),
+                    invocations: 5,
+                    errors: 2
+                },
+                FunctionUsage {
+                    function_id: "c".into(),
+                    invocations: 2,
+                    errors: 0
+                },
+            ]
+        );
+        assert_eq!(
+            usage.tenants,
+            vec![TenantUsage {
+                tenant: "t".into(),
+                cpu_ms: 250
+            }]
+        );
+    }
+}
