@@ -350,6 +350,9 @@ pub async fn upload_version(
 }
 
 pub async fn deploy(client: &Client, out: &Output, args: DeployArgs) -> anyhow::Result<()> {
+    // Checked here too, so that a typo fails before anything is uploaded.
+    edgefn_proto::Selector::parse(&args.selector)
+        .map_err(|e| anyhow::anyhow!("--selector {:?}: {e}", args.selector))?;
     let bytes = std::fs::read(&args.wasm)
         .with_context(|| format!("cannot read {}", args.wasm.display()))?;
     let function = resolve(client, &args.function).await?;

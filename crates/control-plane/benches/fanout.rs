@@ -5,8 +5,8 @@
 //! The control plane is the real `edgefn-control-plane` process on 127.0.0.1. Each simulated
 //! node is a lightweight protocol client (no Wasm): it registers, keeps its own push stream
 //! (`NodeSync.Watch`, one HTTP/2 connection per node), and on a notice newer than what it
-//! applied sends a heartbeat (whose reply carries the desired state) and a second heartbeat
-//! acking the new revision with every item `ready` — what a runner does, minus the download.
+//! applied reads its desired state (`GET /nodes/{id}/desired`) and sends a heartbeat acking
+//! the new revision with every item `ready` — what a runner does, minus the download.
 //!
 //! Peer, in the same run: the same nodes each make the same two round trips to the same
 //! process (`GET /api/v1/nodes/{id}` twice), all released at once by an in-process signal —
@@ -27,8 +27,11 @@ use edgefn_proto::api::{
 };
 use edgefn_proto::grpc::WatchRequest;
 use edgefn_proto::grpc::node_sync_client::NodeSyncClient;
-use edgefn_proto::sync::{ItemResult, ItemState};
+use edgefn_proto::sync::{DesiredState, ItemResult, ItemState};
 use tokio::sync::{Semaphore, mpsc};
+
+/// Heartbeats in flight at once (the peer's requests too).
+const IN_FLIGHT: usize = 256;
 
 struct ControlPlane {
     child: Child,
@@ -90,12 +93,17 @@ async fn post<T: serde::de::DeserializeOwned>(
 
 /// One simulated node: follows its push stream, syncs and acks every newer revision, and
 /// reports each applied revision that holds `function_id`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a benchmark's plumbing, spelled out"
+)]
 async fn node(
     url: String,
     http: reqwest::Client,
     node_id: String,
     function_id: String,
     connecting: tokio::sync::OwnedSemaphorePermit,
+    in_flight: Arc<Semaphore>,
     connected: mpsc::Sender<()>,
     acked: mpsc::UnboundedSender<Instant>,
 ) {
@@ -115,11 +123,21 @@ async fn node(
     drop(connecting);
     let _ = connected.send(()).await;
     let heartbeat_url = format!("{url}/api/v1/nodes/{node_id}/heartbeat");
+    let desired_url = format!("{url}/api/v1/nodes/{node_id}/desired");
     let mut applied = 0;
     while let Ok(Some(notice)) = stream.message().await {
         if notice.revision <= applied {
             continue;
         }
+        let permit = in_flight.acquire().await.unwrap();
+        let reply = http.get(&desired_url).send().await.unwrap();
+        assert!(reply.status().is_success());
+        let state: DesiredState = reply.json().await.unwrap();
+        drop(permit);
+        if state.revision <= applied {
+            continue;
+        }
+        applied = state.revision;
         let mut beat = Heartbeat {
             node_id: node_id.clone(),
             status: NodeStatus::Online,
@@ -130,12 +148,6 @@ async fn node(
             results: Vec::new(),
             usage: Default::default(),
         };
-        let reply: HeartbeatReply = post(&http, heartbeat_url.clone(), &beat).await;
-        let Some(state) = reply.desired_state else {
-            continue;
-        };
-        applied = state.revision;
-        beat.applied_revision = Some(applied);
         beat.results = state
             .functions
             .iter()
@@ -146,7 +158,9 @@ async fn node(
                 error: None,
             })
             .collect();
+        let permit = in_flight.acquire().await.unwrap();
         let _: HeartbeatReply = post(&http, heartbeat_url.clone(), &beat).await;
+        drop(permit);
         if state.functions.iter().any(|f| f.function_id == function_id) {
             let _ = acked.send(Instant::now());
         }
@@ -166,7 +180,7 @@ async fn measure(database_url: Option<&str>, nodes: usize) -> Figures {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(dir.path(), database_url);
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
+        .pool_max_idle_per_host(IN_FLIGHT)
         .build()
         .unwrap();
     let api = |path: &str| format!("{}/api/v1{path}", cp.url);
@@ -229,6 +243,9 @@ async fn measure(database_url: Option<&str>, nodes: usize) -> Figures {
     let (connected_tx, mut connected_rx) = mpsc::channel(nodes);
     let (acked_tx, mut acked_rx) = mpsc::unbounded_channel();
     let connecting = Arc::new(Semaphore::new(128));
+    // Every node's stream is a connection of its own; heartbeats share a pool of at most
+    // IN_FLIGHT connections, or 10,000 nodes would need 20,000 descriptors on one machine.
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     for id in &ids {
         let (url, http, id, function) = (
             cp.url.clone(),
@@ -236,11 +253,15 @@ async fn measure(database_url: Option<&str>, nodes: usize) -> Figures {
             id.clone(),
             created.function_id.clone(),
         );
-        let (connected, acked, connecting) =
-            (connected_tx.clone(), acked_tx.clone(), connecting.clone());
+        let (connected, acked, connecting, in_flight) = (
+            connected_tx.clone(),
+            acked_tx.clone(),
+            connecting.clone(),
+            in_flight.clone(),
+        );
         tokio::spawn(async move {
             let permit = connecting.acquire_owned().await.unwrap();
-            node(url, http, id, function, permit, connected, acked).await
+            node(url, http, id, function, permit, in_flight, connected, acked).await
         });
     }
     for _ in 0..nodes {
@@ -270,19 +291,23 @@ async fn measure(database_url: Option<&str>, nodes: usize) -> Figures {
     times.sort();
 
     // The peer: the same nodes, two plain round trips each, released at once.
-    let release = Arc::new(tokio::sync::Notify::new());
+    let (release_tx, release) = tokio::sync::watch::channel(false);
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(nodes);
     for id in &ids {
-        let (http, url, release, done) = (
+        let (http, url, release, done, in_flight) = (
             http.clone(),
             api(&format!("/nodes/{id}")),
             release.clone(),
             done.clone(),
+            in_flight.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            release.notified().await;
+            let mut release = release;
+            let _ = release.wait_for(|go| *go).await;
             for _ in 0..2 {
+                let _permit = in_flight.acquire().await.unwrap();
                 let reply = http.get(&url).send().await.unwrap();
                 assert!(reply.status().is_success());
                 let _ = reply.bytes().await;
@@ -292,7 +317,7 @@ async fn measure(database_url: Option<&str>, nodes: usize) -> Figures {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let peer_started = Instant::now();
-    release.notify_waiters();
+    release_tx.send_replace(true);
     for task in tasks {
         task.await.unwrap();
     }

@@ -74,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes", get(list_nodes))
         .route("/nodes/{id}", get(get_node))
         .route("/nodes/{id}/heartbeat", post(heartbeat))
+        .route("/nodes/{id}/desired", get(get_desired))
         .route("/openapi.json", get(openapi))
         .route("/functions/{id}/deploy", post(deploy))
         .route("/functions/{id}/rollback", post(rollback))
@@ -84,7 +85,12 @@ pub fn router(state: AppState) -> Router {
     let node_sync = crate::sync::NodeSyncService {
         store: state.store.clone(),
         feed: state.feed.clone(),
-        resend: edgefn_proto::backoff::Backoff::default(),
+        // A fleet of thousands needs seconds to ack a deploy: resending after 1 s would
+        // only add work. A lost notice costs at most this, or one heartbeat interval.
+        resend: edgefn_proto::backoff::Backoff {
+            initial: std::time::Duration::from_secs(5),
+            ..edgefn_proto::backoff::Backoff::default()
+        },
     }
     .server();
     Router::new()
@@ -124,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         list_nodes,
         get_node,
         heartbeat,
+        get_desired,
         deploy,
         rollback,
         undeploy,
@@ -640,19 +647,35 @@ async fn heartbeat(
             message: "must be a non-negative percentage".into(),
         }]));
     }
-    state
+    let (desired_revision, desired_state) = state
         .store
         .heartbeat(&id, &input)
         .await
         .map_err(not_found("node"))?;
-    let (desired_revision, desired_state) = state
-        .store
-        .sync_node(&id, input.applied_revision, &input.results)
-        .await?;
+    if let Some(applied) = input.applied_revision {
+        state.feed.record_ack(&id, applied);
+    }
     Ok(Json(HeartbeatReply {
         desired_revision,
         desired_state,
     }))
+}
+
+/// The node's desired state, read only: what a node fetches when its push stream announces
+/// a new revision (its ack follows in a heartbeat), so that a deploy to many nodes costs one
+/// write per node, not two.
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/desired", params(("id" = String, Path)), responses((status = 200, body = edgefn_proto::sync::DesiredState), (status = 404, body = ErrorBody)))]
+async fn get_desired(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<edgefn_proto::sync::DesiredState>> {
+    Ok(Json(
+        state
+            .store
+            .desired_state(&id)
+            .await
+            .map_err(not_found("node"))?,
+    ))
 }
 
 // ---- deployments ----------------------------------------------------------------------

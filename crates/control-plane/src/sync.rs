@@ -9,10 +9,11 @@
 //! planes on one PostgreSQL push each other's changes within one poll interval.
 //!
 //! A notice a node has not acked (by a heartbeat whose applied revision reaches it) is sent
-//! again after a backoff (1 s doubling to 60 s, with jitter).
+//! again after a backoff (5 s doubling to 60 s, with jitter).
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ const SKEW_MS: i64 = 2_000;
 
 /// The latest desired revision of every node with an open stream on this replica.
 pub struct RevisionFeed {
-    nodes: Mutex<HashMap<String, watch::Sender<u64>>>,
+    nodes: Mutex<HashMap<String, Followed>>,
     poke: Notify,
     /// Set when the server shuts down: streams end so that connections can drain.
     closing: watch::Sender<bool>,
@@ -48,28 +49,43 @@ impl RevisionFeed {
         self.closing.send_replace(true);
     }
 
-    /// Revisions of `node_id` from now on.
-    pub fn subscribe(&self, node_id: &str) -> watch::Receiver<u64> {
+    /// Revisions of `node_id` from now on, and the newest revision it acked here.
+    pub fn subscribe(&self, node_id: &str) -> (watch::Receiver<u64>, Arc<AtomicU64>) {
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        nodes
+        let followed = nodes
             .entry(node_id.to_string())
-            .or_insert_with(|| watch::Sender::new(0))
-            .subscribe()
+            .or_insert_with(|| Followed {
+                revision: watch::Sender::new(0),
+                acked: Arc::new(AtomicU64::new(0)),
+            });
+        (followed.revision.subscribe(), followed.acked.clone())
     }
 
     /// Forgets `node_id` when no stream follows it any more.
     fn release(&self, node_id: &str) {
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        if nodes.get(node_id).is_some_and(|s| s.receiver_count() == 0) {
+        if nodes
+            .get(node_id)
+            .is_some_and(|f| f.revision.receiver_count() == 0)
+        {
             nodes.remove(node_id);
+        }
+    }
+
+    /// A heartbeat through this replica acked `applied`: its stream need not resend up to
+    /// there (nor ask the database whether it should).
+    pub fn record_ack(&self, node_id: &str, applied: u64) {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(followed) = nodes.get(node_id) {
+            followed.acked.fetch_max(applied, Ordering::Relaxed);
         }
     }
 
     /// Passes on `revision` if it is newer than what `node_id`'s followers have seen.
     pub fn publish(&self, node_id: &str, revision: u64) {
         let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(sender) = nodes.get(node_id) {
-            sender.send_if_modified(|seen| {
+        if let Some(followed) = nodes.get(node_id) {
+            followed.revision.send_if_modified(|seen| {
                 let newer = revision > *seen;
                 if newer {
                     *seen = revision;
@@ -116,6 +132,13 @@ impl RevisionFeed {
     }
 }
 
+/// One node followed by streams on this replica.
+struct Followed {
+    revision: watch::Sender<u64>,
+    /// The newest revision the node acked through this replica.
+    acked: Arc<AtomicU64>,
+}
+
 /// The gRPC service.
 pub struct NodeSyncService {
     pub store: Store,
@@ -155,7 +178,7 @@ impl NodeSync for NodeSyncService {
             }
             Err(error) => return Err(tonic::Status::unavailable(error.to_string())),
         }
-        let mut changes = self.feed.subscribe(&node_id);
+        let (mut changes, acked) = self.feed.subscribe(&node_id);
         let (current, _) = self
             .store
             .node_revisions(&node_id)
@@ -184,7 +207,13 @@ impl NodeSync for NodeSyncService {
                     _ = closing.changed() => break,
                     changed = changes.changed() => if changed.is_err() { break },
                     _ = tokio::time::sleep(resend.delay(attempt.saturating_add(1))), if unacked => {
-                        match store.node_revisions(&node_id).await {
+                        // Acked here: no question for the database. Otherwise the ack may
+                        // have reached another replica.
+                        let applied = match acked.load(Ordering::Relaxed) {
+                            here if here >= sent => Ok((sent, here)),
+                            _ => store.node_revisions(&node_id).await,
+                        };
+                        match applied {
                             Ok((_, applied)) if applied < sent => {
                                 attempt += 1;
                                 let notice = RevisionNotice { revision: sent };

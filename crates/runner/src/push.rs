@@ -1,11 +1,11 @@
 //! The push stream client: keeps a gRPC `NodeSync.Watch` stream open to the control plane
 //! and wakes the sync client as soon as a revision newer than the applied one is announced.
-//! The stream carries revision numbers only; the sync client then heartbeats and receives
-//! the desired state itself. A broken stream is opened again after a backoff (1 s doubling
+//! The stream carries revision numbers only; the sync client then fetches the desired state
+//! itself. A broken stream is opened again after a backoff (1 s doubling
 //! to 60 s, with jitter); meanwhile heartbeats keep the node converging.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use edgefn_proto::backoff::Backoff;
@@ -14,7 +14,13 @@ use edgefn_proto::grpc::node_sync_client::NodeSyncClient;
 use tokio::sync::Notify;
 
 /// Follows `node_id`'s revisions on the control plane at `url` until the task is aborted.
-pub async fn follow(url: String, node_id: String, applied: Arc<AtomicU64>, wake: Arc<Notify>) {
+pub async fn follow(
+    url: String,
+    node_id: String,
+    applied: Arc<AtomicU64>,
+    pushed: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+) {
     let backoff = Backoff {
         initial: Duration::from_secs(1),
         max: Duration::from_secs(60),
@@ -22,7 +28,7 @@ pub async fn follow(url: String, node_id: String, applied: Arc<AtomicU64>, wake:
     };
     let mut failures = 0u32;
     loop {
-        match watch_once(&url, &node_id, &applied, &wake, &mut failures).await {
+        match watch_once(&url, &node_id, &applied, &pushed, &wake, &mut failures).await {
             Ok(()) => tracing::info!("push stream ended; reconnecting"),
             Err(error) => tracing::warn!(%error, "push stream failed"),
         }
@@ -35,6 +41,7 @@ async fn watch_once(
     url: &str,
     node_id: &str,
     applied: &AtomicU64,
+    pushed: &AtomicBool,
     wake: &Notify,
     failures: &mut u32,
 ) -> Result<(), String> {
@@ -64,6 +71,7 @@ async fn watch_once(
     {
         *failures = 0;
         if notice.revision > applied.load(Ordering::Relaxed) {
+            pushed.store(true, Ordering::Relaxed);
             wake.notify_one();
         }
     }

@@ -187,6 +187,8 @@ pub struct SyncClient {
     http: reqwest::Client,
     /// Set by the push stream (or anything else) to heartbeat at once.
     pub wake: Arc<Notify>,
+    /// Set by the push stream with `wake`: a newer revision exists.
+    pushed: Arc<std::sync::atomic::AtomicBool>,
     node_id: Option<String>,
     /// The effective state the node runs and has persisted.
     applied: Option<DesiredState>,
@@ -278,6 +280,7 @@ impl SyncClient {
             node,
             http,
             wake: Arc::new(Notify::new()),
+            pushed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             node_id: identity.map(|i| i.node_id),
             applied,
             target: None,
@@ -307,7 +310,17 @@ impl SyncClient {
     pub async fn run(mut self) {
         let mut failures = 0u32;
         loop {
-            match self.contact().await {
+            // After a push notice the desired state alone is fetched (a read on the control
+            // plane); the ack follows in the heartbeat once it is applied.
+            let pushed = self
+                .pushed
+                .swap(false, std::sync::atomic::Ordering::Relaxed);
+            let exchanged = if pushed && self.target.is_none() && self.node_id.is_some() {
+                self.fetch_desired().await
+            } else {
+                self.contact().await
+            };
+            match exchanged {
                 Ok(()) => {
                     failures = 0;
                     self.keep_push_stream();
@@ -357,9 +370,34 @@ impl SyncClient {
             self.config.control_plane.clone(),
             node_id.clone(),
             self.applied_shared.clone(),
+            self.pushed.clone(),
             self.wake.clone(),
         ));
         self.push = Some((node_id, task));
+    }
+
+    /// Reads the desired state and starts applying it if it is newer.
+    async fn fetch_desired(&mut self) -> Result<(), String> {
+        let Some(node_id) = self.node_id.clone() else {
+            return Err("not registered yet".into());
+        };
+        let url = format!(
+            "{}/api/v1/nodes/{node_id}/desired",
+            self.config.control_plane
+        );
+        let reply = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if reply.status() == reqwest::StatusCode::NOT_FOUND {
+            self.node_id = None;
+            return Err("node unknown to the control plane".into());
+        }
+        let state: DesiredState = read_json(reply, &url).await?;
+        self.start_apply(state);
+        Ok(())
     }
 
     /// One exchange: register when needed, then heartbeat and take any newer desired state.

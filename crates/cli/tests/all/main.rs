@@ -3,6 +3,7 @@
 //! 127.0.0.1, driven by the CLI as a developer would, serving guests built from `examples/`.
 
 mod dev;
+mod errors;
 mod fleet;
 
 use std::io::{BufRead as _, BufReader};
