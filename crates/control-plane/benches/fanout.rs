@@ -5,8 +5,9 @@
 //! The control plane is the real `edgefn-control-plane` process on 127.0.0.1. Each simulated
 //! node is a lightweight protocol client (no Wasm): it registers, keeps its own push stream
 //! (`NodeSync.Watch`, one HTTP/2 connection per node), and on a notice newer than what it
-//! applied reads its desired state (`GET /nodes/{id}/desired`) and sends a heartbeat acking
-//! the new revision with every item `ready` — what a runner does, minus the download.
+//! applied takes the desired state it carries (or reads it, `GET /nodes/{id}/desired`) and
+//! sends a heartbeat acking the new revision with every item `ready` — what a runner does,
+//! minus the download.
 //!
 //! Peer, in the same run: the same nodes each make the same two round trips to the same
 //! process (`GET /api/v1/nodes/{id}` twice), all released at once by an in-process signal —
@@ -129,11 +130,14 @@ async fn node(
         if notice.revision <= applied {
             continue;
         }
-        let permit = in_flight.acquire().await.unwrap();
-        let reply = http.get(&desired_url).send().await.unwrap();
-        assert!(reply.status().is_success());
-        let state: DesiredState = reply.json().await.unwrap();
-        drop(permit);
+        let state = if notice.desired_state.is_empty() {
+            let _permit = in_flight.acquire().await.unwrap();
+            let reply = http.get(&desired_url).send().await.unwrap();
+            assert!(reply.status().is_success());
+            reply.json::<DesiredState>().await.unwrap()
+        } else {
+            DesiredState::decode(&notice.desired_state).unwrap()
+        };
         if state.revision <= applied {
             continue;
         }

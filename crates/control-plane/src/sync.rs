@@ -1,7 +1,8 @@
 //! Node sync, push half: the gRPC `NodeSync.Watch` stream (see `edgefn-proto`'s
-//! `proto/sync.proto`) over which a connected node learns of a new desired revision within
-//! milliseconds. The content still travels in the heartbeat reply, so the stream carries
-//! only revision numbers and a lost notice costs at most one heartbeat interval.
+//! `proto/sync.proto`) over which a connected node receives a new desired revision, with
+//! its desired state, within milliseconds. Acks travel in heartbeats, whose replies also
+//! carry the state to a node that is behind, so a lost notice costs at most one heartbeat
+//! interval.
 //!
 //! The database is the one source of notices, whichever replica made the change: the
 //! [`RevisionFeed`] reads recently written desired states every `poll` interval, and at once
@@ -132,6 +133,21 @@ impl RevisionFeed {
     }
 }
 
+/// A notice of `revision` (or of a newer one read meanwhile) with the desired state, or
+/// the bare revision when the state cannot be read now (the node then fetches it).
+async fn notice(store: &Store, node_id: &str, revision: u64) -> RevisionNotice {
+    match store.desired_state(node_id).await {
+        Ok(state) if state.revision >= revision => RevisionNotice {
+            revision: state.revision,
+            desired_state: state.encode(),
+        },
+        _ => RevisionNotice {
+            revision,
+            desired_state: Vec::new(),
+        },
+    }
+}
+
 /// One node followed by streams on this replica.
 struct Followed {
     revision: watch::Sender<u64>,
@@ -193,11 +209,11 @@ impl NodeSync for NodeSyncService {
             loop {
                 let desired = *changes.borrow_and_update();
                 if desired > sent {
-                    let notice = RevisionNotice { revision: desired };
+                    let notice = notice(&store, &node_id, desired).await;
+                    sent = notice.revision;
                     if sender.send(Ok(notice)).await.is_err() {
                         break;
                     }
-                    sent = desired;
                     attempt = 0;
                 }
                 let unacked = attempt < u32::MAX;
@@ -216,7 +232,8 @@ impl NodeSync for NodeSyncService {
                         match applied {
                             Ok((_, applied)) if applied < sent => {
                                 attempt += 1;
-                                let notice = RevisionNotice { revision: sent };
+                                let notice = notice(&store, &node_id, sent).await;
+                                sent = notice.revision;
                                 if sender.send(Ok(notice)).await.is_err() {
                                     break;
                                 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use edgefn_proto::backoff::Backoff;
 use edgefn_proto::grpc::WatchRequest;
 use edgefn_proto::grpc::node_sync_client::NodeSyncClient;
+use edgefn_proto::sync::DesiredState;
 use tokio::sync::Notify;
 
 /// Follows `node_id`'s revisions on the control plane at `url` until the task is aborted.
@@ -19,6 +20,7 @@ pub async fn follow(
     node_id: String,
     applied: Arc<AtomicU64>,
     pushed: Arc<AtomicBool>,
+    delivered: Delivered,
     wake: Arc<Notify>,
 ) {
     let backoff = Backoff {
@@ -28,7 +30,15 @@ pub async fn follow(
     };
     let mut failures = 0u32;
     loop {
-        match watch_once(&url, &node_id, &applied, &pushed, &wake, &mut failures).await {
+        let stream = Stream {
+            url: &url,
+            node_id: &node_id,
+            applied: &applied,
+            pushed: &pushed,
+            delivered: &delivered,
+            wake: &wake,
+        };
+        match stream.watch_once(&mut failures).await {
             Ok(()) => tracing::info!("push stream ended; reconnecting"),
             Err(error) => tracing::warn!(%error, "push stream failed"),
         }
@@ -37,43 +47,68 @@ pub async fn follow(
     }
 }
 
-async fn watch_once(
-    url: &str,
-    node_id: &str,
-    applied: &AtomicU64,
-    pushed: &AtomicBool,
-    wake: &Notify,
-    failures: &mut u32,
-) -> Result<(), String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| format!("invalid control plane URL {url}: {e}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("connecting to {url}: {e}"))?;
-    let request = WatchRequest {
-        node_id: node_id.to_string(),
-        applied_revision: applied.load(Ordering::Relaxed),
-    };
-    let mut stream = NodeSyncClient::new(channel)
-        .watch(request)
-        .await
-        .map_err(|status| format!("watch: {}", status.message()))?
-        .into_inner();
-    tracing::info!(node_id, "push stream open");
-    while let Some(notice) = stream
-        .message()
-        .await
-        .map_err(|status| format!("stream: {}", status.message()))?
-    {
-        *failures = 0;
-        if notice.revision > applied.load(Ordering::Relaxed) {
-            pushed.store(true, Ordering::Relaxed);
-            wake.notify_one();
+/// A pushed desired state, for the sync client to take.
+pub type Delivered = Arc<std::sync::Mutex<Option<DesiredState>>>;
+
+struct Stream<'a> {
+    url: &'a str,
+    node_id: &'a str,
+    applied: &'a AtomicU64,
+    pushed: &'a AtomicBool,
+    delivered: &'a Delivered,
+    wake: &'a Notify,
+}
+
+impl Stream<'_> {
+    async fn watch_once(&self, failures: &mut u32) -> Result<(), String> {
+        let Self {
+            url,
+            node_id,
+            applied,
+            pushed,
+            delivered,
+            wake,
+        } = *self;
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| format!("invalid control plane URL {url}: {e}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("connecting to {url}: {e}"))?;
+        let request = WatchRequest {
+            node_id: node_id.to_string(),
+            applied_revision: applied.load(Ordering::Relaxed),
+        };
+        let mut stream = NodeSyncClient::new(channel)
+            .watch(request)
+            .await
+            .map_err(|status| format!("watch: {}", status.message()))?
+            .into_inner();
+        tracing::info!(node_id, "push stream open");
+        while let Some(notice) = stream
+            .message()
+            .await
+            .map_err(|status| format!("stream: {}", status.message()))?
+        {
+            *failures = 0;
+            if notice.revision > applied.load(Ordering::Relaxed) {
+                if !notice.desired_state.is_empty() {
+                    match DesiredState::decode(&notice.desired_state) {
+                        Ok(state) => {
+                            *delivered.lock().unwrap_or_else(|e| e.into_inner()) = Some(state)
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "ignoring a pushed desired state; fetching it")
+                        }
+                    }
+                }
+                pushed.store(true, Ordering::Relaxed);
+                wake.notify_one();
+            }
         }
+        Ok(())
     }
-    Ok(())
 }

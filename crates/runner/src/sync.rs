@@ -189,6 +189,8 @@ pub struct SyncClient {
     pub wake: Arc<Notify>,
     /// Set by the push stream with `wake`: a newer revision exists.
     pushed: Arc<std::sync::atomic::AtomicBool>,
+    /// The desired state the push stream brought along, if it did.
+    delivered: crate::push::Delivered,
     node_id: Option<String>,
     /// The effective state the node runs and has persisted.
     applied: Option<DesiredState>,
@@ -281,6 +283,7 @@ impl SyncClient {
             http,
             wake: Arc::new(Notify::new()),
             pushed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            delivered: Default::default(),
             node_id: identity.map(|i| i.node_id),
             applied,
             target: None,
@@ -310,15 +313,26 @@ impl SyncClient {
     pub async fn run(mut self) {
         let mut failures = 0u32;
         loop {
-            // After a push notice the desired state alone is fetched (a read on the control
-            // plane); the ack follows in the heartbeat once it is applied.
+            // After a push notice the node applies the state the stream brought along, or
+            // fetches it (a read on the control plane); the ack follows in the heartbeat once
+            // it is applied.
             let pushed = self
                 .pushed
                 .swap(false, std::sync::atomic::Ordering::Relaxed);
-            let exchanged = if pushed && self.target.is_none() && self.node_id.is_some() {
-                self.fetch_desired().await
-            } else {
-                self.contact().await
+            let delivered = self
+                .delivered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            let exchanged = match delivered {
+                Some(state) if pushed && self.target.is_none() => {
+                    self.start_apply(state);
+                    Ok(())
+                }
+                _ if pushed && self.target.is_none() && self.node_id.is_some() => {
+                    self.fetch_desired().await
+                }
+                _ => self.contact().await,
             };
             match exchanged {
                 Ok(()) => {
@@ -371,6 +385,7 @@ impl SyncClient {
             node_id.clone(),
             self.applied_shared.clone(),
             self.pushed.clone(),
+            self.delivered.clone(),
             self.wake.clone(),
         ));
         self.push = Some((node_id, task));
