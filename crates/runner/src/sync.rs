@@ -358,9 +358,29 @@ impl SyncClient {
                 }
                 continue;
             }
+            self.retry_failed_items();
             tokio::select! {
                 _ = tokio::time::sleep(self.config.heartbeat_interval) => {}
                 _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Loads again, once per heartbeat, the applied items that failed (an artifact store
+    /// that was down, a download given up): the node converges when the cause goes away.
+    /// Their result reaches the control plane with the next heartbeat.
+    fn retry_failed_items(&self) {
+        let Some(applied) = &self.applied else {
+            return;
+        };
+        for function in &applied.functions {
+            if let Some(slot) = self
+                .node
+                .version_slot(&function.function_id, function.version)
+                .filter(|slot| matches!(slot.state(), VersionState::Failed(_)))
+            {
+                tracing::info!(function_id = %function.function_id, version = function.version, "retrying a failed item");
+                self.node.retry_failed(&slot);
             }
         }
     }

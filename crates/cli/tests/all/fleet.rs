@@ -287,13 +287,32 @@ fn a_tampered_artifact_is_refused_and_the_old_version_kept(backend: &Backend) {
         fleet.tokyo_serves(HELLO_BODY),
         "the last good version keeps serving"
     );
-    // The CLI says which nodes failed and why, with a non-zero exit.
+    // The CLI says which nodes failed and why.
     let text = fleet
         .cp
         .cli(&["deployments", "show", deployment_id])
         .ok()
         .stdout;
     assert!(text.contains("sha256 mismatch"), "{text}");
+    // Once the store holds the right bytes again, the nodes retry and converge.
+    tamper(&stored);
+    eventually(
+        "the nodes load v2 after the store is repaired",
+        Duration::from_secs(30),
+        || {
+            let shown = fleet
+                .cp
+                .cli(&["deployments", "show", deployment_id, "--json"])
+                .ok()
+                .json();
+            shown["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["state"] == "ready")
+        },
+    );
+    assert!(fleet.tokyo_serves(ECHO_BODY));
 }
 
 fn tamper(path: &Path) {
