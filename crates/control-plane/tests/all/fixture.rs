@@ -8,6 +8,7 @@ use bytes::Bytes;
 use edgefn_control_plane::api::{AppState, router};
 use edgefn_control_plane::artifacts::Artifacts;
 use edgefn_control_plane::store::Store;
+use edgefn_control_plane::sync::RevisionFeed;
 use edgefn_control_plane::validate::Limits;
 use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
@@ -42,6 +43,9 @@ pub async fn postgres_schema(schema: &str) -> Option<Backend> {
 pub struct App {
     pub router: Router,
     pub store: Store,
+    /// The revision feed of this app's push streams (not polling unless a test starts it).
+    pub feed: Arc<RevisionFeed>,
+    url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -49,31 +53,14 @@ pub async fn app(backend: &Backend) -> App {
     app_with(backend, Duration::from_secs(600)).await
 }
 
-/// An app whose artifacts live in the S3 test server.
+/// An app on a SQLite database of its own whose artifacts live in the S3 bucket `settings`.
 pub async fn app_on_s3(settings: &edgefn_control_plane::artifacts::S3Settings) -> App {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("cp.db").display()
-    ))
-    .await
-    .unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("cp.db").display());
     let artifacts = Artifacts::s3(settings, "http://cp.test".into())
         .await
         .unwrap();
-    let state = AppState {
-        store: store.clone(),
-        artifacts: Arc::new(artifacts),
-        limits: Limits::default(),
-        upload_ttl: Duration::from_secs(600),
-        max_artifact_bytes: 4 << 20,
-        feed: edgefn_control_plane::sync::RevisionFeed::new(),
-    };
-    App {
-        router: router(state),
-        store,
-        _dir: dir,
-    }
+    assemble(url, artifacts, Duration::from_secs(600), dir).await
 }
 
 pub async fn app_with(backend: &Backend, upload_ttl: Duration) -> App {
@@ -82,25 +69,45 @@ pub async fn app_with(backend: &Backend, upload_ttl: Duration) -> App {
         Backend::Sqlite => format!("sqlite://{}?mode=rwc", dir.path().join("cp.db").display()),
         Backend::Postgres { url, .. } => url.clone(),
     };
+    let artifacts = local_artifacts(dir.path());
+    assemble(url, artifacts, upload_ttl, dir).await
+}
+
+fn local_artifacts(dir: &std::path::Path) -> Artifacts {
+    Artifacts::local(&dir.join("artifacts"), [7; 32], "http://cp.test".into()).unwrap()
+}
+
+async fn assemble(
+    url: String,
+    artifacts: Artifacts,
+    upload_ttl: Duration,
+    dir: tempfile::TempDir,
+) -> App {
     let store = Store::connect(&url).await.unwrap();
-    let artifacts = Artifacts::local(
-        &dir.path().join("artifacts"),
-        [7; 32],
-        "http://cp.test".into(),
-    )
-    .unwrap();
+    let feed = RevisionFeed::new();
     let state = AppState {
         store: store.clone(),
         artifacts: Arc::new(artifacts),
         limits: Limits::default(),
         upload_ttl,
         max_artifact_bytes: 4 << 20,
-        feed: edgefn_control_plane::sync::RevisionFeed::new(),
+        feed: feed.clone(),
     };
     App {
         router: router(state),
         store,
+        feed,
+        url,
         _dir: dir,
+    }
+}
+
+impl App {
+    /// A second control plane on the same database (a replica), with artifacts of its own.
+    pub async fn replica(&self) -> App {
+        let dir = tempfile::tempdir().unwrap();
+        let artifacts = local_artifacts(dir.path());
+        assemble(self.url.clone(), artifacts, Duration::from_secs(600), dir).await
     }
 }
 

@@ -6,3 +6,4 @@ mod artifacts;
 mod fixture;
 mod properties;
 mod startup;
+mod sync;
