@@ -646,18 +646,61 @@ impl Store {
         rows.iter().map(Self::node_from_row).collect()
     }
 
-    /// Records a heartbeat and the ack it carries, in one transaction: the node's status and
-    /// usage, its applied revision, and each item's result in the active deployments.
+    /// Records a heartbeat: the node's status and usage and, when it acks something (a
+    /// higher applied revision, or item results), that ack in the same transaction.
     /// Returns the node's desired revision, and its desired state when the node is behind.
     /// `NotFound` when the node is not registered.
+    ///
+    /// Most heartbeats ack nothing new (a runner sends results only when they change): those
+    /// cost one read and one UPDATE, without a transaction.
     pub async fn heartbeat(
         &self,
         node_id: &str,
         heartbeat: &Heartbeat,
     ) -> Result<(u64, Option<edgefn_proto::sync::DesiredState>)> {
-        let mut tx = self.begin_write().await?;
-        let result = Self::heartbeat_in(&mut tx, node_id, heartbeat).await;
-        Self::finish(tx, result).await
+        let (revision, stored_applied) = self.node_revisions(node_id).await?;
+        let acks = heartbeat
+            .applied_revision
+            .is_some_and(|applied| applied > stored_applied || !heartbeat.results.is_empty());
+        if acks {
+            let mut tx = self.begin_write().await?;
+            let result = Self::heartbeat_in(&mut tx, node_id, heartbeat).await;
+            return Self::finish(tx, result).await;
+        }
+        Self::record_status(&self.pool, node_id, heartbeat).await?;
+        if heartbeat
+            .applied_revision
+            .is_some_and(|applied| applied >= revision)
+            || revision == 0
+        {
+            return Ok((revision, None));
+        }
+        Ok((revision, Some(self.desired_state(node_id).await?)))
+    }
+
+    /// The heartbeat's UPDATE of the node's row; `NotFound` for an unknown node.
+    async fn record_status<'e>(
+        executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+        node_id: &str,
+        heartbeat: &Heartbeat,
+    ) -> Result<()> {
+        let updated = sqlx::query(
+            "UPDATE nodes SET status = $2, last_heartbeat = $3, cpu_percent = $4, mem_bytes = $5, inventory = $6, usage = $7 WHERE id = $1",
+        )
+        .bind(node_id)
+        .bind(heartbeat.status.as_str())
+        .bind(now_ms())
+        .bind(heartbeat.cpu_percent)
+        .bind(heartbeat.mem_bytes.min(i64::MAX as u64) as i64)
+        .bind(json(&heartbeat.inventory))
+        .bind(json(&heartbeat.usage))
+        .execute(executor)
+        .await?;
+        if updated.rows_affected() == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
     }
 
     async fn heartbeat_in(
@@ -666,21 +709,7 @@ impl Store {
         heartbeat: &Heartbeat,
     ) -> Result<(u64, Option<edgefn_proto::sync::DesiredState>)> {
         let now = now_ms();
-        let updated = sqlx::query(
-            "UPDATE nodes SET status = $2, last_heartbeat = $3, cpu_percent = $4, mem_bytes = $5, inventory = $6, usage = $7 WHERE id = $1",
-        )
-        .bind(node_id)
-        .bind(heartbeat.status.as_str())
-        .bind(now)
-        .bind(heartbeat.cpu_percent)
-        .bind(heartbeat.mem_bytes.min(i64::MAX as u64) as i64)
-        .bind(json(&heartbeat.inventory))
-        .bind(json(&heartbeat.usage))
-        .execute(&mut **tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
+        Self::record_status(&mut **tx, node_id, heartbeat).await?;
         let row = sqlx::query(
             "SELECT revision, document, applied_revision FROM node_desired WHERE node_id = $1",
         )
@@ -829,13 +858,25 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         // Nodes whose document changed joined the deployment in the recomputation; the ones
-        // that already held this version (a redeploy) join it here.
+        // that already held this version (a redeploy) join it here, in the state their last
+        // heartbeat reported for it (they send results only when those change).
         for node in Self::recompute_desired(&mut tx, artifact_url, None).await? {
             let holds = node.functions.iter().any(|(f, v)| f == function_id && *v == version);
             if holds && !node.changed {
-                sqlx::query("INSERT INTO deployment_nodes (deployment_id, node_id, state, updated_at) VALUES ($1, $2, 'pending', $3)")
+                let inventory: String = sqlx::query("SELECT inventory FROM nodes WHERE id = $1")
+                    .bind(&node.node_id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("inventory")?;
+                let state = parse_json::<Vec<InventoryItem>>(&inventory)?
+                    .iter()
+                    .find(|item| item.function_id == function_id && item.version == version)
+                    .and_then(|item| edgefn_proto::sync::ItemState::parse(&item.state))
+                    .unwrap_or(edgefn_proto::sync::ItemState::Pending);
+                sqlx::query("INSERT INTO deployment_nodes (deployment_id, node_id, state, updated_at) VALUES ($1, $2, $3, $4)")
                     .bind(&id)
                     .bind(&node.node_id)
+                    .bind(state.as_str())
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;

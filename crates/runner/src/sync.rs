@@ -204,6 +204,9 @@ pub struct SyncClient {
     /// Cumulative counters as of the last heartbeat the control plane took, so the next
     /// one reports what happened since.
     reported: UsageTotals,
+    /// The item results the control plane last took (with their revision): unchanged
+    /// results are not sent again, which keeps a steady heartbeat cheap for the CP.
+    results_reported: Option<(u64, Vec<ItemResult>)>,
 }
 
 /// Cumulative per-function (invocations, errors) and per-tenant guest microseconds.
@@ -291,6 +294,7 @@ impl SyncClient {
             applied_shared: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             push: None,
             reported: UsageTotals::default(),
+            results_reported: None,
             config,
         }
     }
@@ -445,6 +449,11 @@ impl SyncClient {
         let results = report
             .map(|state| item_results(&self.node, state))
             .unwrap_or_default();
+        let applied_revision = self.applied_revision().unwrap_or(0);
+        let unchanged = self
+            .results_reported
+            .as_ref()
+            .is_some_and(|(revision, sent)| *revision == applied_revision && *sent == results);
         let (cpu_percent, mem_bytes) = self.usage.sample();
         let totals = UsageTotals::now(&self.node);
         let heartbeat = Heartbeat {
@@ -457,8 +466,12 @@ impl SyncClient {
             cpu_percent,
             mem_bytes,
             inventory: self.inventory(),
-            applied_revision: Some(self.applied_revision().unwrap_or(0)),
-            results,
+            applied_revision: Some(applied_revision),
+            results: if unchanged {
+                Vec::new()
+            } else {
+                results.clone()
+            },
             usage: totals.since(&self.reported),
         };
         let url = format!(
@@ -484,6 +497,7 @@ impl SyncClient {
         }
         let reply: HeartbeatReply = read_json(reply, &url).await?;
         self.reported = totals;
+        self.results_reported = Some((applied_revision, results));
         if let Some(state) = reply.desired_state {
             self.start_apply(state);
         }
