@@ -1,8 +1,9 @@
-//! The push stream client: keeps a gRPC `NodeSync.Watch` stream open to the control plane
-//! and wakes the sync client as soon as a revision newer than the applied one is announced.
-//! The stream carries revision numbers only; the sync client then fetches the desired state
-//! itself. A broken stream is opened again after a backoff (1 s doubling
-//! to 60 s, with jitter); meanwhile heartbeats keep the node converging.
+//! The push stream client: keeps a gRPC `NodeSync.Watch` stream open to the control plane.
+//! A notice of a revision newer than the applied one hands its desired state (when the
+//! notice carries it) to the sync client and wakes it; the sync client applies it, or
+//! fetches the state itself, and acks in a heartbeat. A broken stream is opened again after
+//! a backoff (1 s doubling to 60 s, with jitter); meanwhile heartbeats keep the node
+//! converging.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,62 +15,44 @@ use edgefn_proto::grpc::node_sync_client::NodeSyncClient;
 use edgefn_proto::sync::DesiredState;
 use tokio::sync::Notify;
 
-/// Follows `node_id`'s revisions on the control plane at `url` until the task is aborted.
-pub async fn follow(
-    url: String,
-    node_id: String,
-    applied: Arc<AtomicU64>,
-    pushed: Arc<AtomicBool>,
-    delivered: Delivered,
-    wake: Arc<Notify>,
-) {
-    let backoff = Backoff {
-        initial: Duration::from_secs(1),
-        max: Duration::from_secs(60),
-        attempts: u32::MAX,
-    };
-    let mut failures = 0u32;
-    loop {
-        let stream = Stream {
-            url: &url,
-            node_id: &node_id,
-            applied: &applied,
-            pushed: &pushed,
-            delivered: &delivered,
-            wake: &wake,
-        };
-        match stream.watch_once(&mut failures).await {
-            Ok(()) => tracing::info!("push stream ended; reconnecting"),
-            Err(error) => tracing::warn!(%error, "push stream failed"),
-        }
-        failures = failures.saturating_add(1);
-        tokio::time::sleep(backoff.delay(failures)).await;
-    }
-}
-
 /// A pushed desired state, for the sync client to take.
 pub type Delivered = Arc<std::sync::Mutex<Option<DesiredState>>>;
 
-struct Stream<'a> {
-    url: &'a str,
-    node_id: &'a str,
-    applied: &'a AtomicU64,
-    pushed: &'a AtomicBool,
-    delivered: &'a Delivered,
-    wake: &'a Notify,
+/// One node's push stream and what it shares with the sync client.
+pub struct PushStream {
+    /// Base URL of the control plane.
+    pub url: String,
+    pub node_id: String,
+    /// The revision the node has applied: older notices are ignored.
+    pub applied: Arc<AtomicU64>,
+    /// Set with `wake` when a newer revision was announced.
+    pub pushed: Arc<AtomicBool>,
+    pub delivered: Delivered,
+    pub wake: Arc<Notify>,
 }
 
-impl Stream<'_> {
+impl PushStream {
+    /// Follows the node's revisions until the task is aborted.
+    pub async fn follow(self) {
+        let backoff = Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            attempts: u32::MAX,
+        };
+        let mut failures = 0u32;
+        loop {
+            match self.watch_once(&mut failures).await {
+                Ok(()) => tracing::info!("push stream ended; reconnecting"),
+                Err(error) => tracing::warn!(%error, "push stream failed"),
+            }
+            failures = failures.saturating_add(1);
+            tokio::time::sleep(backoff.delay(failures)).await;
+        }
+    }
+
     async fn watch_once(&self, failures: &mut u32) -> Result<(), String> {
-        let Self {
-            url,
-            node_id,
-            applied,
-            pushed,
-            delivered,
-            wake,
-        } = *self;
-        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        let url = &self.url;
+        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
             .map_err(|e| format!("invalid control plane URL {url}: {e}"))?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(30))
@@ -79,35 +62,36 @@ impl Stream<'_> {
             .await
             .map_err(|e| format!("connecting to {url}: {e}"))?;
         let request = WatchRequest {
-            node_id: node_id.to_string(),
-            applied_revision: applied.load(Ordering::Relaxed),
+            node_id: self.node_id.clone(),
+            applied_revision: self.applied.load(Ordering::Relaxed),
         };
         let mut stream = NodeSyncClient::new(channel)
             .watch(request)
             .await
             .map_err(|status| format!("watch: {}", status.message()))?
             .into_inner();
-        tracing::info!(node_id, "push stream open");
+        tracing::info!(node_id = %self.node_id, "push stream open");
         while let Some(notice) = stream
             .message()
             .await
             .map_err(|status| format!("stream: {}", status.message()))?
         {
             *failures = 0;
-            if notice.revision > applied.load(Ordering::Relaxed) {
-                if !notice.desired_state.is_empty() {
-                    match DesiredState::decode(&notice.desired_state) {
-                        Ok(state) => {
-                            *delivered.lock().unwrap_or_else(|e| e.into_inner()) = Some(state)
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "ignoring a pushed desired state; fetching it")
-                        }
+            if notice.revision <= self.applied.load(Ordering::Relaxed) {
+                continue;
+            }
+            if !notice.desired_state.is_empty() {
+                match DesiredState::decode(&notice.desired_state) {
+                    Ok(state) => {
+                        *self.delivered.lock().unwrap_or_else(|e| e.into_inner()) = Some(state)
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "ignoring a pushed desired state; fetching it")
                     }
                 }
-                pushed.store(true, Ordering::Relaxed);
-                wake.notify_one();
             }
+            self.pushed.store(true, Ordering::Relaxed);
+            self.wake.notify_one();
         }
         Ok(())
     }

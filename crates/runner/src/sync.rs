@@ -1,9 +1,10 @@
 //! The sync client: how a runner attached to a control plane learns what to run.
 //!
 //! The node registers once (its id is kept in the state directory), then heartbeats. A
-//! heartbeat carries the revision the node has applied and a result per item; its reply
-//! carries the node's desired state whenever the node is behind. A push notice (see
-//! `watch`) only wakes the loop early, so content always arrives the same way.
+//! heartbeat carries the revision the node has applied and the item results (when they
+//! changed); its reply carries the node's desired state whenever the node is behind. The
+//! push stream (`push`) brings a newer desired state within milliseconds of a change and
+//! wakes the loop, which applies it (or fetches it) and acks in the next heartbeat.
 //!
 //! Applying a desired state goes through [`Node::reconcile`], the one path that changes what
 //! a node runs, in two steps. First the node takes the new versions while keeping the
@@ -404,14 +405,15 @@ impl SyncClient {
         if let Some((_, task)) = self.push.take() {
             task.abort();
         }
-        let task = tokio::spawn(crate::push::follow(
-            self.config.control_plane.clone(),
-            node_id.clone(),
-            self.applied_shared.clone(),
-            self.pushed.clone(),
-            self.delivered.clone(),
-            self.wake.clone(),
-        ));
+        let stream = crate::push::PushStream {
+            url: self.config.control_plane.clone(),
+            node_id: node_id.clone(),
+            applied: self.applied_shared.clone(),
+            pushed: self.pushed.clone(),
+            delivered: self.delivered.clone(),
+            wake: self.wake.clone(),
+        };
+        let task = tokio::spawn(stream.follow());
         self.push = Some((node_id, task));
     }
 
@@ -622,7 +624,7 @@ impl SyncClient {
     }
 
     /// Everything of the target has settled: drop the versions that were replaced, persist
-    /// the effective state, and ack at the next contact (which happens at once).
+    /// the effective state, and ack at the next contact (the run loop makes it at once).
     fn finish_apply(&mut self) {
         let Some(target) = self.target.take() else {
             return;
@@ -644,7 +646,6 @@ impl SyncClient {
             .count();
         tracing::info!(revision = target.revision, failed, "desired state applied");
         self.applied = Some(effective);
-        self.wake.notify_one();
     }
 }
 
