@@ -142,9 +142,8 @@ pub async fn run(args: DevArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "edgefn dev is running ({} {} deployed and answering in {} ms)",
-        FUNCTION,
-        format_args!("version {}", deployed.version),
+        "edgefn dev is running ({FUNCTION} version {} deployed and answering in {} ms)",
+        deployed.version,
         started.elapsed().as_millis()
     );
     println!("  control plane  {cp_url}   (export EDGEFN_URL={cp_url} for other edgefn commands)");
