@@ -597,14 +597,19 @@ pub async fn nodes(client: &Client, out: &Output, command: NodesCommand) -> anyh
                     or_dash(node.mem_bytes.map(|m| format!("{} MiB", m >> 20))),
                 );
                 let rows = node.inventory.iter().map(|i| {
-                    vec![i.function_id.clone(), i.version.to_string(), i.state.clone()]
+                    vec![
+                        i.function_id.clone(),
+                        i.version.to_string(),
+                        i.state.clone(),
+                        or_dash(i.error.as_deref()),
+                    ]
                 });
                 let usage = node.usage.functions.iter().map(|u| {
                     vec![u.function_id.clone(), u.invocations.to_string(), u.errors.to_string()]
                 });
                 format!(
                     "{head}\n{}\n\nsince the previous heartbeat:\n{}",
-                    table(&["function", "version", "state"], rows),
+                    table(&["function", "version", "state", "error"], rows),
                     table(&["function", "invocations", "errors"], usage)
                 )
             });

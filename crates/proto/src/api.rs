@@ -216,6 +216,9 @@ pub struct InventoryItem {
     pub function_id: String,
     pub version: u64,
     pub state: String,
+    /// Why the item failed on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `POST /nodes/{id}/heartbeat`.

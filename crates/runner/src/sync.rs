@@ -539,15 +539,16 @@ impl SyncClient {
         let mut items = Vec::new();
         for (id, versions) in functions.iter() {
             for (version, slot) in versions {
-                let state = match slot.state() {
-                    VersionState::Loading => "in_progress",
-                    VersionState::Ready(_) => "ready",
-                    VersionState::Failed(_) => "failed",
+                let (state, error) = match slot.state() {
+                    VersionState::Loading => ("in_progress", None),
+                    VersionState::Ready(_) => ("ready", None),
+                    VersionState::Failed(message) => ("failed", Some(message)),
                 };
                 items.push(InventoryItem {
                     function_id: id.clone(),
                     version: *version,
                     state: state.into(),
+                    error,
                 });
             }
         }

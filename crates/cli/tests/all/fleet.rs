@@ -294,6 +294,16 @@ fn a_tampered_artifact_is_refused_and_the_old_version_kept(backend: &Backend) {
         .ok()
         .stdout;
     assert!(text.contains("sha256 mismatch"), "{text}");
+    // Each node shows the error in its own inventory too.
+    let node = fleet.cp.node_id("tokyo-1");
+    eventually(
+        "the node's inventory names the error",
+        Duration::from_secs(10),
+        || {
+            let text = fleet.cp.cli(&["nodes", "show", &node]).ok().stdout;
+            text.contains("failed") && text.contains("sha256 mismatch")
+        },
+    );
     // Once the store holds the right bytes again, the nodes retry and converge.
     tamper(&stored);
     eventually(
