@@ -268,9 +268,16 @@ async fn renew_upload_url(
     State(state): State<AppState>,
     Path((function_id, version)): Path<(String, u64)>,
 ) -> ApiResult<Json<VersionCreated>> {
+    pending_version(&state, &function_id, version).await?;
+    Ok(Json(version_created(&state, &function_id, version).await?))
+}
+
+/// The version, if it still waits for its artifact: 404 when there is no such version,
+/// 409 once it was uploaded (versions are immutable from then on).
+async fn pending_version(state: &AppState, function_id: &str, version: u64) -> ApiResult<Version> {
     let current = state
         .store
-        .get_version(&function_id, version)
+        .get_version(function_id, version)
         .await
         .map_err(not_found("version"))?;
     if current.state != VersionState::Pending {
@@ -278,7 +285,7 @@ async fn renew_upload_url(
             "versions are immutable once uploaded".into(),
         ));
     }
-    Ok(Json(version_created(&state, &function_id, version).await?))
+    Ok(current)
 }
 
 fn with_url(state: &AppState, mut version: Version) -> Version {
@@ -341,16 +348,7 @@ async fn upload(
             "the upload URL is invalid or expired".into(),
         ));
     }
-    let current = state
-        .store
-        .get_version(&function_id, version)
-        .await
-        .map_err(not_found("version"))?;
-    if current.state != VersionState::Pending {
-        return Err(ApiError::Conflict(
-            "versions are immutable once uploaded".into(),
-        ));
-    }
+    pending_version(&state, &function_id, version).await?;
     state
         .artifacts
         .put_upload(&function_id, version, body)
@@ -364,16 +362,7 @@ async fn complete_version(
     State(state): State<AppState>,
     Path((function_id, version)): Path<(String, u64)>,
 ) -> ApiResult<Json<Version>> {
-    let current = state
-        .store
-        .get_version(&function_id, version)
-        .await
-        .map_err(not_found("version"))?;
-    if current.state != VersionState::Pending {
-        return Err(ApiError::Conflict(
-            "versions are immutable once uploaded".into(),
-        ));
-    }
+    let current = pending_version(&state, &function_id, version).await?;
     let upload = upload_path(&function_id, version);
     let bytes = match state.artifacts.read(&upload).await {
         Ok(bytes) => bytes,

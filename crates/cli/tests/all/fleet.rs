@@ -165,12 +165,7 @@ fn a_control_plane_crash_mid_deploy_loses_nothing(backend: &Backend) {
     fleet.cp.restart();
     let id = deployment["id"].as_str().unwrap();
     eventually("every tokyo node acks v2", Duration::from_secs(30), || {
-        let shown = fleet
-            .cp
-            .cli(&["deployments", "show", id, "--json"])
-            .ok()
-            .json();
-        let nodes = shown["nodes"].as_array().unwrap().clone();
+        let nodes = fleet.cp.deployment_nodes(id);
         nodes.len() == 2 && nodes.iter().all(|n| n["state"] == "ready")
     });
     assert!(fleet.tokyo_serves(ECHO_BODY));
@@ -270,12 +265,8 @@ fn a_tampered_artifact_is_refused_and_the_old_version_kept(backend: &Backend) {
         "both tokyo nodes report the mismatch",
         Duration::from_secs(30),
         || {
-            let shown = fleet
-                .cp
-                .cli(&["deployments", "show", deployment_id, "--json"])
-                .ok()
-                .json();
-            shown["nodes"].as_array().unwrap().iter().all(|n| {
+            let nodes = fleet.cp.deployment_nodes(deployment_id);
+            nodes.iter().all(|n| {
                 n["state"] == "failed"
                     && n["error"]
                         .as_str()
@@ -310,16 +301,8 @@ fn a_tampered_artifact_is_refused_and_the_old_version_kept(backend: &Backend) {
         "the nodes load v2 after the store is repaired",
         Duration::from_secs(30),
         || {
-            let shown = fleet
-                .cp
-                .cli(&["deployments", "show", deployment_id, "--json"])
-                .ok()
-                .json();
-            shown["nodes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|n| n["state"] == "ready")
+            let nodes = fleet.cp.deployment_nodes(deployment_id);
+            nodes.iter().all(|n| n["state"] == "ready")
         },
     );
     assert!(fleet.tokyo_serves(ECHO_BODY));
@@ -413,12 +396,7 @@ fn a_change_through_another_replica_is_pushed_too(backend: &Backend) {
         "nodes of the first replica apply a deploy made through the second",
         Duration::from_secs(20),
         || {
-            let shown = fleet
-                .cp
-                .cli(&["deployments", "show", &id, "--json"])
-                .ok()
-                .json();
-            let nodes = shown["nodes"].as_array().unwrap().clone();
+            let nodes = fleet.cp.deployment_nodes(&id);
             nodes.len() == 2 && nodes.iter().all(|n| n["state"] == "ready")
         },
     );

@@ -255,6 +255,12 @@ impl ControlPlane {
         cli(&self.url, args)
     }
 
+    /// The per-node entries of a deployment, as `edgefn deployments show --json` gives them.
+    pub fn deployment_nodes(&self, id: &str) -> Vec<serde_json::Value> {
+        let shown = self.cli(&["deployments", "show", id, "--json"]).ok().json();
+        shown["nodes"].as_array().unwrap().clone()
+    }
+
     /// The id the node named `name` registered under.
     pub fn node_id(&self, name: &str) -> String {
         let nodes = self.cli(&["nodes", "list", "--json"]).ok().json();
