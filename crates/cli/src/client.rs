@@ -23,16 +23,27 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
+    /// A client of the control plane at `base`, sending `token`, trusting `ca_cert` (PEM)
+    /// besides the system's roots.
+    pub fn new(
+        base: &str,
+        token: Option<String>,
+        ca_cert: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             anyhow::bail!(
                 "the control plane URL must start with http:// or https://, got {base:?}"
             );
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .context("cannot create an HTTP client")?;
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().context("cannot create an HTTP client")?;
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             token,
@@ -42,6 +53,15 @@ impl Client {
 
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// The same client with another token.
+    pub fn with_token(&self, token: &str) -> Self {
+        Self {
+            base: self.base.clone(),
+            token: Some(token.to_string()),
+            http: self.http.clone(),
+        }
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -158,6 +178,13 @@ fn unreachable(base: &str, error: reqwest::Error) -> anyhow::Error {
     )
 }
 
+/// A 401's message, with what to do about it.
+fn unauthenticated_hint(message: String) -> String {
+    format!(
+        "{message} (log in with `edgefn login`, or set --token / EDGEFN_TOKEN; `edgefn dev` and a new control plane write an administrator token to their data directory's admin-token file)"
+    )
+}
+
 /// The API's error body as a failure; any other body is shown as text.
 fn failure(status: u16, body: &[u8]) -> ApiFailure {
     match serde_json::from_slice::<edgefn_proto::api::ErrorBody>(body) {
@@ -172,6 +199,9 @@ fn failure(status: u16, body: &[u8]) -> ApiFailure {
                         message.push_str(&format!("\n  {name}: {text}"));
                     }
                 }
+            }
+            if status == 401 {
+                message = unauthenticated_hint(message);
             }
             ApiFailure {
                 status,

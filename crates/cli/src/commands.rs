@@ -154,6 +154,25 @@ pub enum NodesCommand {
         /// Node id.
         id: String,
     },
+    /// One-time tokens that enroll new nodes (administrators).
+    #[command(subcommand)]
+    Token(NodeTokenCommand),
+    /// Revoke a node: its connections close, and it can no longer connect or receive
+    /// anything (administrators).
+    Revoke {
+        /// Node id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeTokenCommand {
+    /// A bootstrap token for one node: `edgefn runner --bootstrap-token TOKEN …`.
+    Create {
+        /// How long it may be used, e.g. `15m`, `1h`, `24h`.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -586,10 +605,13 @@ pub async fn nodes(client: &Client, out: &Output, command: NodesCommand) -> anyh
             let node: Node = client.get(&format!("/nodes/{id}")).await?;
             out.item(&node, || {
                 let head = format!(
-                    "{} ({})\nstatus          {}\nlabels          {}\naddress         {}\nlast heartbeat  {}\ncpu             {}\nmemory          {}\n",
+                    "{} ({})\nstatus          {}{}\nlabels          {}\naddress         {}\nlast heartbeat  {}\ncpu             {}\nmemory          {}\n",
                     node.name,
                     node.id,
                     node.status.as_str(),
+                    node.revoked_at
+                        .map(|at| format!(" (revoked {})", time(at)))
+                        .unwrap_or_default(),
                     labels(&node.labels),
                     node.address,
                     or_dash(node.last_heartbeat.map(time)),
@@ -611,6 +633,33 @@ pub async fn nodes(client: &Client, out: &Output, command: NodesCommand) -> anyh
                     "{head}\n{}\n\nsince the previous heartbeat:\n{}",
                     table(&["function", "version", "state", "error"], rows),
                     table(&["function", "invocations", "errors"], usage)
+                )
+            });
+        }
+        NodesCommand::Token(NodeTokenCommand::Create { ttl }) => {
+            let created: edgefn_proto::identity::BootstrapTokenCreated = client
+                .post(
+                    "/nodes/tokens",
+                    &edgefn_proto::identity::CreateBootstrapToken { ttl: Some(ttl) },
+                )
+                .await?;
+            out.item(&created, || {
+                format!(
+                    "{}\n(one node, until {}; shown only now)\nOn the node: edgefn runner --control-plane {} --bootstrap-token TOKEN --ca-sha256 {} …",
+                    created.token,
+                    time(created.expires_at),
+                    client.base(),
+                    created.ca_sha256
+                )
+            });
+        }
+        NodesCommand::Revoke { id } => {
+            client
+                .send_empty(reqwest::Method::POST, &format!("/nodes/{id}/revoke"))
+                .await?;
+            out.item(&serde_json::json!({ "revoked": id }), || {
+                format!(
+                    "Revoked node {id}: its connections are closed and it can no longer connect."
                 )
             });
         }

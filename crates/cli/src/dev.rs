@@ -4,6 +4,11 @@
 //! route for `/`, waits until every runner answers it, and prints the URLs. Ctrl-C or
 //! SIGTERM drains and stops everything.
 //!
+//! Security is on, as everywhere: `edgefn dev` reads the administrator token the control
+//! plane writes on first start (`{dir}/control-plane/admin-token`), enrolls each new runner
+//! with a bootstrap token of its own (pinned to the node CA), and prints how other shells
+//! get the token.
+//!
 //! Running again reuses the directory: the function keeps its id, and an unchanged artifact
 //! is deployed again rather than uploaded as a new version.
 
@@ -13,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Args, Parser as _};
-use edgefn_proto::api::{
-    CreateFunction, DeployRequest, Deployment, Function, Route, RouteInput, Version,
-};
+use edgefn_proto::api::{CreateFunction, DeployRequest, Deployment, Route, RouteInput, Version};
 use tokio::sync::watch;
 
 use crate::GlobalArgs;
@@ -82,42 +85,80 @@ pub async fn run(args: DevArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         args.dir.join("control-plane").display().to_string(),
         "--node-offline-after-secs".into(),
         "30".into(),
+        "--node-listen".into(),
+        format!("{}:0", args.listen.ip()),
     ])?;
     tasks.spawn(named(
         "control plane",
         edgefn_control_plane::run(cp_args, until_stopped(stopped.clone())),
     ));
-    let client = Client::new(&cp_url, global.token.clone())?;
-    wait_for_control_plane(&client, &mut tasks).await?;
+    wait_for_control_plane(&Client::new(&cp_url, None, None)?, &mut tasks).await?;
+    // The control plane wrote its administrator token on first start: the quickstart
+    // needs no login.
+    let token_file = args.dir.join("control-plane").join("admin-token");
+    let token = match &global.token {
+        Some(token) => token.clone(),
+        None => std::fs::read_to_string(&token_file)
+            .map(|t| t.trim().to_string())
+            .with_context(|| {
+                format!(
+                    "cannot read the administrator token {}: pass --token, or start over with a fresh --dir",
+                    token_file.display()
+                )
+            })?,
+    };
+    let client = Client::new(&cp_url, Some(token), None)?;
 
     let mut runners = Vec::new();
     for i in 1..=args.runners {
         let http = SocketAddr::new(args.listen.ip(), args.http_port + i - 1);
         let admin = SocketAddr::new(args.listen.ip(), args.admin_port + i - 1);
         let home = args.dir.join(format!("runner-{i}"));
-        let runner_args = edgefn_runner::config::RunnerArgs::try_parse_from([
-            "edgefn-runner".to_string(),
-            "--control-plane".into(),
-            cp_url.clone(),
-            "--listen".into(),
-            http.to_string(),
-            "--admin-listen".into(),
-            admin.to_string(),
-            "--cache-dir".into(),
-            home.join("cache").display().to_string(),
-            "--state-dir".into(),
-            home.join("state").display().to_string(),
-            "--node-id".into(),
-            format!("dev-{i}"),
-            "--labels".into(),
-            format!("region=local,pop=dev-{i}"),
-            "--heartbeat-ms".into(),
-            args.heartbeat_ms.to_string(),
-            "--memory-budget-bytes".into(),
-            (512u64 << 20).to_string(),
-            "--pool-instances".into(),
-            "100".into(),
-        ])?;
+        // A runner enrolled on an earlier run has its identity in its state directory.
+        let mut enroll = Vec::new();
+        if edgefn_runner::identity::Credentials::load(&home.join("state"), &cp_url).is_none() {
+            let created: edgefn_proto::identity::BootstrapTokenCreated = client
+                .post(
+                    "/nodes/tokens",
+                    &edgefn_proto::identity::CreateBootstrapToken {
+                        ttl: Some("10m".into()),
+                    },
+                )
+                .await?;
+            enroll = vec![
+                "--bootstrap-token".to_string(),
+                created.token,
+                "--ca-sha256".into(),
+                created.ca_sha256,
+            ];
+        }
+        let runner_args = edgefn_runner::config::RunnerArgs::try_parse_from(
+            [
+                "edgefn-runner".to_string(),
+                "--control-plane".into(),
+                cp_url.clone(),
+                "--listen".into(),
+                http.to_string(),
+                "--admin-listen".into(),
+                admin.to_string(),
+                "--cache-dir".into(),
+                home.join("cache").display().to_string(),
+                "--state-dir".into(),
+                home.join("state").display().to_string(),
+                "--node-id".into(),
+                format!("dev-{i}"),
+                "--labels".into(),
+                format!("region=local,pop=dev-{i}"),
+                "--heartbeat-ms".into(),
+                args.heartbeat_ms.to_string(),
+                "--memory-budget-bytes".into(),
+                (512u64 << 20).to_string(),
+                "--pool-instances".into(),
+                "100".into(),
+            ]
+            .into_iter()
+            .chain(enroll),
+        )?;
         tasks.spawn(named(
             "runner",
             edgefn_runner::run(runner_args, until_stopped(stopped.clone())),
@@ -146,7 +187,11 @@ pub async fn run(args: DevArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         deployed.version,
         started.elapsed().as_millis()
     );
-    println!("  control plane  {cp_url}   (export EDGEFN_URL={cp_url} for other edgefn commands)");
+    println!("  control plane  {cp_url}");
+    println!(
+        "  other shells:  export EDGEFN_URL={cp_url} EDGEFN_TOKEN=$(cat {})",
+        token_file.display()
+    );
     for (name, http, admin) in &runners {
         println!("  runner {name:<7} http://{http}/   metrics http://{admin}/metrics");
     }
@@ -222,7 +267,11 @@ async fn wait_for_control_plane(
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if client.get::<Vec<Function>>("/functions").await.is_ok() {
+        if client
+            .get::<serde_json::Value>("/openapi.json")
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         check_alive(tasks).await?;

@@ -5,8 +5,10 @@
 //!
 //! The control plane's URL and token come from `--url`/`--token`, `EDGEFN_URL`/
 //! `EDGEFN_TOKEN`, or the config file (`--config`, default `~/.config/edgefn/config.toml`
-//! with keys `url` and `token`), in that order.
+//! with keys `url`, `token` and `ca_cert`, which `edgefn login` writes), in that order.
 
+pub mod access;
+pub mod audit;
 pub mod client;
 pub mod commands;
 pub mod dev;
@@ -42,9 +44,13 @@ pub struct GlobalArgs {
     /// API token sent as `Authorization: Bearer`.
     #[arg(long, global = true, env = "EDGEFN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// TOML file with `url` and `token` (default ~/.config/edgefn/config.toml).
+    /// TOML file with `url`, `token` and `ca_cert` (default ~/.config/edgefn/config.toml;
+    /// `edgefn login` writes it).
     #[arg(long, global = true, env = "EDGEFN_CLI_CONFIG")]
     pub config: Option<PathBuf>,
+    /// PEM certificate to trust for the control plane's TLS (a self-signed one, say).
+    #[arg(long, global = true, env = "EDGEFN_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     /// Print JSON (the API's own documents) instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -70,6 +76,22 @@ pub enum Command {
     /// Show deployments and their per-node progress.
     #[command(subcommand)]
     Deployments(commands::DeploymentsCommand),
+    /// Log in (a user and password, or a token) and save the token in the config file.
+    Login(access::LoginArgs),
+    /// Who the control plane takes you for, and your role in each project.
+    Whoami,
+    /// Issue, list and revoke API tokens.
+    #[command(subcommand)]
+    Tokens(access::TokensCommand),
+    /// Create and list users (administrators).
+    #[command(subcommand)]
+    Users(access::UsersCommand),
+    /// Projects and their members.
+    #[command(subcommand)]
+    Projects(access::ProjectsCommand),
+    /// The audit log: list it, verify its chain.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Start a control plane and runners on this machine and deploy the hello example.
     Dev(dev::DevArgs),
 }
@@ -79,18 +101,24 @@ pub enum Command {
 struct ConfigFile {
     url: Option<String>,
     token: Option<String>,
+    ca_cert: Option<PathBuf>,
 }
 
 impl GlobalArgs {
-    /// The API client these settings describe: flags and variables over the config file.
-    pub fn client(&self) -> anyhow::Result<Client> {
-        let explicit = self.config.is_some();
-        let path = self.config.clone().or_else(|| {
+    /// The config file: `--config`, or `~/.config/edgefn/config.toml`.
+    pub fn config_path(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(|| {
             let home = std::env::var_os("XDG_CONFIG_HOME")
                 .map(PathBuf::from)
                 .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
             Some(home.join("edgefn").join("config.toml"))
-        });
+        })
+    }
+
+    /// The API client these settings describe: flags and variables over the config file.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let explicit = self.config.is_some();
+        let path = self.config_path();
         let file = match path {
             Some(path) => match std::fs::read_to_string(&path) {
                 Ok(text) => toml::from_str::<ConfigFile>(&text)
@@ -107,7 +135,8 @@ impl GlobalArgs {
             .clone()
             .or(file.url)
             .unwrap_or_else(|| "http://127.0.0.1:8080".to_string());
-        Client::new(&url, self.token.clone().or(file.token))
+        let ca_cert = self.ca_cert.clone().or(file.ca_cert);
+        Client::new(&url, self.token.clone().or(file.token), ca_cert.as_deref())
     }
 }
 
@@ -119,6 +148,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Dev(args) = cli.command {
         return dev::run(args, &cli.global).await;
     }
+    if let Command::Audit(command) = cli.command {
+        // `verify --database-url` needs no control plane (nor its URL).
+        return audit::audit(cli.global.client(), &out, command).await;
+    }
     let client = cli.global.client()?;
     match cli.command {
         Command::Functions(command) => commands::functions(&client, &out, command).await,
@@ -128,6 +161,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Routes(command) => commands::routes(&client, &out, command).await,
         Command::Nodes(command) => commands::nodes(&client, &out, command).await,
         Command::Deployments(command) => commands::deployments(&client, &out, command).await,
-        Command::Dev(_) => Ok(()),
+        Command::Login(args) => {
+            access::login(&client, &out, args, cli.global.config_path().as_deref()).await
+        }
+        Command::Whoami => access::whoami(&client, &out).await,
+        Command::Tokens(command) => access::tokens(&client, &out, command).await,
+        Command::Users(command) => access::users(&client, &out, command).await,
+        Command::Projects(command) => access::projects(&client, &out, command).await,
+        Command::Dev(_) | Command::Audit(_) => Ok(()),
     }
 }

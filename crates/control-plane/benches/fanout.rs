@@ -2,17 +2,19 @@
 //! 10,000 simulated nodes connected to one control plane, on SQLite and on PostgreSQL
 //! (goals: ≤ 1 s and ≤ 5 s). Also the control plane's memory per connected node.
 //!
-//! The control plane is the real `edgefn-control-plane` process on 127.0.0.1. Each simulated
-//! node is a lightweight protocol client (no Wasm): it registers, keeps its own push stream
-//! (`NodeSync.Watch`, one HTTP/2 connection per node), and on a notice newer than what it
-//! applied takes the desired state it carries (or reads it, `GET /nodes/{id}/desired`) and
-//! sends a heartbeat acking the new revision with every item `ready` — what a runner does,
-//! minus the download.
+//! The control plane is the real `edgefn-control-plane` process on 127.0.0.1, security on.
+//! Each simulated node is a lightweight protocol client (no Wasm): it enrolls with a
+//! bootstrap token and a CSR of its own key, opens one mTLS HTTP/2 connection to the node
+//! listener with its certificate, gets its node token, keeps its push stream
+//! (`NodeSync.Watch`) on that connection, and on a notice newer than what it applied takes
+//! the desired state it carries (or reads it, `GET /nodes/{id}/desired`) and sends a
+//! heartbeat on the same connection acking the new revision with every item `ready` —
+//! what a runner does, minus the download.
 //!
-//! Peer, in the same run: the same nodes each make the same two round trips to the same
-//! process (`GET /api/v1/nodes/{id}` twice), all released at once by an in-process signal —
-//! the floor that HTTP and the scheduler set for "every node talks to the control plane
-//! twice", without push, database writes or desired-state documents.
+//! Peer, in the same run: the same nodes each make two round trips on their own
+//! connection (`GET /api/v1/nodes/{id}/desired` twice: token check, one read), all
+//! released at once by an in-process signal — the floor that HTTP, TLS and the scheduler
+//! set for "every node talks to the control plane twice", without push or database writes.
 //!
 //! `cargo bench -p edgefn-control-plane --bench fanout` (PostgreSQL from
 //! `EDGEFN_TEST_POSTGRES_URL` or this machine's default; `FANOUT_NODES=1000,10000`).
@@ -23,13 +25,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use edgefn_proto::api::{
-    Deployment, Heartbeat, HeartbeatReply, NodeRegistered, NodeStatus, RegisterNode, VersionCreated,
-};
+use edgefn_proto::api::{Deployment, Heartbeat, HeartbeatReply, NodeStatus, VersionCreated};
 use edgefn_proto::grpc::WatchRequest;
 use edgefn_proto::grpc::node_sync_client::NodeSyncClient;
+use edgefn_proto::identity::{BootstrapTokenCreated, EnrollNode, NodeEnrolled, NodeToken};
 use edgefn_proto::sync::{DesiredState, ItemResult, ItemState};
+use http_body_util::BodyExt as _;
 use tokio::sync::{Semaphore, mpsc};
+use tower::ServiceExt as _;
 
 /// Heartbeats in flight at once (the peer's requests too).
 const IN_FLIGHT: usize = 256;
@@ -37,6 +40,7 @@ const IN_FLIGHT: usize = 256;
 struct ControlPlane {
     child: Child,
     url: String,
+    admin: String,
 }
 
 impl Drop for ControlPlane {
@@ -48,14 +52,18 @@ impl Drop for ControlPlane {
 
 impl ControlPlane {
     fn start(data_dir: &std::path::Path, database_url: Option<&str>) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (api, nodes) = (port(), port());
         let mut command = Command::new(env!("CARGO_BIN_EXE_edgefn-control-plane"));
         command
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .args(["--listen", &format!("127.0.0.1:{api}")])
+            .args(["--node-listen", &format!("127.0.0.1:{nodes}"), "--data-dir"])
             .arg(data_dir)
             .env("RUST_LOG", "error")
             .stdout(Stdio::null());
@@ -63,9 +71,24 @@ impl ControlPlane {
             command.args(["--database-url", url]);
         }
         let child = command.spawn().expect("start edgefn-control-plane");
+        let token_file = data_dir.join("admin-token");
+        let started = Instant::now();
+        let admin = loop {
+            if let Ok(token) = std::fs::read_to_string(&token_file)
+                && !token.trim().is_empty()
+            {
+                break token.trim().to_string();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no admin token"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
         Self {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://127.0.0.1:{api}"),
+            admin,
         }
     }
 
@@ -85,46 +108,148 @@ impl ControlPlane {
 async fn post<T: serde::de::DeserializeOwned>(
     http: &reqwest::Client,
     url: String,
+    token: &str,
     body: &impl serde::Serialize,
 ) -> T {
-    let reply = http.post(&url).json(body).send().await.unwrap();
+    let reply = http
+        .post(&url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
     assert!(reply.status().is_success(), "{url}: {}", reply.status());
     reply.json().await.unwrap()
 }
 
+/// One request on a node's own connection (the channel its push stream uses).
+async fn call<T: serde::de::DeserializeOwned>(
+    channel: &tonic::transport::Channel,
+    method: http::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&impl serde::Serialize>,
+) -> T {
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let bytes = body
+        .map(|b| serde_json::to_vec(b).unwrap())
+        .unwrap_or_default();
+    let request = request
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from(bytes),
+        )))
+        .unwrap();
+    let reply = channel.clone().oneshot(request).await.unwrap();
+    let status = reply.status();
+    let body = reply.into_body().collect().await.unwrap().to_bytes();
+    assert!(status.is_success(), "{path}: {status}");
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// A node's identity: its id, and its connection's TLS (CA and certificate).
+struct Enrolled {
+    node_id: String,
+    node_url: String,
+    tls: tonic::transport::ClientTlsConfig,
+}
+
+async fn enroll(http: &reqwest::Client, api: &str, admin: &str, name: String) -> Enrolled {
+    let bootstrap: BootstrapTokenCreated = post(
+        http,
+        format!("{api}/nodes/tokens"),
+        admin,
+        &serde_json::json!({}),
+    )
+    .await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let enrolled: NodeEnrolled = post(
+        http,
+        format!("{api}/nodes/register"),
+        &bootstrap.token,
+        &EnrollNode {
+            name,
+            labels: BTreeMap::from([("region".to_string(), "tokyo".to_string())]),
+            address: String::new(),
+            csr,
+        },
+    )
+    .await;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            &enrolled.ca_certificate,
+        ))
+        .identity(tonic::transport::Identity::from_pem(
+            &enrolled.certificate,
+            key.serialize_pem(),
+        ))
+        .domain_name("127.0.0.1");
+    Enrolled {
+        node_id: enrolled.node_id,
+        node_url: enrolled.node_url,
+        tls,
+    }
+}
+
 /// One simulated node: follows its push stream, syncs and acks every newer revision, and
 /// reports each applied revision that holds `function_id`.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "a benchmark's plumbing, spelled out"
-)]
 async fn node(
-    url: String,
-    http: reqwest::Client,
-    node_id: String,
+    enrolled: Enrolled,
     function_id: String,
     connecting: tokio::sync::OwnedSemaphorePermit,
     in_flight: Arc<Semaphore>,
-    connected: mpsc::Sender<()>,
+    connected: mpsc::Sender<(String, tonic::transport::Channel, String)>,
     acked: mpsc::UnboundedSender<Instant>,
 ) {
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+    let Enrolled {
+        node_id,
+        node_url,
+        tls,
+    } = enrolled;
+    let channel = tonic::transport::Endpoint::from_shared(node_url)
+        .unwrap()
+        .tls_config(tls)
         .unwrap()
         .connect()
         .await
-        .expect("connect the push stream");
-    let mut stream = NodeSyncClient::new(channel)
-        .watch(WatchRequest {
-            node_id: node_id.clone(),
-            applied_revision: 0,
-        })
+        .expect("connect to the node listener");
+    let token: NodeToken = call(
+        &channel,
+        http::Method::POST,
+        &format!("/api/v1/nodes/{node_id}/token"),
+        None,
+        Some(&serde_json::json!({})),
+    )
+    .await;
+    let token = token.token;
+    let mut watch = tonic::Request::new(WatchRequest {
+        node_id: node_id.clone(),
+        applied_revision: 0,
+    });
+    watch
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut stream = NodeSyncClient::new(channel.clone())
+        .watch(watch)
         .await
         .unwrap()
         .into_inner();
     drop(connecting);
-    let _ = connected.send(()).await;
-    let heartbeat_url = format!("{url}/api/v1/nodes/{node_id}/heartbeat");
-    let desired_url = format!("{url}/api/v1/nodes/{node_id}/desired");
+    let _ = connected
+        .send((node_id.clone(), channel.clone(), token.clone()))
+        .await;
+    let heartbeat_path = format!("/api/v1/nodes/{node_id}/heartbeat");
+    let desired_path = format!("/api/v1/nodes/{node_id}/desired");
     let mut applied = 0;
     while let Ok(Some(notice)) = stream.message().await {
         if notice.revision <= applied {
@@ -132,9 +257,14 @@ async fn node(
         }
         let state = if notice.desired_state.is_empty() {
             let _permit = in_flight.acquire().await.unwrap();
-            let reply = http.get(&desired_url).send().await.unwrap();
-            assert!(reply.status().is_success());
-            reply.json::<DesiredState>().await.unwrap()
+            call::<DesiredState>(
+                &channel,
+                http::Method::GET,
+                &desired_path,
+                Some(&token),
+                None::<&()>,
+            )
+            .await
         } else {
             DesiredState::decode(&notice.desired_state).unwrap()
         };
@@ -163,7 +293,14 @@ async fn node(
             })
             .collect();
         let permit = in_flight.acquire().await.unwrap();
-        let _: HeartbeatReply = post(&http, heartbeat_url.clone(), &beat).await;
+        let _: HeartbeatReply = call(
+            &channel,
+            http::Method::POST,
+            &heartbeat_path,
+            Some(&token),
+            Some(&beat),
+        )
+        .await;
         drop(permit);
         if state.functions.iter().any(|f| f.function_id == function_id) {
             let _ = acked.send(Instant::now());
@@ -188,8 +325,9 @@ async fn measure(database_url: Option<&str>, nodes: usize) -> Figures {
         .build()
         .unwrap();
     let api = |path: &str| format!("{}/api/v1{path}", cp.url);
+    let admin = cp.admin.clone();
     let started = Instant::now();
-    while http.get(api("/nodes")).send().await.is_err() {
+    while http.get(api("/openapi.json")).send().await.is_err() {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "control plane did not start"
@@ -201,6 +339,7 @@ async fn measure(database_url: Option<&str>, nodes: usize) -> Figures {
     let created: VersionCreated = post(
         &http,
         api("/functions"),
+        &admin,
         &serde_json::json!({ "name": "hello" }),
     )
     .await;
@@ -218,45 +357,35 @@ async fn measure(database_url: Option<&str>, nodes: usize) -> Figures {
             "/functions/{}/versions/1/complete",
             created.function_id
         )),
+        &admin,
         &serde_json::json!({}),
     )
     .await;
 
-    // Register the nodes, 64 at a time.
+    // Enroll the nodes, 64 at a time.
     let gate = Arc::new(Semaphore::new(64));
-    let mut registrations = Vec::with_capacity(nodes);
+    let mut enrollments = Vec::with_capacity(nodes);
     for i in 0..nodes {
-        let (http, url, gate) = (http.clone(), api("/nodes/register"), gate.clone());
-        registrations.push(tokio::spawn(async move {
+        let (http, api, admin, gate) = (http.clone(), api(""), admin.clone(), gate.clone());
+        enrollments.push(tokio::spawn(async move {
             let _permit = gate.acquire().await.unwrap();
-            let body = RegisterNode {
-                name: format!("sim-{i}"),
-                labels: BTreeMap::from([("region".to_string(), "tokyo".to_string())]),
-                address: String::new(),
-            };
-            let registered: NodeRegistered = post(&http, url, &body).await;
-            registered.node_id
+            enroll(&http, &api, &admin, format!("sim-{i}")).await
         }));
     }
-    let mut ids = Vec::with_capacity(nodes);
-    for registration in registrations {
-        ids.push(registration.await.unwrap());
+    let mut identities = Vec::with_capacity(nodes);
+    for enrollment in enrollments {
+        identities.push(enrollment.await.unwrap());
     }
 
     let before_streams = cp.rss();
     let (connected_tx, mut connected_rx) = mpsc::channel(nodes);
     let (acked_tx, mut acked_rx) = mpsc::unbounded_channel();
     let connecting = Arc::new(Semaphore::new(128));
-    // Every node's stream is a connection of its own; heartbeats share a pool of at most
-    // IN_FLIGHT connections, or 10,000 nodes would need 20,000 descriptors on one machine.
+    // Every node has one mTLS connection (its certificate is who it is): the push stream
+    // and its heartbeats share it, IN_FLIGHT requests at a time across all nodes.
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
-    for id in &ids {
-        let (url, http, id, function) = (
-            cp.url.clone(),
-            http.clone(),
-            id.clone(),
-            created.function_id.clone(),
-        );
+    for identity in identities {
+        let function = created.function_id.clone();
         let (connected, acked, connecting, in_flight) = (
             connected_tx.clone(),
             acked_tx.clone(),
@@ -265,11 +394,12 @@ async fn measure(database_url: Option<&str>, nodes: usize) -> Figures {
         );
         tokio::spawn(async move {
             let permit = connecting.acquire_owned().await.unwrap();
-            node(url, http, id, function, permit, in_flight, connected, acked).await
+            node(identity, function, permit, in_flight, connected, acked).await
         });
     }
+    let mut channels = Vec::with_capacity(nodes);
     for _ in 0..nodes {
-        connected_rx.recv().await.unwrap();
+        channels.push(connected_rx.recv().await.unwrap());
     }
     // Let the first notices (the registration revision) settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -279,6 +409,7 @@ async fn measure(database_url: Option<&str>, nodes: usize) -> Figures {
     let deployment: Deployment = post(
         &http,
         api(&format!("/functions/{}/deploy", created.function_id)),
+        &admin,
         &serde_json::json!({ "version": 1, "pop_selector": "region == 'tokyo'" }),
     )
     .await;
@@ -294,27 +425,28 @@ async fn measure(database_url: Option<&str>, nodes: usize) -> Figures {
     }
     times.sort();
 
-    // The peer: the same nodes, two plain round trips each, released at once.
+    // The peer: the same nodes, two plain round trips each on their own connection,
+    // released at once.
     let (release_tx, release) = tokio::sync::watch::channel(false);
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(nodes);
-    for id in &ids {
-        let (http, url, release, done, in_flight) = (
-            http.clone(),
-            api(&format!("/nodes/{id}")),
-            release.clone(),
-            done.clone(),
-            in_flight.clone(),
-        );
+    for (id, channel, token) in channels {
+        let (release, done, in_flight) = (release.clone(), done.clone(), in_flight.clone());
         tasks.push(tokio::spawn(async move {
             let mut release = release;
             let _ = release.wait_for(|go| *go).await;
+            let path = format!("/api/v1/nodes/{id}/desired");
             for _ in 0..2 {
                 let _permit = in_flight.acquire().await.unwrap();
-                let reply = http.get(&url).send().await.unwrap();
-                assert!(reply.status().is_success());
-                let _ = reply.bytes().await;
+                let _: DesiredState = call(
+                    &channel,
+                    http::Method::GET,
+                    &path,
+                    Some(&token),
+                    None::<&()>,
+                )
+                .await;
             }
             done.fetch_add(1, Ordering::Relaxed);
         }));
@@ -343,6 +475,7 @@ fn main() {
         .split(',')
         .map(|n| n.trim().parse().expect("FANOUT_NODES: numbers"))
         .collect();
+    edgefn_control_plane::install_crypto_providers();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,9 +1,11 @@
 //! Heartbeats processed per second with 1,000 and 10,000 registered nodes, on SQLite and on
 //! PostgreSQL (goal: ≥ 5,000/s each — 150,000 nodes at one heartbeat per 30 s).
 //!
-//! Each heartbeat goes through the whole API (`router`: JSON parsing, validation, the
-//! store's UPDATE), 32 at a time, for 5 s. Peer, in the same run: the bare UPDATE through
-//! the same driver, 32 at a time — the floor the database sets.
+//! Each heartbeat goes through the whole node API (`node_router`: the node token's
+//! signature check, JSON parsing, validation, the store's UPDATE), 32 at a time, for 5 s;
+//! each request carries the node identity the mTLS listener would have set (the TLS
+//! handshake happens once per connection, not per heartbeat). Peer, in the same run: the
+//! bare UPDATE through the same driver, 32 at a time — the floor the database sets.
 //!
 //! `cargo bench -p edgefn-control-plane --bench heartbeats`
 
@@ -12,35 +14,54 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use edgefn_control_plane::api::{AppState, router};
+use edgefn_control_plane::api::{AppState, node_router};
 use edgefn_control_plane::artifacts::Artifacts;
-use edgefn_control_plane::store::{Store, now_ms};
+use edgefn_control_plane::ca::NodeAuthority;
+use edgefn_control_plane::store::{Enrollment, Store, now_ms};
 use edgefn_control_plane::validate::Limits;
 use tower::ServiceExt as _;
 
 const CONCURRENCY: usize = 32;
 const DURATION: Duration = Duration::from_secs(5);
 
-async fn register(store: &Store, count: usize) -> Vec<String> {
-    let mut ids = Vec::with_capacity(count);
+/// Enrolls `count` nodes (with made-up certificate serials: no TLS here) and returns each
+/// id with its node token.
+async fn enroll(store: &Store, nodes: &NodeAuthority, count: usize) -> Vec<(String, String)> {
+    let mut enrolled = Vec::with_capacity(count);
     for i in 0..count {
         let labels = BTreeMap::from([
             ("region".to_string(), format!("r{}", i % 10)),
             ("pop".to_string(), format!("p{}", i % 100)),
         ]);
-        ids.push(
-            store
-                .register_node(&format!("node-{i}"), &labels, "127.0.0.1:8000")
-                .await
-                .unwrap(),
-        );
+        let secret = format!("bench-bootstrap-{i}");
+        let hash = edgefn_control_plane::auth::tokens::secret_hash(&secret);
+        store
+            .create_bootstrap_token("user:bench", &format!("bt_{i}"), &hash, now_ms() + 600_000)
+            .await
+            .unwrap();
+        let id = format!("node_bench_{i}");
+        let enrollment = Enrollment {
+            node_id: &id,
+            name: &format!("node-{i}"),
+            labels: &labels,
+            address: "127.0.0.1:8000",
+            cert_serial: "01",
+            cert_expires_at: now_ms() + 600_000,
+            peer: None,
+        };
+        store.enroll_node(&hash, &enrollment).await.unwrap();
+        let (_, token) = nodes.issue_node_token(&id).unwrap();
+        enrolled.push((id, token));
     }
-    ids
+    enrolled
 }
 
 async fn run_for(
-    ids: Arc<Vec<String>>,
-    work: impl Fn(String) -> futures_util::future::BoxFuture<'static, bool> + Send + Sync + 'static,
+    ids: Arc<Vec<(String, String)>>,
+    work: impl Fn((String, String)) -> futures_util::future::BoxFuture<'static, bool>
+    + Send
+    + Sync
+    + 'static,
 ) -> f64 {
     let work = Arc::new(work);
     let done = Arc::new(AtomicU64::new(0));
@@ -67,7 +88,13 @@ async fn run_for(
 async fn measure(label: &str, url: &str, nodes: usize) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::connect(url).await.unwrap();
-    let ids = Arc::new(register(&store, nodes).await);
+    let (auth, authority) = edgefn_control_plane::security(
+        &store,
+        edgefn_control_plane::SecurityConfig::new("https://cp.bench:8443"),
+    )
+    .await
+    .unwrap();
+    let ids = Arc::new(enroll(&store, &authority, nodes).await);
     let state = AppState {
         store: store.clone(),
         artifacts: Arc::new(
@@ -77,23 +104,33 @@ async fn measure(label: &str, url: &str, nodes: usize) {
         upload_ttl: Duration::from_secs(60),
         max_artifact_bytes: 1 << 20,
         feed: edgefn_control_plane::sync::RevisionFeed::new(),
+        auth,
+        nodes: authority,
+        checkpoints: None,
     };
-    let app = router(state);
-    let api = run_for(ids.clone(), move |id| {
+    let app = node_router(state);
+    let api = run_for(ids.clone(), move |(id, token)| {
         let app = app.clone();
         Box::pin(async move {
             let body = serde_json::json!({ "node_id": id, "status": "online", "cpu_percent": 42.5, "mem_bytes": 123456789,
                 "inventory": [{ "function_id": "fn_a", "version": 3, "state": "ready" }, { "function_id": "fn_b", "version": 1, "state": "cached" }] });
-            let request = http::Request::post(format!("/api/v1/nodes/{id}/heartbeat"))
+            let mut request = http::Request::post(format!("/api/v1/nodes/{id}/heartbeat"))
                 .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {token}"))
                 .body(axum::body::Body::from(body.to_string()))
                 .unwrap();
+            request
+                .extensions_mut()
+                .insert(edgefn_control_plane::listener::NodePeer {
+                    node_id: id,
+                    addr: "127.0.0.1:1".parse().unwrap(),
+                });
             app.oneshot(request).await.map(|r| r.status() == 200).unwrap_or(false)
         })
     })
     .await;
     let bare_store = store.clone();
-    let bare = run_for(ids, move |id| {
+    let bare = run_for(ids, move |(id, _)| {
         let store = bare_store.clone();
         Box::pin(async move { store.bare_update_for_benchmark(&id, now_ms()).await })
     })
@@ -111,6 +148,7 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         sqlx::any::install_default_drivers();
+        edgefn_control_plane::install_crypto_providers();
         for nodes in [1_000, 10_000] {
             let dir = tempfile::tempdir().unwrap();
             let url = format!(

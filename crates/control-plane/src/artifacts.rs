@@ -69,6 +69,31 @@ pub struct S3Settings {
     pub region: Option<String>,
 }
 
+/// A client of the bucket `settings` names (path-style addressing, HTTP allowed for local
+/// servers); the artifact store and the audit checkpoints share it.
+pub fn s3_store(settings: &S3Settings) -> Result<AmazonS3, ArtifactError> {
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(&settings.bucket);
+    if let Some(endpoint) = &settings.endpoint {
+        builder = builder
+            .with_endpoint(endpoint)
+            .with_allow_http(true)
+            .with_virtual_hosted_style_request(false);
+    }
+    if let (Some(key), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
+        builder = builder
+            .with_access_key_id(key)
+            .with_secret_access_key(secret);
+    }
+    if let Some(region) = &settings.region {
+        builder = builder.with_region(region);
+    } else if std::env::var_os("AWS_REGION").is_none()
+        && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+    {
+        builder = builder.with_region("us-east-1");
+    }
+    Ok(builder.build()?)
+}
+
 impl Artifacts {
     /// A store in a local directory; `signing_key` signs upload URLs.
     pub fn local(
@@ -89,26 +114,7 @@ impl Artifacts {
     /// A store in an S3-compatible bucket (path-style addressing, HTTP allowed for local
     /// servers). Fails when the bucket cannot be reached.
     pub async fn s3(settings: &S3Settings, public_url: String) -> Result<Self, ArtifactError> {
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(&settings.bucket);
-        if let Some(endpoint) = &settings.endpoint {
-            builder = builder
-                .with_endpoint(endpoint)
-                .with_allow_http(true)
-                .with_virtual_hosted_style_request(false);
-        }
-        if let (Some(key), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
-            builder = builder
-                .with_access_key_id(key)
-                .with_secret_access_key(secret);
-        }
-        if let Some(region) = &settings.region {
-            builder = builder.with_region(region);
-        } else if std::env::var_os("AWS_REGION").is_none()
-            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
-        {
-            builder = builder.with_region("us-east-1");
-        }
-        let s3 = Arc::new(builder.build()?);
+        let s3 = Arc::new(s3_store(settings)?);
         let artifacts = Self {
             store: s3.clone(),
             signer: Signer::S3(s3),

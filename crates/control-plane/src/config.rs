@@ -55,6 +55,68 @@ pub struct ControlPlaneArgs {
     /// Seconds of silence after which a node is marked offline.
     #[arg(long, env = "EDGEFN_NODE_OFFLINE_AFTER_SECS", default_value_t = 120)]
     pub node_offline_after_secs: u64,
+    /// PostgreSQL only: a role that owns the schema, to run migrations with; the control
+    /// plane then runs as `--database-url`'s role with only the privileges it needs, and
+    /// cannot UPDATE, DELETE or TRUNCATE the audit log nor disable its triggers.
+    #[arg(long, env = "EDGEFN_DATABASE_OWNER_URL", hide_env_values = true)]
+    pub database_owner_url: Option<String>,
+    /// Certificate (PEM) of the developer API's TLS; with --tls-key. Default: plain HTTP.
+    #[arg(long, env = "EDGEFN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of the developer API's TLS.
+    #[arg(long, env = "EDGEFN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve the developer API over TLS with a self-signed certificate for this machine's
+    /// loopback names, made on first start in the data directory (`api-tls.crt`).
+    #[arg(long, env = "EDGEFN_TLS_SELF_SIGNED", conflicts_with = "tls_cert")]
+    pub tls_self_signed: bool,
+    /// Address of the node listener: heartbeats, push streams and artifacts, mTLS only.
+    #[arg(long, env = "EDGEFN_NODE_LISTEN", default_value = "127.0.0.1:8443")]
+    pub node_listen: SocketAddr,
+    /// How nodes reach the node listener; default `https://` + the node listen address.
+    #[arg(long, env = "EDGEFN_NODE_PUBLIC_URL")]
+    pub node_public_url: Option<String>,
+    /// Extra names (DNS or IP, comma-separated) in the node listener's certificate, besides
+    /// the host of --node-public-url, `localhost` and the listen address.
+    #[arg(long, env = "EDGEFN_NODE_NAMES", value_delimiter = ',')]
+    pub node_names: Vec<String>,
+    /// The node CA's certificate (PEM), to use an operator's CA instead of the control
+    /// plane's own; with --node-ca-key.
+    #[arg(long, env = "EDGEFN_NODE_CA_CERT", requires = "node_ca_key")]
+    pub node_ca_cert: Option<PathBuf>,
+    /// The node CA's private key (PEM).
+    #[arg(long, env = "EDGEFN_NODE_CA_KEY", requires = "node_ca_cert")]
+    pub node_ca_key: Option<PathBuf>,
+    /// Lifetime of node certificates, in seconds (nodes renew them after two thirds).
+    #[arg(long, env = "EDGEFN_NODE_CERT_TTL_SECS", default_value_t = 365 * 86_400)]
+    pub node_cert_ttl_secs: u64,
+    /// Lifetime of node tokens, in seconds (nodes renew them after two thirds).
+    #[arg(long, env = "EDGEFN_NODE_TOKEN_TTL_SECS", default_value_t = 30 * 86_400)]
+    pub node_token_ttl_secs: u64,
+    /// The `iss` of the tokens this control plane signs (the same on every replica).
+    #[arg(long, env = "EDGEFN_TOKEN_ISSUER", default_value = "edgefn")]
+    pub token_issuer: String,
+    /// Also accept API tokens of this external OIDC issuer (its `iss`); with
+    /// --oidc-jwks-url.
+    #[arg(long, env = "EDGEFN_OIDC_ISSUER", requires = "oidc_jwks_url")]
+    pub oidc_issuer: Option<String>,
+    /// Where the external issuer publishes its keys (JWKS).
+    #[arg(long, env = "EDGEFN_OIDC_JWKS_URL", requires = "oidc_issuer")]
+    pub oidc_jwks_url: Option<String>,
+    /// The `aud` external tokens must carry.
+    #[arg(long, env = "EDGEFN_OIDC_AUDIENCE", default_value = "edgefn")]
+    pub oidc_audience: String,
+    /// The claim of an external token that names the user.
+    #[arg(long, env = "EDGEFN_OIDC_USER_CLAIM", default_value = "email")]
+    pub oidc_user_claim: String,
+    /// Where signed audit checkpoints go: a directory, or `s3://BUCKET[/PREFIX]` (with
+    /// --s3-endpoint); default `audit-checkpoints` in the data directory. Keep it apart
+    /// from the database: it is what exposes a rewritten audit log.
+    #[arg(long, env = "EDGEFN_AUDIT_CHECKPOINTS")]
+    pub audit_checkpoints: Option<String>,
+    /// Seconds between audit checkpoints (one is also written at shutdown).
+    #[arg(long, env = "EDGEFN_AUDIT_CHECKPOINT_SECS", default_value_t = 60)]
+    pub audit_checkpoint_secs: u64,
 }
 
 impl ControlPlaneArgs {
@@ -86,8 +148,21 @@ impl ControlPlaneArgs {
             let value = match value {
                 toml::Value::String(s) => s,
                 toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(|item| match item {
+                        toml::Value::String(s) => Ok(s.clone()),
+                        other => Err(anyhow::anyhow!(
+                            "{}: {key} must list strings, not {}",
+                            path.display(),
+                            other.type_str()
+                        )),
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?
+                    .join(","),
                 other => anyhow::bail!(
-                    "{}: {key} must be a string or an integer, not {}",
+                    "{}: {key} must be a string, an integer, a boolean or a list, not {}",
                     path.display(),
                     other.type_str()
                 ),

@@ -8,8 +8,12 @@
 
 pub mod api;
 pub mod artifacts;
+pub mod audit;
+pub mod auth;
+pub mod ca;
 pub mod config;
 pub mod desired;
+pub mod listener;
 pub mod store;
 pub mod sync;
 pub mod validate;
@@ -26,7 +30,7 @@ use crate::store::{Store, now_ms};
 
 /// The key that signs local upload URLs: created once, kept in the data directory so that
 /// URLs survive restarts, readable only by the owner.
-fn signing_key(data_dir: &std::path::Path) -> anyhow::Result<[u8; 32]> {
+fn upload_signing_key(data_dir: &std::path::Path) -> anyhow::Result<[u8; 32]> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let path = data_dir.join("upload-signing.key");
@@ -66,21 +70,144 @@ pub fn spawn_offline_sweeper(store: Store, after: Duration, every: Duration) {
     });
 }
 
-/// Opens the stores and serves the API until `shutdown` resolves.
+/// Installs the crypto providers once per process: ring for rustls (both ring and
+/// aws-lc-rs are in the tree, so rustls cannot pick one itself) and aws-lc-rs for
+/// `jsonwebtoken`.
+pub fn install_crypto_providers() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+}
+
+/// What the security half of the control plane is made of.
+pub struct SecurityConfig {
+    /// The `iss` of our tokens.
+    pub issuer: String,
+    /// Where nodes reach the node listener.
+    pub node_url: String,
+    /// An operator's node CA (certificate PEM, key PEM) instead of our own.
+    pub operator_ca: Option<(String, String)>,
+    pub node_cert_ttl: Duration,
+    pub node_token_ttl: Duration,
+    pub external: Option<Arc<auth::oidc::ExternalIssuer>>,
+}
+
+impl SecurityConfig {
+    /// The defaults, for a node listener at `node_url`.
+    pub fn new(node_url: &str) -> Self {
+        Self {
+            issuer: "edgefn".into(),
+            node_url: node_url.to_string(),
+            operator_ca: None,
+            node_cert_ttl: Duration::from_secs(365 * 86_400),
+            node_token_ttl: Duration::from_secs(30 * 86_400),
+            external: None,
+        }
+    }
+}
+
+/// The signing key and the node CA, from the database (made there on first start, so that
+/// every replica shares them), or the operator's CA.
+pub async fn security(
+    store: &Store,
+    config: SecurityConfig,
+) -> anyhow::Result<(Arc<auth::Auth>, Arc<ca::NodeAuthority>)> {
+    let (signing_key, _) = store
+        .key_or_create("signing", || {
+            auth::tokens::generate_key().map(|key| (key, None))
+        })
+        .await?;
+    let signer = Arc::new(
+        auth::tokens::Signer::from_pem(&signing_key, &config.issuer).map_err(anyhow::Error::msg)?,
+    );
+    let nodes = ca::NodeAuthority::open(
+        store,
+        config.operator_ca,
+        signer.clone(),
+        config.node_url,
+        config.node_cert_ttl,
+        config.node_token_ttl,
+    )
+    .await?;
+    let auth = auth::Auth {
+        signer,
+        external: config.external,
+    };
+    Ok((Arc::new(auth), Arc::new(nodes)))
+}
+
+/// How long the bootstrap administrator's token lasts (`edgefn tokens create` makes more).
+const ADMIN_TOKEN_TTL: Duration = Duration::from_secs(365 * 86_400);
+
+/// The names in the node listener's certificate: what nodes may connect to.
+fn node_listener_names(
+    args: &ControlPlaneArgs,
+    node_url: &str,
+    address: std::net::SocketAddr,
+) -> Vec<String> {
+    let mut names: Vec<String> = vec!["localhost".into(), address.ip().to_string()];
+    if address.ip().is_unspecified() {
+        names.push("127.0.0.1".into());
+    }
+    if let Some(host) = url::Url::parse(node_url)
+        .ok()
+        .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+    {
+        names.push(host);
+    }
+    names.extend(args.node_names.iter().filter(|n| !n.is_empty()).cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Opens the stores and serves the developer API and the node listener until `shutdown`
+/// resolves.
 pub async fn run(
     args: ControlPlaneArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    install_crypto_providers();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let api_tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(listener::server_tls(
+            &std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?,
+            &std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?,
+        )?),
+        _ if args.tls_self_signed => {
+            let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+            names.push(args.listen.ip().to_string());
+            names.dedup();
+            Some(listener::self_signed_tls(&args.data_dir, &names)?)
+        }
+        _ => None,
+    };
+    let operator_ca = match (&args.node_ca_cert, &args.node_ca_key) {
+        (Some(cert), Some(key)) => Some((
+            std::fs::read_to_string(cert)
+                .with_context(|| format!("cannot read {}", cert.display()))?,
+            std::fs::read_to_string(key)
+                .with_context(|| format!("cannot read {}", key.display()))?,
+        )),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
+    let node_listener = tokio::net::TcpListener::bind(args.node_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.node_listen))?;
+    let node_address = node_listener.local_addr()?;
+    let scheme = if api_tls.is_some() { "https" } else { "http" };
     let public_url = args
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{address}"));
+        .unwrap_or_else(|| format!("{scheme}://{address}"));
+    let node_url = args
+        .node_public_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{node_address}"));
 
     let database_url = match &args.database_url {
         Some(url) => url.clone(),
@@ -89,11 +216,50 @@ pub async fn run(
             args.data_dir.join("edgefn.db").display()
         ),
     };
-    let store = Store::connect(&database_url).await?;
+    let store = Store::connect_as(&database_url, args.database_owner_url.as_deref()).await?;
+    let external = match (&args.oidc_issuer, &args.oidc_jwks_url) {
+        (Some(issuer), Some(jwks)) => {
+            let external = auth::oidc::ExternalIssuer::new(
+                issuer,
+                &args.oidc_audience,
+                jwks,
+                &args.oidc_user_claim,
+            );
+            match external.refresh().await {
+                Ok(keys) => tracing::info!(issuer, keys, "accepting tokens of an external issuer"),
+                // Not fatal: the issuer may come up later; tokens are refused until then.
+                Err(error) => {
+                    tracing::warn!(issuer, %error, "cannot fetch the external issuer's keys yet")
+                }
+            }
+            Some(Arc::new(external))
+        }
+        _ => None,
+    };
+    let (auth, nodes) = security(
+        &store,
+        SecurityConfig {
+            issuer: args.token_issuer.clone(),
+            node_url: node_url.clone(),
+            operator_ca,
+            node_cert_ttl: Duration::from_secs(args.node_cert_ttl_secs.max(60)),
+            node_token_ttl: Duration::from_secs(args.node_token_ttl_secs.max(60)),
+            external,
+        },
+    )
+    .await?;
+    let signer = auth.signer.clone();
+    if let Some(path) =
+        auth::bootstrap_admin(&store, &signer, &args.data_dir, ADMIN_TOKEN_TTL).await?
+    {
+        // Never the token itself: it is in the file, readable only by its owner.
+        tracing::info!(path = %path.display(), "created the administrator and its token; export EDGEFN_TOKEN=$(cat {})", path.display());
+    }
+    let node_tls = nodes.node_listener_tls(&node_listener_names(&args, &node_url, node_address))?;
     let artifacts = match args.artifacts.as_deref() {
         None => Artifacts::local(
             &args.data_dir.join("artifacts"),
-            signing_key(&args.data_dir)?,
+            upload_signing_key(&args.data_dir)?,
             public_url.clone(),
         )?,
         Some(spec) => {
@@ -109,10 +275,19 @@ pub async fn run(
             Artifacts::s3(&settings, public_url.clone()).await?
         }
     };
+    let checkpoints = audit::checkpoint::CheckpointStore::open(
+        &args.audit_checkpoints.clone().unwrap_or_else(|| {
+            args.data_dir
+                .join("audit-checkpoints")
+                .display()
+                .to_string()
+        }),
+        args.s3_endpoint.as_deref(),
+    )?;
     // Catch up with a change whose recomputation a crash interrupted (a route written, its
     // nodes' desired states not yet).
     {
-        let url = |sha256: &str| artifacts.artifact_url(sha256);
+        let url = |sha256: &str| nodes.artifact_url(sha256);
         store
             .refresh_desired(&url, None)
             .await
@@ -123,13 +298,19 @@ pub async fn run(
         Duration::from_secs(args.node_offline_after_secs),
         Duration::from_secs(args.node_offline_after_secs.clamp(1, 10)),
     );
+    audit::checkpoint::spawn_checkpointer(
+        store.clone(),
+        signer.clone(),
+        checkpoints.clone(),
+        Duration::from_secs(args.audit_checkpoint_secs.max(1)),
+    );
     let feed = sync::RevisionFeed::new();
     feed.spawn_poller(
         store.clone(),
         Duration::from_millis(args.sync_poll_ms.max(10)),
     );
     let state = AppState {
-        store,
+        store: store.clone(),
         artifacts: Arc::new(artifacts),
         limits: validate::Limits {
             max_memory_pages: args.max_memory_pages,
@@ -138,20 +319,56 @@ pub async fn run(
         upload_ttl: Duration::from_secs(args.upload_ttl_secs),
         max_artifact_bytes: args.max_artifact_bytes,
         feed: feed.clone(),
+        auth,
+        nodes,
+        checkpoints: Some(checkpoints.clone()),
     };
-    // The one fixed format tools and tests read the bound address from.
-    println!(
-        "{}",
-        serde_json::json!({ "level": "INFO", "message": "listening", "listener": "api", "address": address.to_string() })
-    );
-    // Push streams never end by themselves: close them when shutdown starts, or draining
-    // would wait for them forever.
-    let shutdown = async move {
+    // The one fixed format tools and tests read the bound addresses from.
+    for (name, bound) in [("api", address), ("nodes", node_address)] {
+        use std::io::Write as _;
+        let line = serde_json::json!({ "level": "INFO", "message": "listening", "listener": name, "address": bound.to_string() });
+        // A closed stdout (a supervisor that stopped reading) is no reason to stop serving.
+        let _ = writeln!(std::io::stdout(), "{line}");
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    tokio::spawn(async move {
         shutdown.await;
+        // Push streams never end by themselves: close them when shutdown starts, or
+        // draining would wait for them forever.
         feed.close();
+        let _ = stop.send(true);
+    });
+    let gate = listener::NodeGate {
+        store: store.clone(),
+        feed: state.feed.clone(),
     };
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let (api, nodes) = tokio::join!(
+        listener::serve(
+            listener,
+            api_tls.map(Arc::new),
+            None,
+            api::router(state.clone()),
+            until_stopped()
+        ),
+        listener::serve(
+            node_listener,
+            Some(Arc::new(node_tls)),
+            Some(gate),
+            api::node_router(state),
+            until_stopped()
+        ),
+    );
+    api?;
+    nodes?;
+    // The records of the last moments, vouched for before the process goes.
+    if let Err(error) = audit::checkpoint::write_checkpoint(&store, &signer, &checkpoints).await {
+        tracing::error!(%error, "audit checkpoint at shutdown failed");
+    }
     Ok(())
 }

@@ -12,7 +12,7 @@
 //! A notice a node has not acked (by a heartbeat whose applied revision reaches it) is sent
 //! again after a backoff (5 s doubling to 60 s, with jitter).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,19 +21,22 @@ use std::time::Duration;
 use edgefn_proto::backoff::Backoff;
 use edgefn_proto::grpc::node_sync_server::{NodeSync, NodeSyncServer};
 use edgefn_proto::grpc::{RevisionNotice, WatchRequest};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::store::{Store, StoreError, now_ms};
 
 /// Clock skew between replicas tolerated by the feed's polling.
 const SKEW_MS: i64 = 2_000;
 
-/// The latest desired revision of every node with an open stream on this replica.
+/// The latest desired revision of every node with an open stream on this replica, and
+/// the nodes revoked (through any replica) whose connections must close.
 pub struct RevisionFeed {
     nodes: Mutex<HashMap<String, Followed>>,
     poke: Notify,
     /// Set when the server shuts down: streams end so that connections can drain.
     closing: watch::Sender<bool>,
+    revoked: Mutex<HashSet<String>>,
+    revocations: broadcast::Sender<String>,
 }
 
 impl RevisionFeed {
@@ -42,7 +45,39 @@ impl RevisionFeed {
             nodes: Mutex::new(HashMap::new()),
             poke: Notify::new(),
             closing: watch::Sender::new(false),
+            revoked: Mutex::new(HashSet::new()),
+            revocations: broadcast::Sender::new(64),
         })
+    }
+
+    /// `node_id` was revoked: its push streams end, and every connection of it closes
+    /// (the node listener follows [`Self::revocations`]).
+    pub fn revoke(&self, node_id: &str) {
+        let newly = self
+            .revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node_id.to_string());
+        if newly {
+            // Dropping the node's sender ends its streams.
+            self.nodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(node_id);
+            let _ = self.revocations.send(node_id.to_string());
+        }
+    }
+
+    pub fn is_revoked(&self, node_id: &str) -> bool {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(node_id)
+    }
+
+    /// Revoked node ids as they come.
+    pub fn revocations(&self) -> broadcast::Receiver<String> {
+        self.revocations.subscribe()
     }
 
     /// Ends every stream (nodes reconnect, to another replica or after the restart).
@@ -106,15 +141,28 @@ impl RevisionFeed {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Reads changed desired states every `poll` (and when poked) and publishes them.
+    /// Reads changed desired states and revocations every `poll` (and when poked) and
+    /// publishes them.
     pub fn spawn_poller(self: &Arc<Self>, store: Store, poll: Duration) {
         let feed = self.clone();
         tokio::spawn(async move {
             let mut since = now_ms() - SKEW_MS;
+            // Every revocation so far, then the new ones.
+            let mut revoked_since = i64::MIN;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(poll) => {}
                     _ = feed.poke.notified() => {}
+                }
+                let checked_at = now_ms();
+                match store.revoked_nodes_since(revoked_since).await {
+                    Ok(revoked) => {
+                        for node_id in revoked {
+                            feed.revoke(&node_id);
+                        }
+                        revoked_since = checked_at - SKEW_MS;
+                    }
+                    Err(error) => tracing::warn!(%error, "reading revoked nodes failed"),
                 }
                 if feed.connected() == 0 {
                     continue;
@@ -180,7 +228,30 @@ impl NodeSync for NodeSyncService {
         &self,
         request: tonic::Request<WatchRequest>,
     ) -> Result<tonic::Response<NoticeStream>, tonic::Status> {
+        // The node listener put the node its certificate names here (and the node guard
+        // checked its token); a node watches only itself.
+        let peer = request
+            .extensions()
+            .get::<crate::listener::NodePeer>()
+            .cloned();
         let WatchRequest { node_id, .. } = request.into_inner();
+        match peer {
+            Some(peer) if peer.node_id == node_id => {}
+            Some(peer) => {
+                return Err(tonic::Status::permission_denied(format!(
+                    "node {} cannot watch node {node_id}",
+                    peer.node_id
+                )));
+            }
+            None => {
+                return Err(tonic::Status::unauthenticated(
+                    "a node certificate is needed",
+                ));
+            }
+        }
+        if self.feed.is_revoked(&node_id) {
+            return Err(tonic::Status::unauthenticated("the node is revoked"));
+        }
         let mut closing = self.feed.closing.subscribe();
         if *closing.borrow() {
             return Err(tonic::Status::unavailable(

@@ -40,6 +40,74 @@ impl Problems {
     }
 }
 
+/// A node's name and labels, as it enrolls.
+pub fn node(
+    name: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<(), Vec<FieldError>> {
+    let mut problems = Problems::default();
+    if name.is_empty() || name.len() > 253 {
+        problems.add("name", "must be 1-253 characters");
+    }
+    for (key, value) in labels {
+        if key.is_empty()
+            || key.len() > 63
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            problems.add("labels", format!("invalid label key {key:?}"));
+        }
+        if value.len() > 253 {
+            problems.add(
+                "labels",
+                format!("label {key:?} is longer than 253 characters"),
+            );
+        }
+    }
+    problems.into_result(())
+}
+
+/// A lifetime like `12h` (`default` when absent), at most `max_secs`.
+pub fn ttl(
+    field: &str,
+    value: Option<&str>,
+    default: &str,
+    max_secs: u64,
+) -> Result<std::time::Duration, Vec<FieldError>> {
+    let mut problems = Problems::default();
+    match edgefn_proto::identity::parse_ttl(value.unwrap_or(default)) {
+        Ok(ttl) if ttl.as_secs() <= max_secs => return Ok(ttl),
+        Ok(_) => problems.add(field, format!("must be at most {}d", max_secs / 86_400)),
+        Err(message) => problems.add(field, message),
+    }
+    Err(problems.0)
+}
+
+/// A user as an administrator creates them.
+pub fn user(input: &edgefn_proto::identity::CreateUser) -> Result<(), Vec<FieldError>> {
+    let mut problems = Problems::default();
+    if input.name.is_empty()
+        || input.name.len() > 253
+        || input
+            .name
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+    {
+        problems.add("name", "must be 1-253 characters without spaces");
+    }
+    if let Some(password) = &input.password {
+        use crate::auth::password::{MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
+        if password.chars().count() < MIN_PASSWORD_LEN || password.len() > MAX_PASSWORD_LEN {
+            problems.add(
+                "password",
+                format!("must be {MIN_PASSWORD_LEN}-{MAX_PASSWORD_LEN} characters"),
+            );
+        }
+    }
+    problems.into_result(())
+}
+
 /// Lower-case letters, digits and '-', starting with a letter or digit, at most 63.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()

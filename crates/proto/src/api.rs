@@ -163,22 +163,6 @@ pub struct Route {
     pub created_at: i64,
 }
 
-/// `POST /nodes/register`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterNode {
-    pub name: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub address: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct NodeRegistered {
-    pub node_id: String,
-}
-
 /// A node's health as the control plane sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -335,6 +319,12 @@ pub struct Node {
     pub inventory: Vec<InventoryItem>,
     /// What the node reported doing between its last two heartbeats.
     pub usage: NodeUsage,
+    /// When the node's certificate expires (Unix ms).
+    #[serde(default)]
+    pub certificate_expires_at: Option<i64>,
+    /// When the node was revoked (Unix ms): it may no longer connect.
+    #[serde(default)]
+    pub revoked_at: Option<i64>,
 }
 
 /// Every error: `{"error": {"code", "message", "details"}}`.

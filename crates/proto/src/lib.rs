@@ -1,10 +1,12 @@
 //! `edgefn-proto`: the types the control plane, the runner and the CLI exchange or persist
-//! — API requests and responses, the error body, POP selectors, the route table — and pure
-//! checks on them. No I/O.
+//! — API requests and responses, the error body, roles and tokens, audit records, POP
+//! selectors, the route table — and pure checks on them. No I/O.
 
 pub mod api;
 pub mod artifact;
+pub mod audit;
 pub mod backoff;
+pub mod identity;
 pub mod router;
 pub mod selector;
 pub mod sync;

@@ -18,12 +18,20 @@ pub struct RunnerArgs {
     /// plane; SIGHUP reloads it).
     #[arg(long, env = "EDGEFN_MANIFEST")]
     pub manifest: Option<PathBuf>,
-    /// URL of the control plane to register with and take the desired state from, e.g.
-    /// `http://127.0.0.1:8080`.
+    /// URL of the control plane's API to enroll with, e.g. `http://127.0.0.1:8080`; the node
+    /// then talks to the node listener it names, over mTLS.
     #[arg(long, env = "EDGEFN_CONTROL_PLANE")]
     pub control_plane: Option<String>,
-    /// Directory for this node's identity and its last applied desired state, from which it
-    /// restarts even without the control plane.
+    /// One-time token to enroll with the control plane (`edgefn nodes token create`), needed
+    /// only until the node has an identity in --state-dir.
+    #[arg(long, env = "EDGEFN_BOOTSTRAP_TOKEN", hide_env_values = true)]
+    pub bootstrap_token: Option<String>,
+    /// SHA-256 of the node CA certificate the control plane must present when the node
+    /// enrolls (printed by `edgefn nodes token create`).
+    #[arg(long, env = "EDGEFN_CA_SHA256")]
+    pub ca_sha256: Option<String>,
+    /// Directory for this node's identity (key, certificate, node id) and its last applied
+    /// desired state, from which it restarts even without the control plane.
     #[arg(long, env = "EDGEFN_STATE_DIR", default_value = ".edgefn/node")]
     pub state_dir: PathBuf,
     /// Milliseconds between heartbeats to the control plane.

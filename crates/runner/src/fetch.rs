@@ -16,8 +16,19 @@ pub enum FetchError {
     Deadline,
 }
 
+/// How a node attached to a control plane downloads artifacts: from a node listener, over
+/// mTLS with its node token. Every `https` URL goes this way — any replica's node listener
+/// may have stored the artifact — and the token reaches only servers whose certificate the
+/// node CA signed, the only roots `client` trusts.
+pub struct Authorized {
+    pub client: reqwest::Client,
+    pub token: String,
+}
+
 pub struct Fetcher {
     client: reqwest::Client,
+    /// Set by the sync client once the node has its certificate and token.
+    authorized: arc_swap::ArcSwapOption<Authorized>,
     pub backoff: Backoff,
     max_bytes: u64,
 }
@@ -31,9 +42,15 @@ impl Fetcher {
             .unwrap_or_default();
         Self {
             client,
+            authorized: arc_swap::ArcSwapOption::empty(),
             backoff,
             max_bytes,
         }
+    }
+
+    /// From now on, `https` URLs are fetched with `authorized`'s client and token.
+    pub fn authorize(&self, authorized: Authorized) {
+        self.authorized.store(Some(std::sync::Arc::new(authorized)));
     }
 
     /// Fetches once.
@@ -52,9 +69,14 @@ impl Fetcher {
                     url: url.clone(),
                     message,
                 };
-                let response = self
-                    .client
-                    .get(url)
+                let authorized = self.authorized.load_full();
+                let request = match authorized.as_deref() {
+                    Some(auth) if url.starts_with("https://") => {
+                        auth.client.get(url).bearer_auth(&auth.token)
+                    }
+                    _ => self.client.get(url),
+                };
+                let response = request
                     .send()
                     .await
                     .map_err(|e| http_error(e.to_string()))?;

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod fetch;
+pub mod identity;
 pub mod logs;
 pub mod manifest;
 pub mod metrics;
@@ -124,6 +125,8 @@ pub async fn run(
     args: RunnerArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Both ring and aws-lc-rs are in the tree: name rustls's provider once per process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // Everything that can be checked is checked before a socket is bound. With a control
     // plane, the node starts from the desired state it applied last (if any).
     let (manifest, applied) = match (&args.manifest, &args.control_plane) {
@@ -249,6 +252,8 @@ pub async fn run(
                     max: Duration::from_secs(60),
                     attempts: u32::MAX,
                 },
+                bootstrap_token: args.bootstrap_token.clone(),
+                ca_sha256: args.ca_sha256.clone(),
             };
             sync_task = Some(tokio::spawn(
                 sync::SyncClient::new(node.clone(), config, applied).run(),

@@ -1,4 +1,5 @@
-//! The push stream client: keeps a gRPC `NodeSync.Watch` stream open to the control plane.
+//! The push stream client: keeps a gRPC `NodeSync.Watch` stream open to the control plane's
+//! node listener (mTLS with the node's certificate, its node token in the metadata).
 //! A notice of a revision newer than the applied one hands its desired state (when the
 //! notice carries it) to the sync client and wakes it; the sync client applies it, or
 //! fetches the state itself, and acks in a heartbeat. A broken stream is opened again after
@@ -20,8 +21,12 @@ pub type Delivered = Arc<std::sync::Mutex<Option<DesiredState>>>;
 
 /// One node's push stream and what it shares with the sync client.
 pub struct PushStream {
-    /// Base URL of the control plane.
+    /// The node listener's URL (`https://…`).
     pub url: String,
+    /// mTLS with the node's certificate.
+    pub tls: tonic::transport::ClientTlsConfig,
+    /// The node token, sent as the call's `authorization` metadata.
+    pub token: String,
     pub node_id: String,
     /// The revision the node has applied: older notices are ignored.
     pub applied: Arc<AtomicU64>,
@@ -54,6 +59,8 @@ impl PushStream {
         let url = &self.url;
         let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
             .map_err(|e| format!("invalid control plane URL {url}: {e}"))?
+            .tls_config(self.tls.clone())
+            .map_err(|e| format!("the push stream's TLS: {e}"))?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
@@ -61,10 +68,14 @@ impl PushStream {
             .connect()
             .await
             .map_err(|e| format!("connecting to {url}: {e}"))?;
-        let request = WatchRequest {
+        let mut request = tonic::Request::new(WatchRequest {
             node_id: self.node_id.clone(),
             applied_revision: self.applied.load(Ordering::Relaxed),
-        };
+        });
+        let bearer = format!("Bearer {}", self.token)
+            .parse()
+            .map_err(|_| "the node token is not a valid header value".to_string())?;
+        request.metadata_mut().insert("authorization", bearer);
         let mut stream = NodeSyncClient::new(channel)
             .watch(request)
             .await

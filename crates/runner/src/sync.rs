@@ -25,14 +25,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edgefn_proto::api::{
-    FunctionUsage, Heartbeat, HeartbeatReply, InventoryItem, NodeRegistered, NodeStatus, NodeUsage,
-    RegisterNode, TenantUsage,
+    FunctionUsage, Heartbeat, HeartbeatReply, InventoryItem, NodeStatus, NodeUsage, TenantUsage,
 };
+use edgefn_proto::identity::{EnrollNode, NodeToken};
 use edgefn_proto::sync::{DesiredFunction, DesiredState, ItemResult, ItemState};
-use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::fetch::Backoff;
+use crate::identity::Credentials;
 use crate::manifest::{ArtifactSource, FunctionEntry, Manifest, RouteTarget};
 use crate::node::{Node, VersionState};
 use crate::router::RouteSpec;
@@ -51,13 +51,26 @@ pub struct SyncConfig {
     pub heartbeat_interval: Duration,
     /// Schedule of retries after a failed contact (1 s doubling to 60 s, forever).
     pub backoff: Backoff,
+    /// The one-time token to enroll with, when the node has no identity yet.
+    pub bootstrap_token: Option<String>,
+    /// SHA-256 of the CA certificate the control plane must present at enrollment.
+    pub ca_sha256: Option<String>,
 }
 
-/// What the state directory keeps about this node's identity.
-#[derive(Debug, Serialize, Deserialize)]
-struct Identity {
-    node_id: String,
-    control_plane: String,
+/// The node's standing with the node listener: an mTLS client and a node token.
+struct Session {
+    http: reqwest::Client,
+    token: String,
+    token_issued_at: i64,
+    token_expires_at: i64,
+}
+
+impl Session {
+    /// Renewed once two thirds of the token's lifetime have passed.
+    fn token_is_old(&self) -> bool {
+        let (issued, expires) = (self.token_issued_at, self.token_expires_at);
+        crate::identity::now_ms() >= issued + (expires - issued) * 2 / 3
+    }
 }
 
 /// Why a desired state could not be turned into something the node runs.
@@ -192,7 +205,9 @@ pub struct SyncClient {
     pushed: Arc<std::sync::atomic::AtomicBool>,
     /// The desired state the push stream brought along, if it did.
     delivered: crate::push::Delivered,
-    node_id: Option<String>,
+    /// The node's identity, once enrolled.
+    credentials: Option<Credentials>,
+    session: Option<Session>,
     /// The effective state the node runs and has persisted.
     applied: Option<DesiredState>,
     /// A newer desired state being applied.
@@ -200,8 +215,8 @@ pub struct SyncClient {
     usage: crate::usage::UsageSampler,
     /// The applied revision, shared with the push stream (which wakes only for newer ones).
     applied_shared: Arc<std::sync::atomic::AtomicU64>,
-    /// The push stream of the current node id.
-    push: Option<(String, tokio::task::JoinHandle<()>)>,
+    /// The push stream of the current node id and token.
+    push: Option<((String, String), tokio::task::JoinHandle<()>)>,
     /// Cumulative counters as of the last heartbeat the control plane took, so the next
     /// one reports what happened since.
     reported: UsageTotals,
@@ -272,11 +287,8 @@ impl SyncClient {
     /// A client for `node`, starting from the persisted applied state (already reconciled by
     /// the caller) and identity.
     pub fn new(node: Arc<Node>, config: SyncConfig, applied: Option<DesiredState>) -> Self {
-        let identity = std::fs::read(config.state_dir.join("node.json"))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<Identity>(&bytes).ok())
-            // An id from another control plane means nothing here.
-            .filter(|identity| identity.control_plane == config.control_plane);
+        // An identity from another control plane means nothing here.
+        let credentials = Credentials::load(&config.state_dir, &config.control_plane);
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
@@ -288,7 +300,8 @@ impl SyncClient {
             wake: Arc::new(Notify::new()),
             pushed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             delivered: Default::default(),
-            node_id: identity.map(|i| i.node_id),
+            credentials,
+            session: None,
             applied,
             target: None,
             usage: crate::usage::UsageSampler::new(),
@@ -300,18 +313,116 @@ impl SyncClient {
         }
     }
 
-    /// The node id the control plane gave this node, once registered.
+    /// The node id the control plane gave this node, once enrolled.
     pub fn node_id(&self) -> Option<&str> {
-        self.node_id.as_deref()
+        self.credentials
+            .as_ref()
+            .map(|c| c.identity.node_id.as_str())
     }
 
     /// The revision applied under the current node id. Revisions count per node id, so a
-    /// node registered anew (the control plane lost its database) starts again from 0.
+    /// node enrolled anew starts again from 0.
     pub fn applied_revision(&self) -> Option<u64> {
         self.applied
             .as_ref()
-            .filter(|s| Some(s.node_id.as_str()) == self.node_id.as_deref())
+            .filter(|s| Some(s.node_id.as_str()) == self.node_id())
             .map(|s| s.revision)
+    }
+
+    /// Enrolls when the node has no identity yet, and keeps its certificate and token
+    /// fresh. Returns the node listener's URL, the node id, its client and token.
+    async fn session(&mut self) -> Result<(String, String, reqwest::Client, String), String> {
+        if self.credentials.is_none() {
+            let Some(bootstrap) = self.config.bootstrap_token.clone() else {
+                return Err(
+                    "this node is not enrolled: start it with --bootstrap-token (from `edgefn nodes token create`)"
+                        .into(),
+                );
+            };
+            let body = EnrollNode {
+                name: self.config.name.clone(),
+                labels: self.config.labels.clone(),
+                address: self.config.address.clone(),
+                csr: String::new(),
+            };
+            let credentials = Credentials::enroll(
+                &self.http,
+                &self.config.control_plane,
+                &bootstrap,
+                self.config.ca_sha256.as_deref(),
+                body,
+            )
+            .await?;
+            credentials
+                .save(&self.config.state_dir)
+                .map_err(|e| format!("cannot persist the node's identity: {e}"))?;
+            tracing::info!(node_id = %credentials.identity.node_id, name = %self.config.name, "enrolled with the control plane");
+            self.credentials = Some(credentials);
+            self.session = None;
+        }
+        let Some(credentials) = self.credentials.clone() else {
+            return Err("not enrolled".into());
+        };
+        let stale = self.session.as_ref().is_none_or(Session::token_is_old);
+        if stale {
+            let http = match self.session.take() {
+                Some(session) => session.http,
+                None => credentials.http_client()?,
+            };
+            let token = self.node_token(&credentials, &http).await?;
+            self.session = Some(Session {
+                http,
+                token: token.token,
+                token_issued_at: crate::identity::now_ms(),
+                token_expires_at: token.expires_at,
+            });
+        }
+        let (http, token) = match &self.session {
+            Some(session) => (session.http.clone(), session.token.clone()),
+            None => return Err("no session".into()),
+        };
+        if credentials.needs_renewal() {
+            match credentials.renew(&http, &token).await {
+                Ok(renewed) => {
+                    renewed
+                        .save(&self.config.state_dir)
+                        .map_err(|e| format!("cannot persist the renewed certificate: {e}"))?;
+                    tracing::info!(
+                        expires_at = renewed.identity.certificate_expires_at,
+                        "node certificate renewed"
+                    );
+                    self.credentials = Some(renewed);
+                    // The next contact connects with the new certificate.
+                    self.session = None;
+                    return Box::pin(self.session()).await;
+                }
+                // The current certificate still works: try again at the next contact.
+                Err(error) => tracing::warn!(%error, "cannot renew the node certificate"),
+            }
+        }
+        let node_url = credentials.identity.node_url.clone();
+        self.node.fetcher.authorize(crate::fetch::Authorized {
+            client: http.clone(),
+            token: token.clone(),
+        });
+        Ok((node_url, credentials.identity.node_id, http, token))
+    }
+
+    async fn node_token(
+        &self,
+        credentials: &Credentials,
+        http: &reqwest::Client,
+    ) -> Result<NodeToken, String> {
+        let url = format!(
+            "{}/api/v1/nodes/{}/token",
+            credentials.identity.node_url, credentials.identity.node_id
+        );
+        let reply = http
+            .post(&url)
+            .send()
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        read_json(reply, &url).await
     }
 
     /// Runs forever: register, heartbeat, apply, ack. Failures back off and try again.
@@ -334,7 +445,7 @@ impl SyncClient {
                     self.start_apply(state);
                     Ok(())
                 }
-                _ if pushed && self.target.is_none() && self.node_id.is_some() => {
+                _ if pushed && self.target.is_none() && self.credentials.is_some() => {
                     self.fetch_desired().await
                 }
                 _ => self.contact().await,
@@ -392,61 +503,65 @@ impl SyncClient {
 
     /// Keeps one push stream open for the current node id (a new id replaces it).
     fn keep_push_stream(&mut self) {
-        let Some(node_id) = self.node_id.clone() else {
+        let (Some(credentials), Some(session)) = (&self.credentials, &self.session) else {
             return;
         };
+        let key = (credentials.identity.node_id.clone(), session.token.clone());
         self.applied_shared.store(
             self.applied_revision().unwrap_or(0),
             std::sync::atomic::Ordering::Relaxed,
         );
-        if self.push.as_ref().is_some_and(|(id, _)| *id == node_id) {
+        if self
+            .push
+            .as_ref()
+            .is_some_and(|(current, _)| *current == key)
+        {
             return;
         }
         if let Some((_, task)) = self.push.take() {
             task.abort();
         }
         let stream = crate::push::PushStream {
-            url: self.config.control_plane.clone(),
-            node_id: node_id.clone(),
+            url: credentials.identity.node_url.clone(),
+            tls: credentials.grpc_tls(),
+            token: session.token.clone(),
+            node_id: key.0.clone(),
             applied: self.applied_shared.clone(),
             pushed: self.pushed.clone(),
             delivered: self.delivered.clone(),
             wake: self.wake.clone(),
         };
         let task = tokio::spawn(stream.follow());
-        self.push = Some((node_id, task));
+        self.push = Some((key, task));
     }
 
     /// Reads the desired state and starts applying it if it is newer.
     async fn fetch_desired(&mut self) -> Result<(), String> {
-        let Some(node_id) = self.node_id.clone() else {
-            return Err("not registered yet".into());
-        };
-        let url = format!(
-            "{}/api/v1/nodes/{node_id}/desired",
-            self.config.control_plane
-        );
-        let reply = self
-            .http
+        let (node_url, node_id, http, token) = self.session().await?;
+        let url = format!("{node_url}/api/v1/nodes/{node_id}/desired");
+        let reply = http
             .get(&url)
+            .bearer_auth(&token)
             .send()
             .await
             .map_err(|e| format!("GET {url}: {e}"))?;
-        if reply.status() == reqwest::StatusCode::NOT_FOUND {
-            self.node_id = None;
-            return Err("node unknown to the control plane".into());
-        }
+        self.check_refusal(&reply);
         let state: DesiredState = read_json(reply, &url).await?;
         self.start_apply(state);
         Ok(())
     }
 
-    /// One exchange: register when needed, then heartbeat and take any newer desired state.
+    /// A 401 means the token no longer holds (expired, or the node was revoked): fetch a
+    /// new one at the next contact, which says why if that fails too.
+    fn check_refusal(&mut self, reply: &reqwest::Response) {
+        if reply.status() == reqwest::StatusCode::UNAUTHORIZED {
+            self.session = None;
+        }
+    }
+
+    /// One exchange: enroll when needed, then heartbeat and take any newer desired state.
     pub async fn contact(&mut self) -> Result<(), String> {
-        let node_id = match &self.node_id {
-            Some(id) => id.clone(),
-            None => self.register().await?,
-        };
+        let (node_url, node_id, http, token) = self.session().await?;
         let report = self.target.as_ref().or(self.applied.as_ref());
         let results = report
             .map(|state| item_results(&self.node, state))
@@ -476,27 +591,16 @@ impl SyncClient {
             },
             usage: totals.since(&self.reported),
         };
-        let url = format!(
-            "{}/api/v1/nodes/{node_id}/heartbeat",
-            self.config.control_plane
-        );
-        let reply = self
-            .http
+        let url = format!("{node_url}/api/v1/nodes/{node_id}/heartbeat");
+        let reply = http
             .post(&url)
+            .bearer_auth(&token)
             .header("content-type", "application/json")
             .body(serde_json::to_vec(&heartbeat).map_err(|e| e.to_string())?)
             .send()
             .await
             .map_err(|e| format!("POST {url}: {e}"))?;
-        if reply.status() == reqwest::StatusCode::NOT_FOUND {
-            // The control plane lost this node (a new database): register again.
-            tracing::warn!(
-                node_id,
-                "the control plane does not know this node; registering again"
-            );
-            self.node_id = None;
-            return Err("node unknown to the control plane".into());
-        }
+        self.check_refusal(&reply);
         let reply: HeartbeatReply = read_json(reply, &url).await?;
         self.reported = totals;
         self.results_reported = Some((applied_revision, results));
@@ -504,34 +608,6 @@ impl SyncClient {
             self.start_apply(state);
         }
         Ok(())
-    }
-
-    async fn register(&mut self) -> Result<String, String> {
-        let url = format!("{}/api/v1/nodes/register", self.config.control_plane);
-        let body = RegisterNode {
-            name: self.config.name.clone(),
-            labels: self.config.labels.clone(),
-            address: self.config.address.clone(),
-        };
-        let reply = self
-            .http
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(serde_json::to_vec(&body).map_err(|e| e.to_string())?)
-            .send()
-            .await
-            .map_err(|e| format!("POST {url}: {e}"))?;
-        let registered: NodeRegistered = read_json(reply, &url).await?;
-        let identity = Identity {
-            node_id: registered.node_id.clone(),
-            control_plane: self.config.control_plane.clone(),
-        };
-        let bytes = serde_json::to_vec_pretty(&identity).map_err(|e| e.to_string())?;
-        write_atomically(&self.config.state_dir.join("node.json"), &bytes)
-            .map_err(|e| format!("cannot persist the node id: {e}"))?;
-        tracing::info!(node_id = %registered.node_id, name = %self.config.name, "registered with the control plane");
-        self.node_id = Some(registered.node_id.clone());
-        Ok(registered.node_id)
     }
 
     fn inventory(&self) -> Vec<InventoryItem> {
@@ -565,7 +641,7 @@ impl SyncClient {
             .map(|s| s.revision)
             .max(self.applied_revision());
         if newest.is_some_and(|n| state.revision <= n)
-            || Some(&state.node_id) != self.node_id.as_ref()
+            || Some(state.node_id.as_str()) != self.node_id()
         {
             return;
         }

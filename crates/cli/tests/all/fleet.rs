@@ -55,7 +55,7 @@ impl Fleet {
         let cp = ControlPlane::start(backend, &dir.path().join("cp"), cp_extra);
         let runner = |name: &str, region: &str| {
             Runner::start(
-                &cp.url,
+                &cp,
                 &dir.path().join(name),
                 name,
                 &format!("region={region},pop={name}"),
@@ -220,7 +220,7 @@ fn a_tampered_artifact_is_refused_and_the_old_version_kept(backend: &Backend) {
     fleet.deploy(&guest("hello"));
     // Upload v2 through the API, then alter the stored object before deploying it.
     let api = |path: &str| format!("{}/api/v1{path}", fleet.cp.url);
-    let client = reqwest::blocking::Client::new();
+    let (client, auth) = fleet.cp.http();
     let function = fleet
         .cp
         .cli(&["functions", "show", "hello", "--json"])
@@ -229,6 +229,7 @@ fn a_tampered_artifact_is_refused_and_the_old_version_kept(backend: &Backend) {
     let id = function["function"]["id"].as_str().unwrap().to_string();
     let created: serde_json::Value = client
         .post(api(&format!("/functions/{id}/versions")))
+        .header("authorization", &auth)
         .send()
         .unwrap()
         .json()
@@ -242,6 +243,7 @@ fn a_tampered_artifact_is_refused_and_the_old_version_kept(backend: &Backend) {
     assert!(uploaded.status().is_success());
     let version: serde_json::Value = client
         .post(api(&format!("/functions/{id}/versions/2/complete")))
+        .header("authorization", &auth)
         .send()
         .unwrap()
         .json()
@@ -255,6 +257,7 @@ fn a_tampered_artifact_is_refused_and_the_old_version_kept(backend: &Backend) {
     tamper(&stored);
     let deployment: serde_json::Value = client
         .post(api(&format!("/functions/{id}/deploy")))
+        .header("authorization", &auth)
         .json(&serde_json::json!({ "version": 2, "pop_selector": "region == 'tokyo'" }))
         .send()
         .unwrap()
@@ -378,7 +381,8 @@ fn a_change_through_another_replica_is_pushed_too(backend: &Backend) {
     // A second replica on the same database; its artifacts live in its own directory and
     // nodes download them from it.
     let other_dir = tempfile::tempdir().unwrap();
-    let other = ControlPlane::start(backend, other_dir.path(), &[]);
+    let other =
+        ControlPlane::start_with_token(backend, other_dir.path(), &[], Some(&fleet.cp.token));
     let deployment = other
         .cli(&[
             "deploy",

@@ -152,15 +152,26 @@ impl CliOutput {
     }
 }
 
-/// Runs `edgefn --url {url} args…`.
+/// Runs `edgefn --url {url} args…` without a token.
 pub fn cli(url: &str, args: &[&str]) -> CliOutput {
-    let output = Command::new(EDGEFN)
+    cli_as(url, None, args)
+}
+
+/// Runs `edgefn --url {url} args…` with `token` (in `EDGEFN_TOKEN`, as a user would).
+pub fn cli_as(url: &str, token: Option<&str>, args: &[&str]) -> CliOutput {
+    let mut command = Command::new(EDGEFN);
+    command
         .arg("--url")
         .arg(url)
         .args(args)
         .env_remove("EDGEFN_TOKEN")
-        .output()
-        .expect("run edgefn");
+        // No login of the machine's user leaks in.
+        .env_remove("EDGEFN_CLI_CONFIG")
+        .env("XDG_CONFIG_HOME", "/nonexistent-edgefn-test-config");
+    if let Some(token) = token {
+        command.env("EDGEFN_TOKEN", token);
+    }
+    let output = command.output().expect("run edgefn");
     CliOutput {
         success: output.status.success(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -188,44 +199,83 @@ impl Backend {
     }
 }
 
-/// A control plane process on a fixed port, so it can be killed and started again.
+/// A control plane process on fixed ports, so it can be killed and started again.
 pub struct ControlPlane {
     pub process: Process,
     pub url: String,
     pub data_dir: PathBuf,
+    /// The bootstrap administrator's token.
+    pub token: String,
     listen: String,
+    node_listen: String,
     database_url: Option<String>,
     extra: Vec<String>,
 }
 
 impl ControlPlane {
     pub fn start(backend: &Backend, data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_token(backend, data_dir, extra, None)
+    }
+
+    /// A control plane; `token` is an administrator's token when the database has its
+    /// administrator already (a replica), else the bootstrap token is read from the data
+    /// directory.
+    pub fn start_with_token(
+        backend: &Backend,
+        data_dir: &Path,
+        extra: &[&str],
+        token: Option<&str>,
+    ) -> Self {
         let listen = format!("127.0.0.1:{}", free_port());
+        let node_listen = format!("127.0.0.1:{}", free_port());
         let database_url = match backend {
             Backend::Sqlite => None,
             Backend::Postgres(schema) => Some(schema.url.clone()),
         };
         let mut cp = Self {
-            process: Self::spawn(&listen, data_dir, database_url.as_deref(), extra),
+            process: Self::spawn(
+                &listen,
+                &node_listen,
+                data_dir,
+                database_url.as_deref(),
+                extra,
+            ),
             url: format!("http://{listen}"),
             data_dir: data_dir.to_path_buf(),
+            token: String::new(),
             listen,
+            node_listen,
             database_url,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         cp.process.listening("api");
+        cp.token = match token {
+            Some(token) => token.to_string(),
+            None => std::fs::read_to_string(data_dir.join("admin-token"))
+                .expect("the control plane writes its administrator token")
+                .trim()
+                .to_string(),
+        };
         cp
     }
 
     fn spawn(
         listen: &str,
+        node_listen: &str,
         data_dir: &Path,
         database_url: Option<&str>,
         extra: &[impl AsRef<std::ffi::OsStr>],
     ) -> Process {
         let mut command = Command::new(EDGEFN);
         command
-            .args(["control-plane", "--listen", listen, "--data-dir"])
+            .args([
+                "control-plane",
+                "--listen",
+                listen,
+                "--node-listen",
+                node_listen,
+            ])
+            .arg("--data-dir")
             .arg(data_dir)
             .args(extra);
         if let Some(url) = database_url {
@@ -244,6 +294,7 @@ impl ControlPlane {
         self.process.kill();
         self.process = Self::spawn(
             &self.listen,
+            &self.node_listen,
             &self.data_dir,
             self.database_url.as_deref(),
             &self.extra,
@@ -251,8 +302,29 @@ impl ControlPlane {
         self.process.listening("api");
     }
 
+    /// `edgefn` as the administrator.
     pub fn cli(&self, args: &[&str]) -> CliOutput {
-        cli(&self.url, args)
+        cli_as(&self.url, Some(&self.token), args)
+    }
+
+    /// A one-time bootstrap token and the CA's SHA-256, for one runner.
+    pub fn bootstrap_token(&self) -> (String, String) {
+        let created = self
+            .cli(&["nodes", "token", "create", "--ttl", "10m", "--json"])
+            .ok()
+            .json();
+        (
+            created["token"].as_str().unwrap().to_string(),
+            created["ca_sha256"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// A blocking HTTP client and the administrator's `Authorization` value.
+    pub fn http(&self) -> (reqwest::blocking::Client, String) {
+        (
+            reqwest::blocking::Client::new(),
+            format!("Bearer {}", self.token),
+        )
     }
 
     /// The per-node entries of a deployment, as `edgefn deployments show --json` gives them.
@@ -288,20 +360,29 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// A runner heartbeating every `heartbeat_ms`.
+    /// A runner heartbeating every `heartbeat_ms`, enrolled with a bootstrap token of its
+    /// own (pinned to the control plane's CA).
     pub fn start(
-        control_plane: &str,
+        cp: &ControlPlane,
         dir: &Path,
         name: &str,
         labels: &str,
         heartbeat_ms: u64,
     ) -> Self {
+        let (token, ca) = cp.bootstrap_token();
         let mut runner = Self {
-            process: Self::spawn(control_plane, dir, name, labels, heartbeat_ms),
+            process: Self::spawn(
+                &cp.url,
+                dir,
+                name,
+                labels,
+                heartbeat_ms,
+                &["--bootstrap-token", &token, "--ca-sha256", &ca],
+            ),
             http: "0.0.0.0:0".parse().unwrap(),
             name: name.to_string(),
             dir: dir.to_path_buf(),
-            control_plane: control_plane.to_string(),
+            control_plane: cp.url.clone(),
             labels: labels.to_string(),
             heartbeat_ms,
         };
@@ -315,10 +396,12 @@ impl Runner {
         name: &str,
         labels: &str,
         heartbeat_ms: u64,
+        enroll: &[&str],
     ) -> Process {
         let mut command = Command::new(EDGEFN);
         command
             .args(["runner", "--control-plane", control_plane])
+            .args(enroll)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--node-id", name, "--labels", labels])
             .args(["--heartbeat-ms", &heartbeat_ms.to_string()])
@@ -336,7 +419,8 @@ impl Runner {
         Process::spawn(command)
     }
 
-    /// Stops it (SIGTERM, drained) and starts it again with the same directories.
+    /// Stops it (SIGTERM, drained) and starts it again with the same directories (and
+    /// the identity it enrolled with).
     pub fn restart(&mut self) {
         assert!(self.process.terminate().success());
         self.process = Self::spawn(
@@ -345,6 +429,7 @@ impl Runner {
             &self.name,
             &self.labels,
             self.heartbeat_ms,
+            &[],
         );
         self.http = self.process.listening("http");
     }

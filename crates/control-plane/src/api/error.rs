@@ -16,7 +16,9 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     /// 400 for a body that is not the expected JSON.
     BadRequest(String),
-    /// 403: a signature or token that does not hold.
+    /// 401: no credentials, or credentials that do not hold.
+    Unauthenticated(String),
+    /// 403: the caller may not do this (or a presigned URL does not hold).
     Forbidden(String),
     NotFound(String),
     Conflict(String),
@@ -33,6 +35,14 @@ impl ApiError {
         Self::NotFound(format!("{what} not found"))
     }
 
+    /// A 400 naming one field.
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        Self::Validation(vec![FieldError {
+            field: field.to_string(),
+            message: message.into(),
+        }])
+    }
+
     fn parts(&self) -> (StatusCode, &'static str, String, serde_json::Value) {
         match self {
             Self::Validation(fields) => (
@@ -44,6 +54,12 @@ impl ApiError {
             Self::BadRequest(m) => (
                 StatusCode::BAD_REQUEST,
                 "bad_request",
+                m.clone(),
+                json!(null),
+            ),
+            Self::Unauthenticated(m) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
                 m.clone(),
                 json!(null),
             ),
@@ -84,6 +100,7 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %detail, "request failed");
         }
         let (status, code, message, details) = self.parts();
+        let denied = matches!(self, Self::Forbidden(_)).then(|| message.clone());
         let body = ErrorBody {
             error: ErrorDetail {
                 code: code.into(),
@@ -91,7 +108,19 @@ impl IntoResponse for ApiError {
                 details,
             },
         };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        if let Some(reason) = denied {
+            response
+                .extensions_mut()
+                .insert(super::guard::DeniedReason(reason));
+        }
+        response
     }
 }
 
@@ -100,8 +129,21 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::NotFound => Self::NotFound("not found".into()),
             StoreError::Conflict(m) => Self::Conflict(m),
+            StoreError::Refused(m) => Self::Unauthenticated(m),
             StoreError::Database(m) | StoreError::Startup(m) => Self::Unavailable(m),
         }
+    }
+}
+
+impl From<crate::auth::Denied> for ApiError {
+    fn from(denied: crate::auth::Denied) -> Self {
+        Self::Forbidden(denied.0)
+    }
+}
+
+impl From<Vec<FieldError>> for ApiError {
+    fn from(fields: Vec<FieldError>) -> Self {
+        Self::Validation(fields)
     }
 }
 

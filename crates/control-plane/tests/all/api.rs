@@ -148,6 +148,23 @@ async fn duplicate_names_conflict_per_project(backend: Backend) {
         .await;
     assert_eq!(duplicate.status, 409);
     assert_eq!(duplicate.json()["error"]["code"], "conflict");
+    let nowhere = app
+        .json(
+            "POST",
+            "/api/v1/functions",
+            json!({ "name": "api", "project": "shop" }),
+        )
+        .await;
+    assert_eq!(
+        nowhere.status, 400,
+        "projects are made by administrators first"
+    );
+    assert_eq!(
+        app.json("POST", "/api/v1/projects", json!({ "name": "shop" }))
+            .await
+            .status,
+        201
+    );
     let elsewhere = app
         .json(
             "POST",
@@ -353,18 +370,12 @@ async fn deleting_a_function_in_use_needs_force_and_removes_its_artifacts(backen
 
 async fn nodes_register_heartbeat_and_go_offline(backend: Backend) {
     let app = app(&backend).await;
-    let registered = app.json("POST", "/api/v1/nodes/register", json!({ "name": "edge-1", "labels": { "region": "tokyo", "pop": "tokyo-1" }, "address": "127.0.0.1:8000" })).await;
-    assert_eq!(registered.status, 201);
-    let node_id = registered.json()["node_id"].as_str().unwrap().to_string();
-    let other = app
-        .json(
-            "POST",
-            "/api/v1/nodes/register",
-            json!({ "name": "edge-2", "labels": { "pop": "osaka-1" } }),
-        )
-        .await
-        .json();
-    assert_ne!(other["node_id"], node_id.as_str());
+    let node = app
+        .enroll("edge-1", json!({ "region": "tokyo", "pop": "tokyo-1" }))
+        .await;
+    let node_id = node.id.clone();
+    let other = app.enroll("edge-2", json!({ "pop": "osaka-1" })).await;
+    assert_ne!(other.id, node_id);
     assert_eq!(
         app.get(&format!("/api/v1/nodes/{node_id}")).await.json()["status"],
         "syncing"
@@ -373,7 +384,8 @@ async fn nodes_register_heartbeat_and_go_offline(backend: Backend) {
     let beat = json!({ "node_id": node_id, "status": "online", "cpu_percent": 12.5, "mem_bytes": 1048576,
         "inventory": [{ "function_id": "fn_x", "version": 3, "state": "ready" }] });
     assert_eq!(
-        app.json(
+        app.node(
+            &node,
             "POST",
             &format!("/api/v1/nodes/{node_id}/heartbeat"),
             beat.clone()
@@ -382,11 +394,11 @@ async fn nodes_register_heartbeat_and_go_offline(backend: Backend) {
         .status,
         200
     );
-    let node = app.get(&format!("/api/v1/nodes/{node_id}")).await.json();
-    assert_eq!(node["status"], "online");
-    assert_eq!(node["cpu_percent"], 12.5);
-    assert_eq!(node["inventory"][0]["version"], 3);
-    assert!(node["last_heartbeat"].as_i64().unwrap() >= now_ms() - 60_000);
+    let shown = app.get(&format!("/api/v1/nodes/{node_id}")).await.json();
+    assert_eq!(shown["status"], "online");
+    assert_eq!(shown["cpu_percent"], 12.5);
+    assert_eq!(shown["inventory"][0]["version"], 3);
+    assert!(shown["last_heartbeat"].as_i64().unwrap() >= now_ms() - 60_000);
     let healthy = app
         .get("/api/v1/nodes?healthy=true&pop=tokyo-1")
         .await
@@ -400,9 +412,24 @@ async fn nodes_register_heartbeat_and_go_offline(backend: Backend) {
         "never heard from: not healthy"
     );
 
-    assert_eq!(app.json("POST", "/api/v1/nodes/node_missing/heartbeat", json!({ "node_id": "node_missing", "status": "online", "cpu_percent": 1.0, "mem_bytes": 1 })).await.status, 404);
+    // A node that is not enrolled (the listener refuses its connection; here its token
+    // gets this far) is not found; a node acts only for itself.
+    let (_, stranger) = app.state.nodes.issue_node_token("node_missing").unwrap();
+    assert_eq!(app.node_as("node_missing", Some(&stranger), "POST", "/api/v1/nodes/node_missing/heartbeat", json!({ "node_id": "node_missing", "status": "online", "cpu_percent": 1.0, "mem_bytes": 1 })).await.status, 404);
     assert_eq!(
-        app.json(
+        app.node(
+            &node,
+            "POST",
+            &format!("/api/v1/nodes/{}/heartbeat", other.id),
+            json!({ "node_id": other.id, "status": "online", "cpu_percent": 1.0, "mem_bytes": 1 })
+        )
+        .await
+        .status,
+        403
+    );
+    assert_eq!(
+        app.node(
+            &node,
             "POST",
             &format!("/api/v1/nodes/{node_id}/heartbeat"),
             json!({ "node_id": "x", "status": "online", "cpu_percent": 1.0, "mem_bytes": 1 })
@@ -541,6 +568,8 @@ async fn the_openapi_document_is_served_and_current() {
         "/api/v1/functions/{id}/versions/{version}/complete",
         "/api/v1/routes/{id}",
         "/api/v1/nodes/{id}/heartbeat",
+        "/api/v1/tokens",
+        "/api/v1/audit",
     ] {
         assert!(document["paths"].get(path).is_some(), "{path} missing");
     }
@@ -565,17 +594,14 @@ async fn deploys_become_desired_states_that_nodes_pull_and_ack(backend: Backend)
     let app = app(&backend).await;
     let (completed, id) = app.deploy_bytes("hello", &hello()).await;
     assert_eq!(completed.status, 200);
-    let mut nodes = Vec::new();
+    let mut enrolled = Vec::new();
     for region in ["tokyo", "tokyo", "osaka"] {
-        let reply = app
-            .json(
-                "POST",
-                "/api/v1/nodes/register",
-                json!({ "name": format!("edge-{region}"), "labels": { "region": region } }),
-            )
-            .await;
-        nodes.push(reply.json()["node_id"].as_str().unwrap().to_string());
+        enrolled.push(
+            app.enroll(&format!("edge-{region}"), json!({ "region": region }))
+                .await,
+        );
     }
+    let nodes: Vec<String> = enrolled.iter().map(|n| n.id.clone()).collect();
     app.json(
         "POST",
         "/api/v1/routes",
@@ -602,7 +628,8 @@ async fn deploys_become_desired_states_that_nodes_pull_and_ack(backend: Backend)
 
     let beat = |node: &str, applied: Option<u64>, results: serde_json::Value| json!({ "node_id": node, "status": "online", "cpu_percent": 1.0, "mem_bytes": 1, "applied_revision": applied, "results": results });
     let reply = app
-        .json(
+        .node(
+            &enrolled[0],
             "POST",
             &format!("/api/v1/nodes/{}/heartbeat", nodes[0]),
             beat(&nodes[0], None, json!([])),
@@ -616,7 +643,7 @@ async fn deploys_become_desired_states_that_nodes_pull_and_ack(backend: Backend)
         desired["functions"][0]["artifact_url"]
             .as_str()
             .unwrap()
-            .contains("/api/v1/artifacts/")
+            .starts_with("https://cp-nodes.test/api/v1/artifacts/")
     );
     let revision = reply["desired_revision"].as_u64().unwrap();
     // The ack: applied, ready. Nothing more to send, and the deployment shows it.
@@ -626,7 +653,8 @@ async fn deploys_become_desired_states_that_nodes_pull_and_ack(backend: Backend)
         json!([{ "function_id": id, "version": 1, "state": "ready" }]),
     );
     let reply = app
-        .json(
+        .node(
+            &enrolled[0],
             "POST",
             &format!("/api/v1/nodes/{}/heartbeat", nodes[0]),
             acked,
@@ -652,7 +680,8 @@ async fn deploys_become_desired_states_that_nodes_pull_and_ack(backend: Backend)
 
     // Osaka holds nothing of it, and gets no route to it.
     let osaka = app
-        .json(
+        .node(
+            &enrolled[2],
             "POST",
             &format!("/api/v1/nodes/{}/heartbeat", nodes[2]),
             beat(&nodes[2], None, json!([])),
@@ -699,7 +728,8 @@ async fn deploys_become_desired_states_that_nodes_pull_and_ack(backend: Backend)
     assert_eq!(rolled.status, 201);
     assert_eq!(rolled.json()["version"], 1);
     let reply = app
-        .json(
+        .node(
+            &enrolled[1],
             "POST",
             &format!("/api/v1/nodes/{}/heartbeat", nodes[1]),
             beat(&nodes[1], Some(revision), json!([])),
@@ -733,7 +763,8 @@ async fn deploys_become_desired_states_that_nodes_pull_and_ack(backend: Backend)
         204
     );
     let reply = app
-        .json(
+        .node(
+            &enrolled[1],
             "POST",
             &format!("/api/v1/nodes/{}/heartbeat", nodes[1]),
             beat(&nodes[1], Some(revision), json!([])),

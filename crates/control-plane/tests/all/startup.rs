@@ -5,7 +5,13 @@ use std::process::Command;
 fn start(args: &[&str]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_edgefn-control-plane"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--node-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .args(args)
         .env_remove("EDGEFN_DATABASE_URL")
@@ -75,7 +81,13 @@ async fn the_binary_serves_the_api_on_a_real_socket() {
     use std::io::BufRead as _;
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_edgefn-control-plane"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--node-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .env_remove("EDGEFN_DATABASE_URL")
         .env_remove("EDGEFN_ARTIFACTS")
@@ -83,18 +95,47 @@ async fn the_binary_serves_the_api_on_a_real_socket() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let line = std::io::BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find(|l| l.contains("\"listening\""))
+    let (lines, listening) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("\"listening\"") && line.contains("\"api\"") {
+                let _ = lines.send(line);
+            }
+        }
+    });
+    let line = listening
+        .recv_timeout(std::time::Duration::from_secs(60))
         .expect("the control plane announces its address");
     let address = serde_json::from_str::<serde_json::Value>(&line).unwrap()["address"]
         .as_str()
         .unwrap()
         .to_string();
     let client = reqwest::Client::new();
+    let anonymous = client
+        .post(format!("http://{address}/api/v1/functions"))
+        .header("content-type", "application/json")
+        .body(r#"{"name":"hello"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401, "no token, no access");
+    // The bootstrap administrator's token, readable only by the owner.
+    let token_file = dir.path().join("admin-token");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
     let created = client
         .post(format!("http://{address}/api/v1/functions"))
+        .bearer_auth(&token)
         .header("content-type", "application/json")
         .body(r#"{"name":"hello"}"#)
         .send()
@@ -124,6 +165,7 @@ async fn the_binary_serves_the_api_on_a_real_socket() {
         .post(format!(
             "http://{address}/api/v1/functions/{id}/versions/1/complete"
         ))
+        .bearer_auth(&token)
         .send()
         .await
         .unwrap();
@@ -133,7 +175,6 @@ async fn the_binary_serves_the_api_on_a_real_socket() {
         "SQLite in the data directory by default"
     );
     let key = dir.path().join("upload-signing.key");
-    use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(
         std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
         0o600
@@ -145,11 +186,7 @@ async fn the_binary_serves_the_api_on_a_real_socket() {
 #[tokio::test]
 async fn the_sweeper_marks_silent_nodes_offline() {
     let app = crate::fixture::app(&crate::fixture::Backend::Sqlite).await;
-    let id = app
-        .store
-        .register_node("edge", &Default::default(), "")
-        .await
-        .unwrap();
+    let id = app.enroll("edge", serde_json::json!({})).await.id;
     let beat = edgefn_proto::api::Heartbeat {
         node_id: id.clone(),
         status: edgefn_proto::api::NodeStatus::Online,

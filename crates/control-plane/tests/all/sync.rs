@@ -21,14 +21,10 @@ async fn a_change_through_one_replica_reaches_the_streams_of_another_within_a_se
 
     let (completed, function) = there.deploy_bytes("hello", &hello()).await;
     assert_eq!(completed.status, 200);
-    let registered = there
-        .json(
-            "POST",
-            "/api/v1/nodes/register",
-            json!({ "name": "edge-1", "labels": { "region": "tokyo" } }),
-        )
-        .await;
-    let node = registered.json()["node_id"].as_str().unwrap().to_string();
+    let node = there
+        .enroll("edge-1", json!({ "region": "tokyo" }))
+        .await
+        .id;
 
     // A stream for the node on this replica sees the registration's revision first.
     let (mut revisions, _) = here.feed.subscribe(&node);

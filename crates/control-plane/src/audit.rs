@@ -1,0 +1,279 @@
+//! The audit log: what was done, by whom, to what — every mutating call, every token and
+//! enrollment, every refused authentication.
+//!
+//! Tamper evidence comes in three layers. The table is append-only (database triggers refuse
+//! UPDATE, DELETE and TRUNCATE). Each record's `hash` covers its fields and its
+//! predecessor's hash, so editing, deleting or reordering records breaks the chain at the
+//! first record touched. And signed checkpoints (`checkpoint`), written periodically outside
+//! the database, hold the hash of every record they cover: even a wholesale rewrite of the
+//! chain with recomputed hashes no longer matches them. [`verify`] walks the chain against
+//! the checkpoints and names the first record that does not match.
+//!
+//! Records are written by the store in the same transaction as the change they record
+//! (`Store::append_audit`), so a change and its record commit or roll back together.
+
+pub mod checkpoint;
+
+use edgefn_proto::audit::{AuditRecord, AuditVerification};
+use sha2::{Digest as _, Sha256};
+
+/// The predecessor of record 1.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What happened, before the store gives it a place in the chain.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub actor: String,
+    pub project: Option<String>,
+    pub action: &'static str,
+    pub target: String,
+    pub details: serde_json::Value,
+}
+
+impl Entry {
+    pub fn new(actor: &str, action: &'static str, target: impl Into<String>) -> Self {
+        Self {
+            actor: actor.to_string(),
+            project: None,
+            action,
+            target: target.into(),
+            details: serde_json::Value::Null,
+        }
+    }
+
+    pub fn project(mut self, project: impl Into<String>) -> Self {
+        self.project = Some(project.into());
+        self
+    }
+
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
+/// A record as stored: `details` is the exact text the hash covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub seq: u64,
+    pub at: i64,
+    pub actor: String,
+    pub project: Option<String>,
+    pub action: String,
+    pub target: String,
+    pub details: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl StoredRecord {
+    /// The hash this record's fields call for.
+    pub fn expected_hash(&self) -> String {
+        record_hash(
+            self.seq,
+            self.at,
+            &self.actor,
+            self.project.as_deref(),
+            &self.action,
+            &self.target,
+            &self.details,
+            &self.prev_hash,
+        )
+    }
+
+    pub fn to_api(&self) -> AuditRecord {
+        AuditRecord {
+            seq: self.seq,
+            at: self.at,
+            actor: self.actor.clone(),
+            project: self.project.clone(),
+            action: self.action.clone(),
+            target: self.target.clone(),
+            details: serde_json::from_str(&self.details).unwrap_or(serde_json::Value::Null),
+            prev_hash: self.prev_hash.clone(),
+            hash: self.hash.clone(),
+        }
+    }
+}
+
+/// SHA-256 over every field, each length-prefixed so that no two different records encode
+/// alike (`ab` + `c` ≠ `a` + `bc`); `project` says whether it is absent or empty.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one argument per hashed field, in order"
+)]
+pub fn record_hash(
+    seq: u64,
+    at: i64,
+    actor: &str,
+    project: Option<&str>,
+    action: &str,
+    target: &str,
+    details: &str,
+    prev_hash: &str,
+) -> String {
+    let mut hasher = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_be_bytes());
+        hasher.update(bytes);
+    };
+    field(b"edgefn-audit-v1");
+    field(&seq.to_be_bytes());
+    field(&at.to_be_bytes());
+    field(actor.as_bytes());
+    match project {
+        Some(project) => {
+            field(b"1");
+            field(project.as_bytes());
+        }
+        None => field(b"0"),
+    }
+    field(action.as_bytes());
+    field(target.as_bytes());
+    field(details.as_bytes());
+    field(prev_hash.as_bytes());
+    hex::encode(hasher.finalize())
+}
+
+/// Walks `records` (in `seq` order, as read) against the hashes the valid checkpoints
+/// vouch for, and names the first record that does not match.
+pub fn verify(
+    records: impl IntoIterator<Item = StoredRecord>,
+    checkpoints: &checkpoint::Vouched,
+) -> AuditVerification {
+    let broken = |records: u64, seq: u64, message: String| AuditVerification {
+        ok: false,
+        records,
+        checkpointed_through: checkpoints.through(),
+        first_bad_seq: Some(seq),
+        message,
+    };
+    let mut expected_seq = 1u64;
+    let mut prev_hash = GENESIS_HASH.to_string();
+    let mut read = 0u64;
+    for record in records {
+        read += 1;
+        if record.seq != expected_seq {
+            return if record.seq > expected_seq {
+                broken(
+                    read,
+                    expected_seq,
+                    format!(
+                        "record {expected_seq} is missing (the next record is {})",
+                        record.seq
+                    ),
+                )
+            } else {
+                broken(
+                    read,
+                    record.seq,
+                    format!("record {} is out of order", record.seq),
+                )
+            };
+        }
+        if record.prev_hash != prev_hash {
+            return broken(
+                read,
+                record.seq,
+                format!(
+                    "record {} does not follow record {}: its predecessor hash differs",
+                    record.seq,
+                    record.seq - 1
+                ),
+            );
+        }
+        if record.hash != record.expected_hash() {
+            return broken(
+                read,
+                record.seq,
+                format!(
+                    "record {} was altered: its content does not match its hash",
+                    record.seq
+                ),
+            );
+        }
+        if let Some(vouched) = checkpoints.hash_of(record.seq)
+            && vouched != record.hash
+        {
+            return broken(
+                read,
+                record.seq,
+                format!(
+                    "record {} differs from the signed checkpoint (the chain was rewritten)",
+                    record.seq
+                ),
+            );
+        }
+        prev_hash = record.hash;
+        expected_seq += 1;
+    }
+    let last = expected_seq - 1;
+    if checkpoints.through() > last {
+        return broken(
+            read,
+            expected_seq,
+            format!(
+                "record {expected_seq} is missing: the signed checkpoint covers records up to {}",
+                checkpoints.through()
+            ),
+        );
+    }
+    if let Some(problem) = checkpoints.problems.first() {
+        return AuditVerification {
+            ok: false,
+            records: read,
+            checkpointed_through: checkpoints.through(),
+            first_bad_seq: None,
+            message: problem.clone(),
+        };
+    }
+    AuditVerification {
+        ok: true,
+        records: read,
+        checkpointed_through: checkpoints.through(),
+        first_bad_seq: None,
+        message: if checkpoints.through() == 0 {
+            format!("{read} records form an unbroken chain (no checkpoint yet)")
+        } else {
+            format!(
+                "{read} records form an unbroken chain; records 1-{} match the signed checkpoints",
+                checkpoints.through()
+            )
+        },
+    }
+}
+
+/// Chains `entries` after `prev` the way the store does (for tests and tools).
+pub fn chain(entries: &[(i64, Entry)], mut seq: u64, mut prev: String) -> Vec<StoredRecord> {
+    let mut out = Vec::with_capacity(entries.len());
+    for (at, entry) in entries {
+        seq += 1;
+        let details = entry.details.to_string();
+        let hash = record_hash(
+            seq,
+            *at,
+            &entry.actor,
+            entry.project.as_deref(),
+            entry.action,
+            &entry.target,
+            &details,
+            &prev,
+        );
+        out.push(StoredRecord {
+            seq,
+            at: *at,
+            actor: entry.actor.clone(),
+            project: entry.project.clone(),
+            action: entry.action.to_string(),
+            target: entry.target.clone(),
+            details,
+            prev_hash: prev.clone(),
+            hash: hash.clone(),
+        });
+        prev = hash;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

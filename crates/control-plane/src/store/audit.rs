@@ -1,0 +1,157 @@
+//! The audit log's table: records appended inside the transaction of the change they
+//! record, read back in order for checkpoints, verification and `GET /audit`.
+
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+
+use super::{Backend, Result, Store, StoreError, now_ms};
+use crate::audit::{Entry, GENESIS_HASH, StoredRecord, record_hash};
+
+/// Filters of `GET /audit`; `None` matches everything.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub project: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    /// Unix milliseconds, inclusive.
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    /// Records after this sequence number (paging).
+    pub after_seq: u64,
+    pub limit: u32,
+}
+
+/// Any PostgreSQL advisory-lock key: the one lock that orders audited transactions.
+const AUDIT_LOCK: i64 = 0x6564_6765_666e_0001;
+
+impl Store {
+    /// Appends `entry` to the chain inside `tx`. Records get consecutive sequence numbers:
+    /// on SQLite every write transaction already holds the database's write lock (`BEGIN
+    /// IMMEDIATE`); on PostgreSQL a transaction-scoped advisory lock orders the appends, held
+    /// from here to the commit (so call this last in the transaction).
+    pub async fn append_audit(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        entry: &Entry,
+    ) -> Result<u64> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(AUDIT_LOCK)
+                .execute(&mut **tx)
+                .await?;
+        }
+        let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await?;
+        let (seq, prev_hash) = match last {
+            Some(row) => {
+                let seq: i64 = row.try_get("seq")?;
+                (seq as u64 + 1, row.try_get::<String, _>("hash")?)
+            }
+            None => (1, GENESIS_HASH.to_string()),
+        };
+        let at = now_ms();
+        let details = entry.details.to_string();
+        let hash = record_hash(
+            seq,
+            at,
+            &entry.actor,
+            entry.project.as_deref(),
+            entry.action,
+            &entry.target,
+            &details,
+            &prev_hash,
+        );
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at, actor, project, action, target, details, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(seq as i64)
+        .bind(at)
+        .bind(&entry.actor)
+        .bind(entry.project.clone())
+        .bind(entry.action)
+        .bind(&entry.target)
+        .bind(&details)
+        .bind(&prev_hash)
+        .bind(&hash)
+        .execute(&mut **tx)
+        .await?;
+        Ok(seq)
+    }
+
+    /// Records `entry` in a transaction of its own (refused authentications, which change
+    /// nothing else).
+    pub async fn record_audit(&self, entry: &Entry) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let result = self.append_audit(&mut tx, entry).await;
+        Self::finish(tx, result).await
+    }
+
+    fn audit_from_row(row: &AnyRow) -> Result<StoredRecord> {
+        let seq: i64 = row.try_get("seq")?;
+        Ok(StoredRecord {
+            seq: u64::try_from(seq)
+                .map_err(|_| StoreError::Database(format!("negative audit seq {seq}")))?,
+            at: row.try_get("at")?,
+            actor: row.try_get("actor")?,
+            project: row.try_get("project")?,
+            action: row.try_get("action")?,
+            target: row.try_get("target")?,
+            details: row.try_get("details")?,
+            prev_hash: row.try_get("prev_hash")?,
+            hash: row.try_get("hash")?,
+        })
+    }
+
+    /// Up to `limit` records from `from_seq` on, in order.
+    pub async fn audit_records(&self, from_seq: u64, limit: usize) -> Result<Vec<StoredRecord>> {
+        sqlx::query(
+            "SELECT seq, at, actor, project, action, target, details, prev_hash, hash FROM audit_log \
+             WHERE seq >= $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(from_seq.min(i64::MAX as u64) as i64)
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(Self::audit_from_row)
+        .collect()
+    }
+
+    /// Records matching `filter`, oldest first.
+    pub async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<StoredRecord>> {
+        sqlx::query(
+            "SELECT seq, at, actor, project, action, target, details, prev_hash, hash FROM audit_log \
+             WHERE seq > $1 AND (CAST($2 AS TEXT) IS NULL OR project = $2) AND (CAST($3 AS TEXT) IS NULL OR actor = $3) \
+             AND (CAST($4 AS TEXT) IS NULL OR action = $4) AND at >= $5 AND at <= $6 ORDER BY seq LIMIT $7",
+        )
+        .bind(filter.after_seq.min(i64::MAX as u64) as i64)
+        .bind(filter.project.clone())
+        .bind(filter.actor.clone())
+        .bind(filter.action.clone())
+        .bind(filter.since.unwrap_or(i64::MIN))
+        .bind(filter.until.unwrap_or(i64::MAX))
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(Self::audit_from_row)
+        .collect()
+    }
+
+    /// Every record, in order, a page at a time (for verification).
+    pub async fn all_audit_records(&self) -> Result<Vec<StoredRecord>> {
+        let mut all = Vec::new();
+        // Sequence numbers start at 1; a record a tamperer gave a lower one is read too.
+        let mut from = 0u64;
+        loop {
+            let page = self.audit_records(from, 10_000).await?;
+            let Some(last) = page.last() else {
+                return Ok(all);
+            };
+            from = last.seq + 1;
+            all.extend(page);
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! Deployments and every node's desired state (the durable queue of node sync).
+
+use std::collections::{BTreeMap, HashMap};
+
+use edgefn_proto::GuestKind;
+use edgefn_proto::api::InventoryItem;
+use sqlx::Row as _;
+
+use serde_json::json;
+
+use super::{Result, Store, StoreError, json, new_id, now_ms, parse_json};
+use crate::audit::Entry;
+
+/// Rows per multi-row INSERT (at most 4 parameters each: far below SQLite's 32,766).
+const WRITE_BATCH: usize = 500;
+
+/// `($1, $2, …, constant), (…)` for `rows` rows of `per_row` parameters and a trailing
+/// constant column.
+fn placeholders(rows: usize, per_row: usize, constant: &str) -> String {
+    (0..rows)
+        .map(|row| {
+            let params: Vec<String> = (1..=per_row)
+                .map(|i| format!("${}", row * per_row + i))
+                .collect();
+            format!("({}, {constant})", params.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What a recomputation decided for one node.
+pub struct Targeted {
+    pub node_id: String,
+    /// The (function, version) pairs the node must hold.
+    pub functions: Vec<(String, u64)>,
+    /// Whether its document (and so its revision) changed.
+    pub changed: bool,
+}
+
+/// What to deploy where.
+#[derive(Clone, Copy, Debug)]
+pub struct DeploySpec<'a> {
+    pub function_id: &'a str,
+    pub version: u64,
+    /// The POP selector of the nodes that run it.
+    pub selector: &'a str,
+    pub strategy: &'a str,
+}
+
+/// Builds the artifact URL nodes download a hash from.
+pub type ArtifactUrl<'a> = &'a (dyn Fn(&str) -> String + Send + Sync);
+
+impl Store {
+    /// The project of `function_id`, inside a transaction.
+    pub(super) async fn project_of(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        function_id: &str,
+    ) -> Result<String> {
+        Ok(
+            sqlx::query("SELECT project_id FROM functions WHERE id = $1")
+                .bind(function_id)
+                .fetch_optional(&mut **tx)
+                .await?
+                .ok_or(StoreError::NotFound)?
+                .try_get("project_id")?,
+        )
+    }
+
+    /// Deploys a ready version to the nodes `selector` matches: the function's previous
+    /// active deployment is superseded, every node's desired state is recomputed, and the
+    /// matching nodes get a pending entry, all in one transaction.
+    ///
+    /// `action` names it in the audit log (`deploy` or `rollback`), with the selector, the
+    /// version, the version it replaces and the nodes chosen.
+    pub async fn deploy(
+        &self,
+        actor: &str,
+        action: &'static str,
+        spec: &DeploySpec<'_>,
+        artifact_url: ArtifactUrl<'_>,
+    ) -> Result<edgefn_proto::api::Deployment> {
+        let DeploySpec {
+            function_id,
+            version,
+            selector,
+            strategy,
+        } = *spec;
+        let mut tx = self.begin_write().await?;
+        let result: Result<String> = async {
+        let state: Option<String> =
+            sqlx::query("SELECT state FROM versions WHERE function_id = $1 AND version = $2")
+                .bind(function_id)
+                .bind(version as i64)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|row| row.try_get("state"))
+                .transpose()?;
+        match state.as_deref() {
+            None => return Err(StoreError::NotFound),
+            Some("ready") => {}
+            Some(other) => {
+                return Err(StoreError::Conflict(format!(
+                    "version {version} is {other}, not ready"
+                )));
+            }
+        }
+        let previous: Option<i64> = sqlx::query("SELECT version FROM deployments WHERE function_id = $1 AND state = 'active'")
+            .bind(function_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.try_get("version"))
+            .transpose()?;
+        sqlx::query("UPDATE deployments SET state = 'superseded' WHERE function_id = $1 AND state = 'active'")
+            .bind(function_id)
+            .execute(&mut *tx)
+            .await?;
+        let id = new_id("dep");
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO deployments (id, function_id, version, pop_selector, strategy, state, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 'active', $6)",
+        )
+        .bind(&id)
+        .bind(function_id)
+        .bind(version as i64)
+        .bind(selector)
+        .bind(strategy)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        // Nodes whose document changed joined the deployment in the recomputation; the ones
+        // that already held this version (a redeploy) join it here, in the state their last
+        // heartbeat reported for it (they send results only when those change).
+        let targeted = Self::recompute_desired(&mut tx, artifact_url, None).await?;
+        let mut chosen = Vec::new();
+        for node in targeted {
+            if node.functions.iter().any(|(f, v)| f == function_id && *v == version) {
+                chosen.push(node.node_id.clone());
+            }
+            let holds = node.functions.iter().any(|(f, v)| f == function_id && *v == version);
+            if holds && !node.changed {
+                let inventory: String = sqlx::query("SELECT inventory FROM nodes WHERE id = $1")
+                    .bind(&node.node_id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("inventory")?;
+                let state = parse_json::<Vec<InventoryItem>>(&inventory)?
+                    .iter()
+                    .find(|item| item.function_id == function_id && item.version == version)
+                    .and_then(|item| edgefn_proto::sync::ItemState::parse(&item.state))
+                    .unwrap_or(edgefn_proto::sync::ItemState::Pending);
+                sqlx::query("INSERT INTO deployment_nodes (deployment_id, node_id, state, updated_at) VALUES ($1, $2, $3, $4)")
+                    .bind(&id)
+                    .bind(&node.node_id)
+                    .bind(state.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let project = Self::project_of(&mut tx, function_id).await?;
+        let entry = Entry::new(actor, action, function_id).project(project).details(json!({
+            "deployment": id,
+            "version": version,
+            "previous_version": previous,
+            "pop_selector": selector,
+            "strategy": strategy,
+            "nodes": chosen,
+        }));
+        self.append_audit(&mut tx, &entry).await?;
+        Ok(id)
+        }
+        .await;
+        let id = Self::finish(tx, result).await?;
+        self.get_deployment(&id).await
+    }
+
+    /// Stops serving a function anywhere: its active deployment ends and nodes drop it.
+    pub async fn undeploy(
+        &self,
+        actor: &str,
+        function_id: &str,
+        artifact_url: ArtifactUrl<'_>,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let result: Result<()> = async {
+        let active: Option<i64> = sqlx::query("SELECT version FROM deployments WHERE function_id = $1 AND state = 'active'")
+            .bind(function_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.try_get("version"))
+            .transpose()?;
+        let Some(active) = active else {
+            return Err(StoreError::Conflict("the function is not deployed".into()));
+        };
+        sqlx::query("UPDATE deployments SET state = 'undeployed' WHERE function_id = $1 AND state = 'active'")
+            .bind(function_id)
+            .execute(&mut *tx)
+            .await?;
+        Self::recompute_desired(&mut tx, artifact_url, None).await?;
+        let project = Self::project_of(&mut tx, function_id).await?;
+        let entry = Entry::new(actor, "undeploy", function_id)
+            .project(project)
+            .details(json!({ "before": { "version": active } }));
+        self.append_audit(&mut tx, &entry).await?;
+        Ok(())
+        }
+        .await;
+        Self::finish(tx, result).await
+    }
+
+    /// The version to roll back to: `to_version`, or the newest version deployed before the
+    /// active one; and the active deployment's selector and strategy.
+    pub async fn rollback_target(
+        &self,
+        function_id: &str,
+        to_version: Option<u64>,
+    ) -> Result<(u64, String, String)> {
+        let active = sqlx::query(
+            "SELECT version, pop_selector, strategy FROM deployments WHERE function_id = $1 AND state = 'active'",
+        )
+        .bind(function_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::Conflict("the function has no active deployment to roll back".into()))?;
+        let current: i64 = active.try_get("version")?;
+        let selector: String = active.try_get("pop_selector")?;
+        let strategy: String = active.try_get("strategy")?;
+        let target = match to_version {
+            Some(version) => version,
+            None => {
+                let previous: Option<i64> = sqlx::query(
+                    "SELECT version FROM deployments WHERE function_id = $1 AND state = 'superseded' AND version <> $2 \
+                     ORDER BY created_at DESC, id DESC LIMIT 1",
+                )
+                .bind(function_id)
+                .bind(current)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|row| row.try_get("version"))
+                .transpose()?;
+                previous
+                    .ok_or_else(|| StoreError::Conflict("no earlier deployed version".into()))?
+                    as u64
+            }
+        };
+        Ok((target, selector, strategy))
+    }
+
+    pub async fn get_deployment(&self, id: &str) -> Result<edgefn_proto::api::Deployment> {
+        let row = sqlx::query(
+            "SELECT id, function_id, version, pop_selector, strategy, state, created_at FROM deployments WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let nodes = sqlx::query("SELECT node_id, state, error, updated_at FROM deployment_nodes WHERE deployment_id = $1 ORDER BY node_id")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|n| {
+                let state: String = n.try_get("state")?;
+                Ok(edgefn_proto::api::DeploymentNode {
+                    node_id: n.try_get("node_id")?,
+                    state: edgefn_proto::sync::ItemState::parse(&state)
+                        .ok_or_else(|| StoreError::Database(format!("unknown item state {state}")))?,
+                    error: n.try_get("error")?,
+                    updated_at: n.try_get("updated_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let version: i64 = row.try_get("version")?;
+        Ok(edgefn_proto::api::Deployment {
+            id: row.try_get("id")?,
+            function_id: row.try_get("function_id")?,
+            version: version as u64,
+            pop_selector: row.try_get("pop_selector")?,
+            strategy: row.try_get("strategy")?,
+            state: row.try_get("state")?,
+            created_at: row.try_get("created_at")?,
+            nodes,
+        })
+    }
+
+    /// Recomputes the desired state of every node (or of `only` one) inside `tx`. A node
+    /// whose document changed gets the next revision, and a `pending` entry in each active
+    /// deployment it now holds and had no entry in (so a node that registers later shows up
+    /// in the deployments it joins).
+    pub async fn recompute_desired(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        artifact_url: ArtifactUrl<'_>,
+        only: Option<&str>,
+    ) -> Result<Vec<Targeted>> {
+        use crate::desired::{ActiveDeployment, compute};
+        let rows = sqlx::query(
+            "SELECT d.id, d.function_id, d.version, d.pop_selector, v.sha256, v.kind, v.settings FROM deployments d \
+             JOIN versions v ON v.function_id = d.function_id AND v.version = d.version WHERE d.state = 'active' \
+             ORDER BY d.function_id",
+        )
+        .fetch_all(&mut **tx)
+        .await?;
+        let deployment_ids = rows
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<String, _>("function_id")?,
+                    row.try_get::<String, _>("id")?,
+                ))
+            })
+            .collect::<Result<HashMap<String, String>>>()?;
+        let deployments = rows
+            .iter()
+            .map(|row| {
+                let selector: String = row.try_get("pop_selector")?;
+                let sha256: String = row.try_get("sha256")?;
+                let kind: String = row.try_get("kind")?;
+                let version: i64 = row.try_get("version")?;
+                Ok(ActiveDeployment {
+                    // Selectors were validated when submitted; one that no longer parses selects nothing.
+                    selector: edgefn_proto::Selector::parse(&selector)
+                        .unwrap_or(edgefn_proto::Selector::Bool(false)),
+                    function: edgefn_proto::sync::DesiredFunction {
+                        function_id: row.try_get("function_id")?,
+                        version: version as u64,
+                        kind: GuestKind::parse(&kind)
+                            .ok_or_else(|| StoreError::Database(format!("unknown kind {kind}")))?,
+                        artifact_url: artifact_url(&sha256),
+                        sha256,
+                        settings: parse_json(&row.try_get::<String, _>("settings")?)?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let sql = format!(
+            "SELECT {} FROM routes ORDER BY created_at, id",
+            Self::ROUTE_COLUMNS
+        );
+        let routes = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|row| {
+                let route = Self::route_from_row(row)?;
+                let selector = edgefn_proto::Selector::parse(&route.pop_selector)
+                    .unwrap_or(edgefn_proto::Selector::Bool(false));
+                Ok((route, selector))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let nodes = sqlx::query(
+            "SELECT n.id, n.labels, d.revision, d.document FROM nodes n LEFT JOIN node_desired d ON d.node_id = n.id \
+             WHERE CAST($1 AS TEXT) IS NULL OR n.id = $1",
+        )
+        .bind(only)
+        .fetch_all(&mut **tx)
+        .await?;
+        let now = now_ms();
+        let mut targeted = Vec::with_capacity(nodes.len());
+        let mut upserts = Vec::new();
+        let mut joins = Vec::new();
+        for row in &nodes {
+            let node_id: String = row.try_get("id")?;
+            let labels: BTreeMap<String, String> =
+                parse_json(&row.try_get::<String, _>("labels")?)?;
+            let revision: Option<i64> = row.try_get("revision")?;
+            let old: Option<String> = row.try_get("document")?;
+            // Documents are stored with revision 0, so a change of content is a change of text.
+            let state = compute(&node_id, &labels, 0, &deployments, &routes);
+            let document = json(&state);
+            let changed = old.as_deref() != Some(document.as_str());
+            targeted.push(Targeted {
+                node_id: node_id.clone(),
+                functions: state
+                    .functions
+                    .iter()
+                    .map(|f| (f.function_id.clone(), f.version))
+                    .collect(),
+                changed,
+            });
+            if !changed {
+                continue;
+            }
+            for function in &state.functions {
+                if let Some(deployment_id) = deployment_ids.get(&function.function_id) {
+                    joins.push((deployment_id.clone(), node_id.clone()));
+                }
+            }
+            upserts.push((node_id, revision.unwrap_or(0) + 1, document));
+        }
+        // Many rows per statement: a deploy to 10,000 nodes is 40 statements, not 20,000
+        // round trips.
+        for chunk in upserts.chunks(WRITE_BATCH) {
+            let values = placeholders(chunk.len(), 4, "0");
+            let sql = format!(
+                "INSERT INTO node_desired (node_id, revision, document, updated_at, applied_revision) VALUES {values} \
+                 ON CONFLICT (node_id) DO UPDATE SET revision = excluded.revision, document = excluded.document, \
+                 updated_at = excluded.updated_at"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (node_id, next, document) in chunk {
+                query = query.bind(node_id).bind(*next).bind(document).bind(now);
+            }
+            query.execute(&mut **tx).await?;
+        }
+        for chunk in joins.chunks(WRITE_BATCH) {
+            let values = placeholders(chunk.len(), 3, "'pending'");
+            let sql = format!(
+                "INSERT INTO deployment_nodes (deployment_id, node_id, updated_at, state) VALUES {values} \
+                 ON CONFLICT (deployment_id, node_id) DO NOTHING"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (deployment_id, node_id) in chunk {
+                query = query.bind(deployment_id).bind(node_id).bind(now);
+            }
+            query.execute(&mut **tx).await?;
+        }
+        Ok(targeted)
+    }
+
+    /// Recomputes the desired state of every node (or of `only` one) in a transaction of its
+    /// own: after a route change, a registration, or at start-up (which catches up with a
+    /// change whose recomputation a crash interrupted).
+    pub async fn refresh_desired(
+        &self,
+        artifact_url: ArtifactUrl<'_>,
+        only: Option<&str>,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let result: Result<()> = async {
+            Self::recompute_desired(&mut tx, artifact_url, only).await?;
+            Ok(())
+        }
+        .await;
+        Self::finish(tx, result).await
+    }
+
+    /// `(node_id, revision, updated_at)` of every desired state written at or after `since`
+    /// (Unix ms): what the revision feed passes on to connected nodes.
+    pub async fn desired_changed_since(&self, since: i64) -> Result<Vec<(String, u64, i64)>> {
+        sqlx::query("SELECT node_id, revision, updated_at FROM node_desired WHERE updated_at >= $1")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                let revision: i64 = row.try_get("revision")?;
+                Ok((
+                    row.try_get("node_id")?,
+                    revision as u64,
+                    row.try_get("updated_at")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// A node's desired state with its revision; `NotFound` for an unknown node.
+    pub async fn desired_state(&self, node_id: &str) -> Result<edgefn_proto::sync::DesiredState> {
+        let row = sqlx::query("SELECT revision, document FROM node_desired WHERE node_id = $1")
+            .bind(node_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let revision: i64 = row.try_get("revision")?;
+        let mut state: edgefn_proto::sync::DesiredState =
+            parse_json(&row.try_get::<String, _>("document")?)?;
+        state.revision = revision as u64;
+        Ok(state)
+    }
+
+    /// A node's desired and applied revisions (0 and 0 before it has a desired state).
+    pub async fn node_revisions(&self, node_id: &str) -> Result<(u64, u64)> {
+        let row =
+            sqlx::query("SELECT revision, applied_revision FROM node_desired WHERE node_id = $1")
+                .bind(node_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else { return Ok((0, 0)) };
+        let revision: i64 = row.try_get("revision")?;
+        let applied: i64 = row.try_get("applied_revision")?;
+        Ok((revision as u64, applied as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn placeholders_number_every_parameter_once() {
+        assert_eq!(
+            super::placeholders(2, 3, "'pending'"),
+            "($1, $2, $3, 'pending'), ($4, $5, $6, 'pending')"
+        );
+    }
+}
