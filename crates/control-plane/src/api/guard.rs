@@ -33,7 +33,12 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let target = format!("{} {}", request.method(), request.uri().path());
+    // The full path: inside `nest` the request's own URI has lost its prefix.
+    let path = request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| request.uri().path().to_string(), |u| u.path().to_string());
+    let target = format!("{} {path}", request.method());
     let peer = peer(&request).map(|p| p.to_string());
     let principal = match state.auth.principal(&state.store, request.headers()).await {
         Ok(principal) => principal,

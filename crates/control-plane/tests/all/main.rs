@@ -3,7 +3,10 @@
 
 mod api;
 mod artifacts;
+mod audit;
+mod authz;
 mod fixture;
+mod mtls;
 mod properties;
 mod startup;
 mod sync;
