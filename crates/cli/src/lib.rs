@@ -117,7 +117,13 @@ impl GlobalArgs {
 
     /// The API client these settings describe: flags and variables over the config file.
     pub fn client(&self) -> anyhow::Result<Client> {
-        let explicit = self.config.is_some();
+        self.client_with(false)
+    }
+
+    /// Like [`Self::client`]; with `missing_ok`, a `--config` file that does not exist yet is
+    /// no error (`edgefn login` is about to write it).
+    fn client_with(&self, missing_ok: bool) -> anyhow::Result<Client> {
+        let explicit = self.config.is_some() && !missing_ok;
         let path = self.config_path();
         let file = match path {
             Some(path) => match std::fs::read_to_string(&path) {
@@ -152,7 +158,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         // `verify --database-url` needs no control plane (nor its URL).
         return audit::audit(cli.global.client(), &out, command).await;
     }
-    let client = cli.global.client()?;
+    let client = cli
+        .global
+        .client_with(matches!(cli.command, Command::Login(_)))?;
     match cli.command {
         Command::Functions(command) => commands::functions(&client, &out, command).await,
         Command::Deploy(args) => commands::deploy(&client, &out, args).await,

@@ -5,6 +5,7 @@
 mod dev;
 mod errors;
 mod fleet;
+mod security;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -159,6 +160,12 @@ pub fn cli(url: &str, args: &[&str]) -> CliOutput {
 
 /// Runs `edgefn --url {url} args…` with `token` (in `EDGEFN_TOKEN`, as a user would).
 pub fn cli_as(url: &str, token: Option<&str>, args: &[&str]) -> CliOutput {
+    cli_with_input(url, token, args, "")
+}
+
+/// Like [`cli_as`], with `input` on standard input (a password, say).
+pub fn cli_with_input(url: &str, token: Option<&str>, args: &[&str], input: &str) -> CliOutput {
+    use std::io::Write as _;
     let mut command = Command::new(EDGEFN);
     command
         .arg("--url")
@@ -171,7 +178,16 @@ pub fn cli_as(url: &str, token: Option<&str>, args: &[&str]) -> CliOutput {
     if let Some(token) = token {
         command.env("EDGEFN_TOKEN", token);
     }
-    let output = command.output().expect("run edgefn");
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run edgefn");
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let output = child.wait_with_output().expect("run edgefn");
     CliOutput {
         success: output.status.success(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -37,7 +37,10 @@ pub async fn authenticate(
     let path = request
         .extensions()
         .get::<axum::extract::OriginalUri>()
-        .map_or_else(|| request.uri().path().to_string(), |u| u.path().to_string());
+        .map_or_else(
+            || request.uri().path().to_string(),
+            |u| u.path().to_string(),
+        );
     let target = format!("{} {path}", request.method());
     let peer = peer(&request).map(|p| p.to_string());
     let principal = match state.auth.principal(&state.store, request.headers()).await {

@@ -39,7 +39,11 @@ async fn changes_are_recorded_with_their_before_after_and_nodes(backend: Backend
     let (_, function) = app.deploy_bytes("hello", &hello()).await;
     let node = app.enroll("edge-1", json!({ "region": "tokyo" })).await;
     let route = app
-        .json("POST", "/api/v1/routes", json!({ "path": "/a", "function_id": function }))
+        .json(
+            "POST",
+            "/api/v1/routes",
+            json!({ "path": "/a", "function_id": function }),
+        )
         .await
         .json();
     let route_id = route["id"].as_str().unwrap();
@@ -72,7 +76,11 @@ async fn changes_are_recorded_with_their_before_after_and_nodes(backend: Backend
     let enroll = &records(&app.store, "node.enroll").await[0];
     assert!(enroll["actor"].as_str().unwrap().starts_with("bootstrap:"));
     assert_eq!(enroll["details"]["after"]["labels"]["region"], "tokyo");
-    assert_eq!(records(&app.store, "token.create").await.len(), 1, "the administrator's");
+    assert_eq!(
+        records(&app.store, "token.create").await.len(),
+        1,
+        "the administrator's"
+    );
     assert_eq!(records(&app.store, "node.token").await.len(), 1);
 
     // A refused authentication is recorded too, with the reason.
@@ -82,13 +90,24 @@ async fn changes_are_recorded_with_their_before_after_and_nodes(backend: Backend
     assert_eq!(refused.status, 401);
     let refusal = &records(&app.store, "auth.refused").await[0];
     assert_eq!(refusal["target"], "GET /api/v1/functions");
-    assert!(refusal["details"]["reason"].as_str().unwrap().contains("malformed"));
+    assert!(
+        refusal["details"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("malformed")
+    );
 
     // The API filters by project, actor, action and time, and verifies the chain.
     let listed = app.get("/api/v1/audit?action=deploy").await.json();
     assert_eq!(listed.as_array().unwrap().len(), 1);
     let by_actor = app.get("/api/v1/audit?actor=anonymous").await.json();
-    assert!(by_actor.as_array().unwrap().iter().all(|r| r["actor"] == "anonymous"));
+    assert!(
+        by_actor
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["actor"] == "anonymous")
+    );
     let future = app.get("/api/v1/audit?since=99999999999999").await.json();
     assert_eq!(future, json!([]));
     let verified = app.get("/api/v1/audit/verify").await.json();
@@ -136,11 +155,7 @@ async fn the_runtime_role_cannot_touch_the_audit_log_on_postgres() {
         Backend::Postgres { url, .. } => url.clone(),
         Backend::Sqlite => return,
     };
-    let schema = url
-        .rsplit("search_path%3D")
-        .next()
-        .unwrap()
-        .to_string();
+    let schema = url.rsplit("search_path%3D").next().unwrap().to_string();
     let base = url.split('?').next().unwrap().to_string();
     let (owner, runtime) = (format!("{schema}_owner"), format!("{schema}_rt"));
     let admin = sqlx::AnyPool::connect(&base).await.unwrap();
@@ -149,7 +164,10 @@ async fn the_runtime_role_cannot_touch_the_audit_log_on_postgres() {
         format!("CREATE ROLE {runtime} LOGIN"),
         format!("ALTER SCHEMA {schema} OWNER TO {owner}"),
     ] {
-        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&admin)
+            .await
+            .unwrap();
     }
     let _roles = Roles {
         base: base.clone(),
@@ -239,7 +257,9 @@ impl Drop for Roles {
                     statements.push(format!("DROP ROLE {name}"));
                 }
                 for statement in statements {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&admin).await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(statement))
+                        .execute(&admin)
+                        .await;
                 }
             });
         })
@@ -263,44 +283,45 @@ fn signed() -> &'static Signed {
 }
 
 fn make_signed() -> Signed {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let app = app(&Backend::Sqlite).await;
-            let (_, function) = app.deploy_bytes("hello", &hello()).await;
-            for i in 0..30 {
-                app.json(
-                    "POST",
-                    "/api/v1/routes",
-                    json!({ "path": format!("/r{i}"), "function_id": function }),
-                )
-                .await;
-            }
-            let checkpoints =
-                CheckpointStore::open(dir.path().join("checkpoints").to_str().unwrap(), None)
-                    .unwrap();
-            let signer = app.state.auth.signer.clone();
-            let count = write_checkpoint(&app.store, &signer, &checkpoints).await.unwrap();
-            assert!(count >= 33, "{count} records");
-            let database = dir.path().join("signed.db");
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "VACUUM INTO '{}'",
-                database.display()
-            )))
-            .execute(&sqlx::AnyPool::connect(app.database_url()).await.unwrap())
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app(&Backend::Sqlite).await;
+        let (_, function) = app.deploy_bytes("hello", &hello()).await;
+        for i in 0..30 {
+            app.json(
+                "POST",
+                "/api/v1/routes",
+                json!({ "path": format!("/r{i}"), "function_id": function }),
+            )
+            .await;
+        }
+        let checkpoints =
+            CheckpointStore::open(dir.path().join("checkpoints").to_str().unwrap(), None).unwrap();
+        let signer = app.state.auth.signer.clone();
+        let count = write_checkpoint(&app.store, &signer, &checkpoints)
             .await
             .unwrap();
-            Signed {
-                _dir: dir,
-                database,
-                checkpoints,
-                signer,
-                count,
-            }
-        })
+        assert!(count >= 33, "{count} records");
+        let database = dir.path().join("signed.db");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "VACUUM INTO '{}'",
+            database.display()
+        )))
+        .execute(&sqlx::AnyPool::connect(app.database_url()).await.unwrap())
+        .await
+        .unwrap();
+        Signed {
+            _dir: dir,
+            database,
+            checkpoints,
+            signer,
+            count,
+        }
+    })
 }
 
 /// A copy of the signed database in `dir`; its URL.
@@ -509,5 +530,9 @@ async fn a_forged_checkpoint_is_reported() {
     let vouched = location.vouched(&signed.signer).await.unwrap();
     let result = verify(store.all_audit_records().await.unwrap(), &vouched);
     assert!(!result.ok);
-    assert!(result.message.contains("not validly signed"), "{}", result.message);
+    assert!(
+        result.message.contains("not validly signed"),
+        "{}",
+        result.message
+    );
 }

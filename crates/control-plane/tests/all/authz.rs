@@ -43,26 +43,116 @@ fn endpoints() -> Vec<Endpoint> {
         needs,
     };
     vec![
-        e("POST", "/api/v1/functions", json!({ "name": "made", "project": "a" }), Needs::Role(Developer)),
-        e("GET", "/api/v1/functions?project=a", Value::Null, Needs::Role(Viewer)),
+        e(
+            "POST",
+            "/api/v1/functions",
+            json!({ "name": "made", "project": "a" }),
+            Needs::Role(Developer),
+        ),
+        e(
+            "GET",
+            "/api/v1/functions?project=a",
+            Value::Null,
+            Needs::Role(Viewer),
+        ),
         e("GET", "/api/v1/functions", Value::Null, Anyone),
-        e("GET", "/api/v1/functions/{fn}", Value::Null, Needs::Role(Viewer)),
-        e("DELETE", "/api/v1/functions/{fn}?force=true", Value::Null, Needs::Role(Owner)),
-        e("POST", "/api/v1/functions/{fn}/versions", json!({}), Needs::Role(Developer)),
-        e("GET", "/api/v1/functions/{fn}/versions", Value::Null, Needs::Role(Viewer)),
-        e("GET", "/api/v1/functions/{fn}/versions/1", Value::Null, Needs::Role(Viewer)),
-        e("POST", "/api/v1/functions/{fn}/versions/2/complete", json!({}), Needs::Role(Developer)),
-        e("POST", "/api/v1/functions/{fn}/versions/3/upload-url", json!({}), Needs::Role(Developer)),
-        e("GET", "/api/v1/artifacts/{sha}", Value::Null, Needs::Role(Viewer)),
-        e("POST", "/api/v1/routes", json!({ "path": "/made", "function_id": "{fn}" }), Needs::Role(Developer)),
+        e(
+            "GET",
+            "/api/v1/functions/{fn}",
+            Value::Null,
+            Needs::Role(Viewer),
+        ),
+        e(
+            "DELETE",
+            "/api/v1/functions/{fn}?force=true",
+            Value::Null,
+            Needs::Role(Owner),
+        ),
+        e(
+            "POST",
+            "/api/v1/functions/{fn}/versions",
+            json!({}),
+            Needs::Role(Developer),
+        ),
+        e(
+            "GET",
+            "/api/v1/functions/{fn}/versions",
+            Value::Null,
+            Needs::Role(Viewer),
+        ),
+        e(
+            "GET",
+            "/api/v1/functions/{fn}/versions/1",
+            Value::Null,
+            Needs::Role(Viewer),
+        ),
+        e(
+            "POST",
+            "/api/v1/functions/{fn}/versions/2/complete",
+            json!({}),
+            Needs::Role(Developer),
+        ),
+        e(
+            "POST",
+            "/api/v1/functions/{fn}/versions/3/upload-url",
+            json!({}),
+            Needs::Role(Developer),
+        ),
+        e(
+            "GET",
+            "/api/v1/artifacts/{sha}",
+            Value::Null,
+            Needs::Role(Viewer),
+        ),
+        e(
+            "POST",
+            "/api/v1/routes",
+            json!({ "path": "/made", "function_id": "{fn}" }),
+            Needs::Role(Developer),
+        ),
         e("GET", "/api/v1/routes", Value::Null, Anyone),
-        e("GET", "/api/v1/routes/{route}", Value::Null, Needs::Role(Viewer)),
-        e("PUT", "/api/v1/routes/{route}", json!({ "path": "/moved", "function_id": "{fn}" }), Needs::Role(Developer)),
-        e("DELETE", "/api/v1/routes/{route}", Value::Null, Needs::Role(Developer)),
-        e("POST", "/api/v1/functions/{fn}/deploy", json!({ "version": 1 }), Needs::Role(Developer)),
-        e("POST", "/api/v1/functions/{fn}/rollback", json!({ "to_version": 1 }), Needs::Role(Developer)),
-        e("POST", "/api/v1/functions/{fn}/undeploy", json!({}), Needs::Role(Developer)),
-        e("GET", "/api/v1/deployments/{deployment}", Value::Null, Needs::Role(Viewer)),
+        e(
+            "GET",
+            "/api/v1/routes/{route}",
+            Value::Null,
+            Needs::Role(Viewer),
+        ),
+        e(
+            "PUT",
+            "/api/v1/routes/{route}",
+            json!({ "path": "/moved", "function_id": "{fn}" }),
+            Needs::Role(Developer),
+        ),
+        e(
+            "DELETE",
+            "/api/v1/routes/{route}",
+            Value::Null,
+            Needs::Role(Developer),
+        ),
+        e(
+            "POST",
+            "/api/v1/functions/{fn}/deploy",
+            json!({ "version": 1 }),
+            Needs::Role(Developer),
+        ),
+        e(
+            "POST",
+            "/api/v1/functions/{fn}/rollback",
+            json!({ "to_version": 1 }),
+            Needs::Role(Developer),
+        ),
+        e(
+            "POST",
+            "/api/v1/functions/{fn}/undeploy",
+            json!({}),
+            Needs::Role(Developer),
+        ),
+        e(
+            "GET",
+            "/api/v1/deployments/{deployment}",
+            Value::Null,
+            Needs::Role(Viewer),
+        ),
         e("GET", "/api/v1/nodes", Value::Null, Anyone),
         e("GET", "/api/v1/nodes/{node}", Value::Null, Anyone),
         e("POST", "/api/v1/nodes/tokens", json!({}), Admin),
@@ -72,13 +162,38 @@ fn endpoints() -> Vec<Endpoint> {
         e("GET", "/api/v1/users", Value::Null, Admin),
         e("POST", "/api/v1/projects", json!({ "name": "c" }), Admin),
         e("GET", "/api/v1/projects", Value::Null, Anyone),
-        e("GET", "/api/v1/projects/a/members", Value::Null, Needs::Role(Viewer)),
-        e("PUT", "/api/v1/projects/a/members/erin", json!({ "role": "viewer" }), Needs::Role(Owner)),
-        e("DELETE", "/api/v1/projects/a/members/erin-old", Value::Null, Needs::Role(Owner)),
-        e("POST", "/api/v1/tokens", json!({ "project": "a", "role": "viewer" }), Needs::Role(Viewer)),
+        e(
+            "GET",
+            "/api/v1/projects/a/members",
+            Value::Null,
+            Needs::Role(Viewer),
+        ),
+        e(
+            "PUT",
+            "/api/v1/projects/a/members/erin",
+            json!({ "role": "viewer" }),
+            Needs::Role(Owner),
+        ),
+        e(
+            "DELETE",
+            "/api/v1/projects/a/members/erin-old",
+            Value::Null,
+            Needs::Role(Owner),
+        ),
+        e(
+            "POST",
+            "/api/v1/tokens",
+            json!({ "project": "a", "role": "viewer" }),
+            Needs::Role(Viewer),
+        ),
         e("GET", "/api/v1/tokens", Value::Null, Anyone),
         e("DELETE", "/api/v1/tokens/{token}", Value::Null, Anyone),
-        e("GET", "/api/v1/audit?project=a", Value::Null, Needs::Role(Owner)),
+        e(
+            "GET",
+            "/api/v1/audit?project=a",
+            Value::Null,
+            Needs::Role(Owner),
+        ),
         e("GET", "/api/v1/audit", Value::Null, Admin),
         e("GET", "/api/v1/audit/verify", Value::Null, Admin),
     ]
@@ -162,7 +277,13 @@ async fn token(
 ) -> (String, String) {
     let signer = &app.state.auth.signer;
     let (mut claims, _) = signer
-        .issue_api(&user.id, &user.name, project.map(str::to_string), None, Duration::from_secs(3600))
+        .issue_api(
+            &user.id,
+            &user.name,
+            project.map(str::to_string),
+            None,
+            Duration::from_secs(3600),
+        )
         .unwrap();
     claims.exp = claims.iat + ttl;
     if ttl < 0 {
@@ -195,14 +316,21 @@ async fn world() -> World {
         ("dave", "b", Role::Owner),
         ("erin-old", "a", Role::Viewer),
     ] {
-        let user = app.store.create_user("system", name, None, false).await.unwrap();
+        let user = app
+            .store
+            .create_user("system", name, None, false)
+            .await
+            .unwrap();
         app.store
             .set_member("system", project, name, role)
             .await
             .unwrap();
         tokens.insert(name, token(&app, &user, None, 3600).await);
     }
-    app.store.create_user("system", "erin", None, false).await.unwrap();
+    app.store
+        .create_user("system", "erin", None, false)
+        .await
+        .unwrap();
     let carol = app.store.user_by_name("carol").await.unwrap().unwrap();
     let carol = edgefn_proto::identity::User {
         id: carol.id,
@@ -213,7 +341,12 @@ async fn world() -> World {
     };
     tokens.insert("expired", token(&app, &carol, None, -120).await);
     // Carol's claims, signed with another key under our key id.
-    let mut claims = app.state.auth.signer.verify_api(&tokens["carol"].1).unwrap();
+    let mut claims = app
+        .state
+        .auth
+        .signer
+        .verify_api(&tokens["carol"].1)
+        .unwrap();
     claims.iat += 1;
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some(app.state.auth.signer.kid().to_string());
@@ -230,27 +363,47 @@ async fn world() -> World {
 
     // Project a's resources.
     let created = app
-        .json("POST", "/api/v1/functions", json!({ "name": "fa", "project": "a" }))
+        .json(
+            "POST",
+            "/api/v1/functions",
+            json!({ "name": "fa", "project": "a" }),
+        )
         .await
         .json();
     let function = created["function_id"].as_str().unwrap().to_string();
-    app.upload(created["upload_url"].as_str().unwrap(), &hello()).await;
+    app.upload(created["upload_url"].as_str().unwrap(), &hello())
+        .await;
     let completed = app
-        .send("POST", &format!("/api/v1/functions/{function}/versions/1/complete"), Bytes::new(), "")
+        .send(
+            "POST",
+            &format!("/api/v1/functions/{function}/versions/1/complete"),
+            Bytes::new(),
+            "",
+        )
         .await;
     assert_eq!(completed.status, 200);
     let sha = completed.json()["sha256"].as_str().unwrap().to_string();
     for _ in 0..2 {
         let next = app
-            .send("POST", &format!("/api/v1/functions/{function}/versions"), Bytes::new(), "")
+            .send(
+                "POST",
+                &format!("/api/v1/functions/{function}/versions"),
+                Bytes::new(),
+                "",
+            )
             .await
             .json();
         if next["version"] == 2 {
-            app.upload(next["upload_url"].as_str().unwrap(), &hello()).await;
+            app.upload(next["upload_url"].as_str().unwrap(), &hello())
+                .await;
         }
     }
     let route = app
-        .json("POST", "/api/v1/routes", json!({ "path": "/a", "function_id": function }))
+        .json(
+            "POST",
+            "/api/v1/routes",
+            json!({ "path": "/a", "function_id": function }),
+        )
         .await
         .json()["id"]
         .as_str()
@@ -258,7 +411,11 @@ async fn world() -> World {
         .to_string();
     let node = app.enroll("edge-1", json!({ "region": "tokyo" })).await.id;
     let deployment = app
-        .json("POST", &format!("/api/v1/functions/{function}/deploy"), json!({ "version": 1 }))
+        .json(
+            "POST",
+            &format!("/api/v1/functions/{function}/deploy"),
+            json!({ "version": 1 }),
+        )
         .await
         .json()["id"]
         .as_str()
@@ -307,7 +464,13 @@ impl World {
             body => Bytes::from(self.fill(&body.to_string(), own)),
         };
         self.app
-            .send_as(token.as_ref().map(|(_, t)| t.as_str()), endpoint.method, &path, body, "application/json")
+            .send_as(
+                token.as_ref().map(|(_, t)| t.as_str()),
+                endpoint.method,
+                &path,
+                body,
+                "application/json",
+            )
             .await
             .status
     }
@@ -315,29 +478,46 @@ impl World {
     /// Every table but the audit log, as text.
     async fn snapshot(&self) -> String {
         use sqlx::Row as _;
-        let pool = sqlx::AnyPool::connect(self.app.database_url()).await.unwrap();
+        let pool = sqlx::AnyPool::connect(self.app.database_url())
+            .await
+            .unwrap();
         let mut out = String::new();
         for table in [
-            "projects", "functions", "versions", "routes", "nodes", "deployments", "deployment_nodes",
-            "node_desired", "users", "memberships", "api_tokens", "bootstrap_tokens", "cp_keys",
+            "projects",
+            "functions",
+            "versions",
+            "routes",
+            "nodes",
+            "deployments",
+            "deployment_nodes",
+            "node_desired",
+            "users",
+            "memberships",
+            "api_tokens",
+            "bootstrap_tokens",
+            "cp_keys",
         ] {
             // Every column as text, so the snapshot is independent of column types.
-            let columns: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT name FROM pragma_table_info('{table}')")))
-                .fetch_all(&pool)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get::<String, _>("name"))
-                .collect();
+            let columns: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT name FROM pragma_table_info('{table}')"
+            )))
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>("name"))
+            .collect();
             let select = columns
                 .iter()
                 .map(|c| format!("COALESCE(CAST({c} AS TEXT), '<null>')"))
                 .collect::<Vec<_>>()
                 .join(" || '|' || ");
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {select} AS row FROM {table} ORDER BY 1")))
-                .fetch_all(&pool)
-                .await
-                .unwrap();
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {select} AS row FROM {table} ORDER BY 1"
+            )))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
             out.push_str(table);
             for row in rows {
                 out.push('\n');
@@ -375,7 +555,11 @@ async fn check(world: &World, endpoint: &Endpoint, credential: Credential) {
     if refused {
         assert_eq!(world.snapshot().await, before, "{what} changed something");
     }
-    let expected = if refused || endpoint.method != "GET" { 1 } else { 0 };
+    let expected = if refused || endpoint.method != "GET" {
+        1
+    } else {
+        0
+    };
     assert_eq!(after_records - records, expected, "{what}: audit records");
 }
 
@@ -427,7 +611,10 @@ async fn the_matrix_covers_every_endpoint() {
             let covered = matrix.iter().any(|(m, p)| m == method && p == path)
                 || PUBLIC.iter().any(|(m, p)| m == method && p == path)
                 || NODE_LISTENER.contains(&path.as_str());
-            assert!(covered, "{method} {path} is not in the authorization matrix");
+            assert!(
+                covered,
+                "{method} {path} is not in the authorization matrix"
+            );
         }
     }
 }

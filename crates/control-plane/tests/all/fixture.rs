@@ -223,6 +223,21 @@ pub fn csr() -> String {
 }
 
 impl App {
+    /// The same app, also accepting tokens of `external`.
+    pub fn with_external(
+        mut self,
+        external: edgefn_control_plane::auth::oidc::ExternalIssuer,
+    ) -> Self {
+        let auth = edgefn_control_plane::auth::Auth {
+            signer: self.state.auth.signer.clone(),
+            external: Some(Arc::new(external)),
+        };
+        self.state.auth = Arc::new(auth);
+        self.router = router(self.state.clone());
+        self.nodes = node_router(self.state.clone());
+        self
+    }
+
     /// The database this app runs on.
     pub fn database_url(&self) -> &str {
         &self.url

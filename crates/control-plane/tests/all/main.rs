@@ -7,6 +7,7 @@ mod audit;
 mod authz;
 mod fixture;
 mod mtls;
+mod oidc;
 mod properties;
 mod startup;
 mod sync;

@@ -26,7 +26,10 @@ fn new_ca(name: &str) -> (Ca, String) {
     let mut params = CertificateParams::default();
     params.distinguished_name.push(DnType::CommonName, name);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let cert = params.self_signed(&key).unwrap();
     let key_pem = key.serialize_pem();
     let issuer = Issuer::new(params, key);
@@ -47,7 +50,9 @@ impl Ca {
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, node_id);
         params.subject_alt_names = vec![SanType::URI(
-            format!("spiffe://edgefn/node/{node_id}").try_into().unwrap(),
+            format!("spiffe://edgefn/node/{node_id}")
+                .try_into()
+                .unwrap(),
         )];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let now = time::OffsetDateTime::now_utc();
@@ -96,7 +101,10 @@ impl ControlPlane {
         let stdout = child.stdout.take().unwrap();
         let (lines, listening) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if let Ok(value) = serde_json::from_str::<Value>(&line)
                     && value["message"] == "listening"
                 {
@@ -129,7 +137,13 @@ impl ControlPlane {
         }
     }
 
-    async fn api(&self, method: reqwest::Method, path: &str, token: &str, body: Value) -> (u16, Value) {
+    async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Value,
+    ) -> (u16, Value) {
         let reply = self
             .http
             .request(method, format!("{}/api/v1{path}", self.api))
@@ -145,7 +159,12 @@ impl ControlPlane {
     /// Enrolls a node: its id, certificate and key.
     async fn enroll(&self, name: &str) -> (String, String, String) {
         let (status, bootstrap) = self
-            .api(reqwest::Method::POST, "/nodes/tokens", &self.admin, json!({}))
+            .api(
+                reqwest::Method::POST,
+                "/nodes/tokens",
+                &self.admin,
+                json!({}),
+            )
             .await;
         assert_eq!(status, 201, "{bootstrap}");
         let key = KeyPair::generate().unwrap();
@@ -238,7 +257,13 @@ impl ControlPlane {
 
     async fn node_token(&self, client: &reqwest::Client, node_id: &str) -> String {
         let (status, token) = self
-            .node_call(client, reqwest::Method::POST, &format!("/nodes/{node_id}/token"), None, json!({}))
+            .node_call(
+                client,
+                reqwest::Method::POST,
+                &format!("/nodes/{node_id}/token"),
+                None,
+                json!({}),
+            )
             .await
             .expect("the node's own certificate is let in");
         assert_eq!(status, 200, "{token}");
@@ -250,17 +275,24 @@ impl ControlPlane {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let (_, records) = self
-                .api(reqwest::Method::GET, "/audit?action=node.refused&limit=1000", &self.admin, Value::Null)
+                .api(
+                    reqwest::Method::GET,
+                    "/audit?action=node.refused&limit=1000",
+                    &self.admin,
+                    Value::Null,
+                )
                 .await;
-            if let Some(found) = records
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|r| r["details"]["reason"].as_str().is_some_and(|r| r.contains(reason)))
-            {
+            if let Some(found) = records.as_array().unwrap().iter().find(|r| {
+                r["details"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(reason))
+            }) {
                 return found.clone();
             }
-            assert!(Instant::now() < deadline, "no refusal audited for {reason:?}: {records}");
+            assert!(
+                Instant::now() < deadline,
+                "no refusal audited for {reason:?}: {records}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -283,7 +315,13 @@ async fn only_a_valid_node_certificate_with_its_own_token_gets_in() {
     let token = cp.node_token(&client, &node).await;
     let path = format!("/nodes/{node}/heartbeat");
     let (status, _) = cp
-        .node_call(&client, reqwest::Method::POST, &path, Some(&token), heartbeat(&node))
+        .node_call(
+            &client,
+            reqwest::Method::POST,
+            &path,
+            Some(&token),
+            heartbeat(&node),
+        )
         .await
         .unwrap();
     assert_eq!(status, 200);
@@ -291,73 +329,159 @@ async fn only_a_valid_node_certificate_with_its_own_token_gets_in() {
     // No client certificate.
     let anonymous = cp.node_client(&ca, None);
     assert_eq!(
-        cp.node_call(&anonymous, reqwest::Method::POST, &path, Some(&token), heartbeat(&node))
-            .await
-            .map(|(s, _)| s),
+        cp.node_call(
+            &anonymous,
+            reqwest::Method::POST,
+            &path,
+            Some(&token),
+            heartbeat(&node)
+        )
+        .await
+        .map(|(s, _)| s),
         None
     );
     let record = cp.refusal("no client certificate").await;
-    assert!(record["details"]["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(
+        record["details"]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
 
     // A certificate for this node, from another CA.
     let (rogue, _) = new_ca("rogue CA");
     let (rogue_cert, rogue_key) = rogue.node_certificate(&node, -1, 30);
     let impostor = cp.node_client(&ca, Some((&rogue_cert, &rogue_key)));
-    assert!(cp.node_call(&impostor, reqwest::Method::POST, &path, Some(&token), heartbeat(&node)).await.is_none());
+    assert!(
+        cp.node_call(
+            &impostor,
+            reqwest::Method::POST,
+            &path,
+            Some(&token),
+            heartbeat(&node)
+        )
+        .await
+        .is_none()
+    );
     cp.refusal("not from the node CA").await;
 
     // The right CA, but expired.
     let (old_cert, old_key) = ca.node_certificate(&node, -60, -1);
     let expired = cp.node_client(&ca, Some((&old_cert, &old_key)));
-    assert!(cp.node_call(&expired, reqwest::Method::POST, &path, Some(&token), heartbeat(&node)).await.is_none());
+    assert!(
+        cp.node_call(
+            &expired,
+            reqwest::Method::POST,
+            &path,
+            Some(&token),
+            heartbeat(&node)
+        )
+        .await
+        .is_none()
+    );
     cp.refusal("expired").await;
 
     // The right CA and not expired, but not the certificate the node was issued.
     let (copy_cert, copy_key) = ca.node_certificate(&node, -1, 30);
     let forged = cp.node_client(&ca, Some((&copy_cert, &copy_key)));
-    assert!(cp.node_call(&forged, reqwest::Method::POST, &path, Some(&token), heartbeat(&node)).await.is_none());
+    assert!(
+        cp.node_call(
+            &forged,
+            reqwest::Method::POST,
+            &path,
+            Some(&token),
+            heartbeat(&node)
+        )
+        .await
+        .is_none()
+    );
     cp.refusal("superseded").await;
 
     // A valid certificate with another node's token; and with no token.
     let other_client = cp.node_client(&ca, Some((&other_cert, &other_key)));
     let other_path = format!("/nodes/{other}/heartbeat");
     let (status, body) = cp
-        .node_call(&other_client, reqwest::Method::POST, &other_path, Some(&token), heartbeat(&other))
+        .node_call(
+            &other_client,
+            reqwest::Method::POST,
+            &other_path,
+            Some(&token),
+            heartbeat(&other),
+        )
         .await
         .unwrap();
     assert_eq!(status, 401, "{body}");
     cp.refusal("the node token is for node").await;
     let (status, _) = cp
-        .node_call(&other_client, reqwest::Method::POST, &other_path, None, heartbeat(&other))
+        .node_call(
+            &other_client,
+            reqwest::Method::POST,
+            &other_path,
+            None,
+            heartbeat(&other),
+        )
         .await
         .unwrap();
     assert_eq!(status, 401);
     // Its own token, but another node's path.
     let other_token = cp.node_token(&other_client, &other).await;
     let (status, _) = cp
-        .node_call(&other_client, reqwest::Method::POST, &path, Some(&other_token), heartbeat(&node))
+        .node_call(
+            &other_client,
+            reqwest::Method::POST,
+            &path,
+            Some(&other_token),
+            heartbeat(&node),
+        )
         .await
         .unwrap();
     assert_eq!(status, 403);
 
     // Revoked: refused at once, and from then on.
     let (status, _) = cp
-        .api(reqwest::Method::POST, &format!("/nodes/{node}/revoke"), &cp.admin, json!({}))
+        .api(
+            reqwest::Method::POST,
+            &format!("/nodes/{node}/revoke"),
+            &cp.admin,
+            json!({}),
+        )
         .await;
     assert_eq!(status, 204);
     let after = cp
-        .node_call(&client, reqwest::Method::POST, &path, Some(&token), heartbeat(&node))
+        .node_call(
+            &client,
+            reqwest::Method::POST,
+            &path,
+            Some(&token),
+            heartbeat(&node),
+        )
         .await;
     assert!(
         after.is_none() || after.as_ref().is_some_and(|(s, _)| *s == 401),
         "a revoked node is refused: {after:?}"
     );
     let fresh = cp.node_client(&ca, Some((&cert, &key)));
-    assert!(cp.node_call(&fresh, reqwest::Method::POST, &path, Some(&token), heartbeat(&node)).await.is_none());
+    assert!(
+        cp.node_call(
+            &fresh,
+            reqwest::Method::POST,
+            &path,
+            Some(&token),
+            heartbeat(&node)
+        )
+        .await
+        .is_none()
+    );
     cp.refusal("revoked").await;
     // The other node still gets in.
     let (status, _) = cp
-        .node_call(&other_client, reqwest::Method::POST, &other_path, Some(&other_token), heartbeat(&other))
+        .node_call(
+            &other_client,
+            reqwest::Method::POST,
+            &other_path,
+            Some(&other_token),
+            heartbeat(&other),
+        )
         .await
         .unwrap();
     assert_eq!(status, 200);
@@ -397,7 +521,12 @@ async fn revoking_a_node_closes_its_open_push_stream() {
     let first = stream.message().await.unwrap().unwrap();
     assert!(first.revision >= 1, "the enrollment's revision");
     let (status, _) = cp
-        .api(reqwest::Method::POST, &format!("/nodes/{node}/revoke"), &cp.admin, json!({}))
+        .api(
+            reqwest::Method::POST,
+            &format!("/nodes/{node}/revoke"),
+            &cp.admin,
+            json!({}),
+        )
         .await;
     assert_eq!(status, 204);
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
