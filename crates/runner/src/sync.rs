@@ -819,6 +819,20 @@ mod tests {
     }
 
     #[test]
+    fn node_tokens_are_renewed_after_two_thirds_of_their_life() {
+        let now = crate::identity::now_ms();
+        let session = |issued: i64, expires: i64| Session {
+            http: reqwest::Client::new(),
+            token: String::new(),
+            token_issued_at: issued,
+            token_expires_at: expires,
+        };
+        assert!(!session(now - 100, now + 900).token_is_old());
+        assert!(session(now - 700, now + 300).token_is_old());
+        assert!(session(now - 2000, now - 1000).token_is_old(), "expired");
+    }
+
+    #[test]
     fn usage_reports_only_what_changed_since_the_last_heartbeat() {
         let before = UsageTotals {
             functions: [("a".to_string(), (10, 1)), ("b".to_string(), (5, 0))].into(),

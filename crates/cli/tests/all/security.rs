@@ -311,3 +311,41 @@ fn the_api_serves_tls_with_a_self_signed_certificate() {
     let plain = cli_as(&cp.url, Some(&cp.token), &["whoami"]);
     assert!(!plain.success, "plain HTTP is not served on a TLS listener");
 }
+
+#[test]
+fn a_runner_refuses_a_control_plane_whose_ca_is_not_the_pinned_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&Backend::Sqlite, &dir.path().join("cp"), &[]);
+    let (token, _) = cp.bootstrap_token();
+    let mut command = std::process::Command::new(crate::EDGEFN);
+    command
+        .args([
+            "runner",
+            "--control-plane",
+            &cp.url,
+            "--bootstrap-token",
+            &token,
+        ])
+        .args(["--ca-sha256", &"ab".repeat(32)])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "edge-1",
+        ])
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"));
+    let mut runner = crate::Process::spawn(command);
+    runner.listening("http");
+    runner.wait_line("the refusal", |line| {
+        line.contains("refusing it").then_some(())
+    });
+    assert!(
+        !dir.path().join("state/node.json").exists(),
+        "no identity from an unexpected CA"
+    );
+}

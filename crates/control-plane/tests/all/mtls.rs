@@ -488,6 +488,61 @@ async fn only_a_valid_node_certificate_with_its_own_token_gets_in() {
 }
 
 #[tokio::test]
+async fn a_renewed_certificate_replaces_the_old_one() {
+    edgefn_control_plane::install_crypto_providers();
+    let (ca, ca_key) = new_ca("operator CA");
+    let cp = ControlPlane::start(&ca, &ca_key);
+    let (node, cert, key) = cp.enroll("edge-1").await;
+    let client = cp.node_client(&ca, Some((&cert, &key)));
+    let token = cp.node_token(&client, &node).await;
+    let fresh_key = KeyPair::generate().unwrap();
+    let csr = CertificateParams::default()
+        .serialize_request(&fresh_key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let (status, renewed) = cp
+        .node_call(
+            &client,
+            reqwest::Method::POST,
+            &format!("/nodes/{node}/certificate"),
+            Some(&token),
+            json!({ "csr": csr }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{renewed}");
+    let new_cert = renewed["certificate"].as_str().unwrap();
+    let path = format!("/nodes/{node}/heartbeat");
+    let renewed_client = cp.node_client(&ca, Some((new_cert, &fresh_key.serialize_pem())));
+    let (status, _) = cp
+        .node_call(
+            &renewed_client,
+            reqwest::Method::POST,
+            &path,
+            Some(&token),
+            heartbeat(&node),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "the new certificate gets in");
+    let stale = cp.node_client(&ca, Some((&cert, &key)));
+    assert!(
+        cp.node_call(
+            &stale,
+            reqwest::Method::POST,
+            &path,
+            Some(&token),
+            heartbeat(&node)
+        )
+        .await
+        .is_none(),
+        "the old certificate no longer does"
+    );
+    cp.refusal("superseded").await;
+}
+
+#[tokio::test]
 async fn revoking_a_node_closes_its_open_push_stream() {
     edgefn_control_plane::install_crypto_providers();
     let (ca, ca_key) = new_ca("operator CA");
