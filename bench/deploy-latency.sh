@@ -3,7 +3,9 @@
 # runners (goal ≤ 1 s for the hello function), with release builds on 127.0.0.1.
 #
 # The control plane and three runners (region tokyo, tokyo, osaka; heartbeats every 30 s,
-# so only the push stream can be this fast) run as separate `edgefn` processes. Each round
+# so only the push stream can be this fast) run as separate `edgefn` processes, security
+# on: the CLI with the administrator's token, runners enrolled with bootstrap tokens and
+# talking to the node listener over mTLS. Each round
 # deploys a new version — hello, echo, hello, … (an echo answer is JSON, hello's is text) —
 # and polls every runner until it answers with the new version.
 #
@@ -32,14 +34,19 @@ now_ms() { date +%s%3N; }
 
 CP_PORT="$(free_port)"
 CP="http://127.0.0.1:$CP_PORT"
-"$EDGEFN" control-plane --listen "127.0.0.1:$CP_PORT" --data-dir "$WORK/cp" >"$WORK/cp.log" &
+"$EDGEFN" control-plane --listen "127.0.0.1:$CP_PORT" --node-listen "127.0.0.1:$(free_port)" \
+  --data-dir "$WORK/cp" >"$WORK/cp.log" &
 PIDS+=($!)
-until curl -fs "$CP/api/v1/nodes" >/dev/null; do sleep 0.05; done
+until curl -fs "$CP/api/v1/openapi.json" >/dev/null && [ -s "$WORK/cp/admin-token" ]; do sleep 0.05; done
+# Security on, as in production: the administrator's token, a bootstrap token per runner.
+export EDGEFN_TOKEN="$(cat "$WORK/cp/admin-token")"
 
 RUNNERS=()
 for spec in tokyo-1:tokyo tokyo-2:tokyo osaka-1:osaka; do
   name="${spec%%:*}"; region="${spec##*:}"; port="$(free_port)"
-  "$EDGEFN" runner --control-plane "$CP" --listen "127.0.0.1:$port" --admin-listen 127.0.0.1:0 \
+  bootstrap="$("$EDGEFN" --url "$CP" nodes token create --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')"
+  "$EDGEFN" runner --control-plane "$CP" --bootstrap-token "$bootstrap" \
+    --listen "127.0.0.1:$port" --admin-listen 127.0.0.1:0 \
     --node-id "$name" --labels "region=$region" --cache-dir "$WORK/$name/cache" \
     --state-dir "$WORK/$name/state" >"$WORK/$name.log" &
   PIDS+=($!)

@@ -33,8 +33,17 @@ pub struct Issued {
     pub expires_at: i64,
 }
 
+/// Node tokens remembered once verified (bounded; emptied when full).
+const MAX_VERIFIED_TOKENS: usize = 100_000;
+
 pub struct NodeAuthority {
     issuer: Issuer<'static, KeyPair>,
+    /// Node tokens whose signature held, with their node id and expiry (Unix seconds): a
+    /// node sends the same token with every heartbeat for weeks, and an ES256 check costs
+    /// more than the rest of a heartbeat's CPU. A token cannot be revoked on its own (its
+    /// node can, and that is checked on every request), so remembering it is safe until
+    /// it expires.
+    verified: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
     ca_pem: String,
     ca_der: Vec<u8>,
     signer: Arc<Signer>,
@@ -118,6 +127,7 @@ impl NodeAuthority {
         let ca_der = rustls_pki_der(&cert_pem)?;
         Ok(Self {
             issuer,
+            verified: Default::default(),
             ca_pem: cert_pem,
             ca_der,
             signer,
@@ -223,8 +233,24 @@ impl NodeAuthority {
         self.signer.issue_node(node_id, self.token_ttl)
     }
 
-    pub fn verify_node_token(&self, token: &str) -> Result<NodeClaims, TokenError> {
-        self.signer.verify_node(token)
+    /// The node a node token is for, if it holds (remembered once checked).
+    pub fn node_of_token(&self, token: &str) -> Result<String, TokenError> {
+        let now = crate::store::now_ms() / 1000;
+        {
+            let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((node_id, exp)) = verified.get(token)
+                && *exp > now
+            {
+                return Ok(node_id.clone());
+            }
+        }
+        let claims = self.signer.verify_node(token)?;
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= MAX_VERIFIED_TOKENS {
+            verified.clear();
+        }
+        verified.insert(token.to_string(), (claims.node_id.clone(), claims.exp));
+        Ok(claims.node_id)
     }
 }
 

@@ -114,6 +114,10 @@ pub struct ControlPlaneArgs {
     /// from the database: it is what exposes a rewritten audit log.
     #[arg(long, env = "EDGEFN_AUDIT_CHECKPOINTS")]
     pub audit_checkpoints: Option<String>,
+    /// Refused calls recorded in the audit log per second; beyond, they are counted and the
+    /// count recorded (so a flood of bad tokens cannot flood the database).
+    #[arg(long, env = "EDGEFN_AUDIT_REFUSALS_PER_SECOND", default_value_t = 100)]
+    pub audit_refusals_per_second: u32,
     /// Seconds between audit checkpoints (one is also written at shutdown).
     #[arg(long, env = "EDGEFN_AUDIT_CHECKPOINT_SECS", default_value_t = 60)]
     pub audit_checkpoint_secs: u64,

@@ -1,10 +1,14 @@
-//! `edgefn-control-plane`: the REST API (`api::router`) over the metadata store (`store`:
-//! SQLite or PostgreSQL) and the artifact store (`artifacts`: a directory or S3), plus the
-//! sweeper that marks silent nodes offline. Node sync, auth and the CLI build on these.
+//! `edgefn-control-plane`: the developer API (`api::router`, behind `auth`) and the node
+//! listener (`api::node_router`, mTLS through `listener` and the node CA in `ca`) over the
+//! metadata store (`store`: SQLite or PostgreSQL) and the artifact store (`artifacts`: a
+//! directory or S3); node sync (`sync`, `desired`); the audit log (`audit`) with its
+//! checkpoints; and the sweeper that marks silent nodes offline.
 //!
-//! [`run`] checks the configuration, opens (and migrates) the database, opens the artifact
-//! store — refusing to start when either is unreachable — binds the listener, logs its
-//! address, and serves until the shutdown future resolves.
+//! [`run`] checks the configuration, binds both listeners, opens (and migrates) the
+//! database, loads or makes the keys (token signing, node CA) and the bootstrap
+//! administrator, opens the artifact store — refusing to start when anything is missing or
+//! unreachable — logs both addresses, and serves until the shutdown future resolves, then
+//! writes a last audit checkpoint.
 
 pub mod api;
 pub mod artifacts;
@@ -217,6 +221,7 @@ pub async fn run(
         ),
     };
     let store = Store::connect_as(&database_url, args.database_owner_url.as_deref()).await?;
+    store.set_refusal_limit(args.audit_refusals_per_second);
     let external = match (&args.oidc_issuer, &args.oidc_jwks_url) {
         (Some(issuer), Some(jwks)) => {
             let external = auth::oidc::ExternalIssuer::new(

@@ -49,7 +49,7 @@ impl NodeGate {
         tracing::warn!(peer = %addr, reason, "node connection refused");
         let entry = Entry::new(actor, "node.refused", "node listener")
             .details(json!({ "peer": addr.to_string(), "reason": reason }));
-        if let Err(error) = self.store.record_audit(&entry).await {
+        if let Err(error) = self.store.record_refusal(&entry).await {
             tracing::error!(%error, "cannot audit a refused node connection");
         }
     }

@@ -51,6 +51,8 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     pub backend: Backend,
+    /// Bounds how many refusal records this process writes per second.
+    refusals: std::sync::Arc<audit::RefusalLimiter>,
 }
 
 pub fn now_ms() -> i64 {
@@ -124,7 +126,11 @@ impl Store {
                 owner.close().await;
             }
         }
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            refusals: Default::default(),
+        })
     }
 
     fn backend_of(url: &str) -> Result<Backend> {
@@ -265,7 +271,7 @@ mod identity;
 mod nodes;
 mod routes;
 
-pub use audit::AuditFilter;
+pub use audit::{AuditFilter, REFUSALS_PER_SECOND};
 pub use deployments::{ArtifactUrl, DeploySpec, Targeted};
 pub use identity::{TokenPrincipal, UserRecord};
 pub use nodes::{Enrollment, NodeCredentials};

@@ -52,7 +52,7 @@ pub async fn authenticate(
                 &target,
             )
             .details(json!({ "reason": reason.to_string(), "peer": peer }));
-            if let Err(error) = state.store.record_audit(&entry).await {
+            if let Err(error) = state.store.record_refusal(&entry).await {
                 tracing::error!(%error, "cannot audit a refused authentication");
             }
             return ApiError::Unauthenticated(reason.to_string()).into_response();
@@ -64,7 +64,7 @@ pub async fn authenticate(
     if let Some(DeniedReason(reason)) = response.extensions().get::<DeniedReason>() {
         let entry = Entry::new(&principal.actor(), "auth.denied", &target)
             .details(json!({ "reason": reason, "peer": peer, "token": principal.token_id }));
-        if let Err(error) = state.store.record_audit(&entry).await {
+        if let Err(error) = state.store.record_refusal(&entry).await {
             tracing::error!(%error, "cannot audit a denied call");
         }
     }

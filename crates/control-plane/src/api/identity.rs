@@ -69,7 +69,7 @@ pub(super) async fn login(
             "POST /api/v1/login",
         )
         .details(json!({ "reason": "wrong user name or password", "peer": peer }));
-        state.store.record_audit(&entry).await?;
+        state.store.record_refusal(&entry).await?;
         return Err(ApiError::Unauthenticated(
             "wrong user name or password".into(),
         ));

@@ -70,15 +70,15 @@ async fn node_guard(State(state): State<AppState>, mut request: Request, next: N
         && request.uri().path() == format!("/api/v1/nodes/{}/token", peer.node_id);
     if !exchange {
         let checked = bearer(request.headers())
-            .and_then(|token| state.nodes.verify_node_token(token))
+            .and_then(|token| state.nodes.node_of_token(token))
             .map_err(|e| e.to_string())
-            .and_then(|claims| {
-                if claims.node_id == peer.node_id {
+            .and_then(|node_id| {
+                if node_id == peer.node_id {
                     Ok(())
                 } else {
                     Err(format!(
-                        "the node token is for node {}, the certificate names {}",
-                        claims.node_id, peer.node_id
+                        "the node token is for node {node_id}, the certificate names {}",
+                        peer.node_id
                     ))
                 }
             });

@@ -34,7 +34,7 @@ pub(super) async fn enroll(
         Err(reason) => {
             let entry = Entry::new("anonymous", "auth.refused", "POST /api/v1/nodes/register")
                 .details(json!({ "reason": reason.to_string(), "peer": peer }));
-            state.store.record_audit(&entry).await?;
+            state.store.record_refusal(&entry).await?;
             return Err(ApiError::Unauthenticated(format!(
                 "enrollment needs a bootstrap token: {reason}"
             )));
@@ -69,7 +69,7 @@ pub(super) async fn enroll(
         Err(StoreError::Refused(reason)) => {
             let entry = Entry::new("anonymous", "auth.refused", "POST /api/v1/nodes/register")
                 .details(json!({ "reason": reason, "peer": peer, "node": input.name }));
-            state.store.record_audit(&entry).await?;
+            state.store.record_refusal(&entry).await?;
             return Err(ApiError::Unauthenticated(reason));
         }
         Err(other) => return Err(other.into()),

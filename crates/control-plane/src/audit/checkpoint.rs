@@ -116,12 +116,7 @@ impl CheckpointStore {
                     endpoint: s3_endpoint.map(str::to_string),
                     ..Default::default()
                 };
-                let s3 = crate::artifacts::s3_store(&settings).map_err(|e| error(e.to_string()))?;
-                if prefix.is_empty() {
-                    Arc::new(s3)
-                } else {
-                    Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
-                }
+                return Self::on_s3(&settings, prefix);
             }
             None => {
                 std::fs::create_dir_all(spec)
@@ -136,6 +131,24 @@ impl CheckpointStore {
             store,
             location: spec.to_string(),
         })
+    }
+
+    /// Checkpoints under `prefix` of the bucket `settings` names.
+    pub fn on_s3(
+        settings: &crate::artifacts::S3Settings,
+        prefix: &str,
+    ) -> Result<Self, CheckpointError> {
+        let location = format!("s3://{}/{prefix}", settings.bucket);
+        let s3 = crate::artifacts::s3_store(settings).map_err(|e| CheckpointError {
+            location: location.clone(),
+            message: e.to_string(),
+        })?;
+        let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            Arc::new(s3)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
+        };
+        Ok(Self { store, location })
     }
 
     fn error(&self, message: impl std::fmt::Display) -> CheckpointError {
@@ -206,6 +219,11 @@ pub async fn write_checkpoint(
     signer: &Signer,
     location: &CheckpointStore,
 ) -> Result<u64, CheckpointError> {
+    // Counted refusals are recorded before the checkpoint vouches for the log.
+    store
+        .flush_refusals()
+        .await
+        .map_err(|e| location.error(e))?;
     let vouched = location.vouched(signer).await?;
     if let Some(problem) = vouched.problems.first() {
         return Err(location.error(problem));

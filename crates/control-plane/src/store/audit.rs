@@ -21,6 +21,62 @@ pub struct AuditFilter {
     pub limit: u32,
 }
 
+/// Refusal records per second and replica by default; beyond the limit they are counted,
+/// and the count is recorded once (`audit.refusals_suppressed`) with the next refusal
+/// recorded or at the next checkpoint. A flood of garbage tokens must not turn into a
+/// flood of writes that holds up every other audited change.
+pub const REFUSALS_PER_SECOND: u32 = 100;
+
+/// Counts refusal records in the current one-second window.
+#[derive(Debug)]
+pub struct RefusalLimiter {
+    limit: std::sync::atomic::AtomicU32,
+    state: std::sync::Mutex<LimiterState>,
+}
+
+impl Default for RefusalLimiter {
+    fn default() -> Self {
+        Self {
+            limit: std::sync::atomic::AtomicU32::new(REFUSALS_PER_SECOND),
+            state: Default::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct LimiterState {
+    window: Option<std::time::Instant>,
+    written: u32,
+    suppressed: u64,
+}
+
+impl RefusalLimiter {
+    /// Whether a refusal may be recorded now; and, if some were suppressed before, how
+    /// many (to record first).
+    fn admit(&self) -> (bool, u64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if state
+            .window
+            .is_none_or(|start| now.duration_since(start) >= std::time::Duration::from_secs(1))
+        {
+            state.window = Some(now);
+            state.written = 0;
+        }
+        if state.written >= self.limit.load(std::sync::atomic::Ordering::Relaxed) {
+            state.suppressed += 1;
+            return (false, 0);
+        }
+        state.written += 1;
+        (true, std::mem::take(&mut state.suppressed))
+    }
+
+    fn take_suppressed(&self) -> u64 {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut state.suppressed)
+    }
+}
+
 /// Any PostgreSQL advisory-lock key: the one lock that orders audited transactions.
 const AUDIT_LOCK: i64 = 0x6564_6765_666e_0001;
 
@@ -86,6 +142,44 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let result = self.append_audit(&mut tx, entry).await;
         Self::finish(tx, result).await
+    }
+
+    /// At most `per_second` refusal records a second from now on.
+    pub fn set_refusal_limit(&self, per_second: u32) {
+        self.refusals
+            .limit
+            .store(per_second.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records a refused call (authentication or authorization), at most the refusal
+    /// limit a second; the rest are counted and the count recorded.
+    pub async fn record_refusal(&self, entry: &Entry) -> Result<()> {
+        let (admitted, suppressed) = self.refusals.admit();
+        if suppressed > 0 {
+            self.record_suppressed(suppressed).await?;
+        }
+        if admitted {
+            self.record_audit(entry).await?;
+        }
+        Ok(())
+    }
+
+    /// Records how many refusals were counted and not recorded since the last such record.
+    pub async fn flush_refusals(&self) -> Result<()> {
+        match self.refusals.take_suppressed() {
+            0 => Ok(()),
+            count => self.record_suppressed(count).await,
+        }
+    }
+
+    async fn record_suppressed(&self, count: u64) -> Result<()> {
+        let entry = Entry::new("system", "audit.refusals_suppressed", "refusals").details(
+            serde_json::json!({
+                "count": count,
+                "limit_per_second": self.refusals.limit.load(std::sync::atomic::Ordering::Relaxed),
+            }),
+        );
+        self.record_audit(&entry).await.map(|_| ())
     }
 
     fn audit_from_row(row: &AnyRow) -> Result<StoredRecord> {

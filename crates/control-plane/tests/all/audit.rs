@@ -142,6 +142,72 @@ async fn the_audit_table_refuses_updates_and_deletes(backend: Backend) {
     assert!(count >= 3, "nothing was lost");
 }
 
+/// Checkpoints in a bucket (SeaweedFS in CI) vouch for the chain like a directory does.
+#[tokio::test]
+async fn checkpoints_go_to_a_bucket_too() {
+    let Some(settings) = crate::artifacts::s3_settings() else {
+        return;
+    };
+    let app = app(&Backend::Sqlite).await;
+    app.deploy_bytes("hello", &hello()).await;
+    let prefix = format!("audit-{}", uuid::Uuid::new_v4().simple());
+    let location = CheckpointStore::on_s3(&settings, &prefix).unwrap();
+    let through = write_checkpoint(&app.store, &app.state.auth.signer, &location)
+        .await
+        .unwrap();
+    assert!(through >= 3);
+    // Nothing new: nothing written; one more change: one more checkpoint.
+    assert_eq!(
+        write_checkpoint(&app.store, &app.state.auth.signer, &location)
+            .await
+            .unwrap(),
+        through
+    );
+    app.json("POST", "/api/v1/functions", json!({ "name": "more" }))
+        .await;
+    let later = write_checkpoint(&app.store, &app.state.auth.signer, &location)
+        .await
+        .unwrap();
+    assert_eq!(later, through + 1);
+    assert_eq!(location.list().await.unwrap().len(), 2);
+    let vouched = location.vouched(&app.state.auth.signer).await.unwrap();
+    let result = verify(app.store.all_audit_records().await.unwrap(), &vouched);
+    assert!(result.ok, "{result:?}");
+    assert_eq!(result.checkpointed_through, later);
+}
+
+/// A flood of refusals writes at most the limit per second, then one record of how many
+/// were left out.
+#[tokio::test]
+async fn a_flood_of_refusals_is_counted_not_written() {
+    let app = app(&Backend::Sqlite).await;
+    app.store.set_refusal_limit(20);
+    let before = app.store.all_audit_records().await.unwrap().len();
+    for _ in 0..50 {
+        app.json_as(Some("garbage"), "GET", "/api/v1/whoami", json!(null))
+            .await;
+    }
+    app.store.flush_refusals().await.unwrap();
+    let records = app.store.all_audit_records().await.unwrap();
+    let new = &records[before..];
+    let refused = new.iter().filter(|r| r.action == "auth.refused").count();
+    assert!((20..50).contains(&refused), "{refused} refusals recorded");
+    let suppressed: u64 = new
+        .iter()
+        .filter(|r| r.action == "audit.refusals_suppressed")
+        .map(|r| {
+            serde_json::from_str::<serde_json::Value>(&r.details).unwrap()["count"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(
+        refused as u64 + suppressed,
+        50,
+        "every refusal is recorded or counted"
+    );
+}
+
 /// On PostgreSQL, with `--database-owner-url`: the control plane's own role may only read
 /// and append to the audit log, and cannot switch its triggers off; even the owner's
 /// UPDATE, DELETE and TRUNCATE meet the triggers.

@@ -102,6 +102,8 @@ async fn assemble(
 ) -> App {
     edgefn_control_plane::install_crypto_providers();
     let store = Store::connect(&url).await.unwrap();
+    // Tests count records exactly; the limiter has its own test.
+    store.set_refusal_limit(1_000_000);
     let (auth, nodes) =
         edgefn_control_plane::security(&store, edgefn_control_plane::SecurityConfig::new(NODE_URL))
             .await

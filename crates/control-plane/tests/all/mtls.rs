@@ -255,6 +255,24 @@ impl ControlPlane {
         Some((status, reply.json().await.unwrap_or(Value::Null)))
     }
 
+    /// A heartbeat of `node_id` with `token`.
+    async fn beat(
+        &self,
+        client: &reqwest::Client,
+        node_id: &str,
+        token: &str,
+    ) -> Option<(u16, Value)> {
+        let path = format!("/nodes/{node_id}/heartbeat");
+        self.node_call(
+            client,
+            reqwest::Method::POST,
+            &path,
+            Some(token),
+            heartbeat(node_id),
+        )
+        .await
+    }
+
     async fn node_token(&self, client: &reqwest::Client, node_id: &str) -> String {
         let (status, token) = self
             .node_call(
@@ -314,30 +332,13 @@ async fn only_a_valid_node_certificate_with_its_own_token_gets_in() {
     let client = cp.node_client(&ca, Some((&cert, &key)));
     let token = cp.node_token(&client, &node).await;
     let path = format!("/nodes/{node}/heartbeat");
-    let (status, _) = cp
-        .node_call(
-            &client,
-            reqwest::Method::POST,
-            &path,
-            Some(&token),
-            heartbeat(&node),
-        )
-        .await
-        .unwrap();
+    let (status, _) = cp.beat(&client, &node, &token).await.unwrap();
     assert_eq!(status, 200);
 
     // No client certificate.
     let anonymous = cp.node_client(&ca, None);
     assert_eq!(
-        cp.node_call(
-            &anonymous,
-            reqwest::Method::POST,
-            &path,
-            Some(&token),
-            heartbeat(&node)
-        )
-        .await
-        .map(|(s, _)| s),
+        cp.beat(&anonymous, &node, &token).await.map(|(s, _)| s),
         None
     );
     let record = cp.refusal("no client certificate").await;
@@ -352,49 +353,19 @@ async fn only_a_valid_node_certificate_with_its_own_token_gets_in() {
     let (rogue, _) = new_ca("rogue CA");
     let (rogue_cert, rogue_key) = rogue.node_certificate(&node, -1, 30);
     let impostor = cp.node_client(&ca, Some((&rogue_cert, &rogue_key)));
-    assert!(
-        cp.node_call(
-            &impostor,
-            reqwest::Method::POST,
-            &path,
-            Some(&token),
-            heartbeat(&node)
-        )
-        .await
-        .is_none()
-    );
+    assert!(cp.beat(&impostor, &node, &token).await.is_none());
     cp.refusal("not from the node CA").await;
 
     // The right CA, but expired.
     let (old_cert, old_key) = ca.node_certificate(&node, -60, -1);
     let expired = cp.node_client(&ca, Some((&old_cert, &old_key)));
-    assert!(
-        cp.node_call(
-            &expired,
-            reqwest::Method::POST,
-            &path,
-            Some(&token),
-            heartbeat(&node)
-        )
-        .await
-        .is_none()
-    );
+    assert!(cp.beat(&expired, &node, &token).await.is_none());
     cp.refusal("expired").await;
 
     // The right CA and not expired, but not the certificate the node was issued.
     let (copy_cert, copy_key) = ca.node_certificate(&node, -1, 30);
     let forged = cp.node_client(&ca, Some((&copy_cert, &copy_key)));
-    assert!(
-        cp.node_call(
-            &forged,
-            reqwest::Method::POST,
-            &path,
-            Some(&token),
-            heartbeat(&node)
-        )
-        .await
-        .is_none()
-    );
+    assert!(cp.beat(&forged, &node, &token).await.is_none());
     cp.refusal("superseded").await;
 
     // A valid certificate with another node's token; and with no token.
@@ -447,31 +418,13 @@ async fn only_a_valid_node_certificate_with_its_own_token_gets_in() {
         )
         .await;
     assert_eq!(status, 204);
-    let after = cp
-        .node_call(
-            &client,
-            reqwest::Method::POST,
-            &path,
-            Some(&token),
-            heartbeat(&node),
-        )
-        .await;
+    let after = cp.beat(&client, &node, &token).await;
     assert!(
         after.is_none() || after.as_ref().is_some_and(|(s, _)| *s == 401),
         "a revoked node is refused: {after:?}"
     );
     let fresh = cp.node_client(&ca, Some((&cert, &key)));
-    assert!(
-        cp.node_call(
-            &fresh,
-            reqwest::Method::POST,
-            &path,
-            Some(&token),
-            heartbeat(&node)
-        )
-        .await
-        .is_none()
-    );
+    assert!(cp.beat(&fresh, &node, &token).await.is_none());
     cp.refusal("revoked").await;
     // The other node still gets in.
     let (status, _) = cp
@@ -513,30 +466,12 @@ async fn a_renewed_certificate_replaces_the_old_one() {
         .unwrap();
     assert_eq!(status, 200, "{renewed}");
     let new_cert = renewed["certificate"].as_str().unwrap();
-    let path = format!("/nodes/{node}/heartbeat");
     let renewed_client = cp.node_client(&ca, Some((new_cert, &fresh_key.serialize_pem())));
-    let (status, _) = cp
-        .node_call(
-            &renewed_client,
-            reqwest::Method::POST,
-            &path,
-            Some(&token),
-            heartbeat(&node),
-        )
-        .await
-        .unwrap();
+    let (status, _) = cp.beat(&renewed_client, &node, &token).await.unwrap();
     assert_eq!(status, 200, "the new certificate gets in");
     let stale = cp.node_client(&ca, Some((&cert, &key)));
     assert!(
-        cp.node_call(
-            &stale,
-            reqwest::Method::POST,
-            &path,
-            Some(&token),
-            heartbeat(&node)
-        )
-        .await
-        .is_none(),
+        cp.beat(&stale, &node, &token).await.is_none(),
         "the old certificate no longer does"
     );
     cp.refusal("superseded").await;
