@@ -157,6 +157,8 @@ pub use self::node::node_router;
 /// types' derived schemas.
 #[derive(utoipa::OpenApi)]
 #[openapi(
+    modifiers(&SecuritySchemes),
+    security(("api_token" = [])),
     info(
         title = "edgefn control plane API",
         description = "Functions, versions, artifacts, routes, deployments, nodes, users, projects, tokens and the audit log. \
@@ -211,6 +213,34 @@ pub use self::node::node_router;
     )
 )]
 pub struct ApiDoc;
+
+/// The two kinds of bearer token in the document: API tokens (users) and node tokens
+/// (nodes, on the node listener, over mTLS with their certificate).
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = |description: &str| {
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(description.to_string()))
+                    .build(),
+            )
+        };
+        components.add_security_scheme(
+            "api_token",
+            bearer("An API token: `edgefn login`, `edgefn tokens create`, the administrator's admin-token file, or an external OIDC issuer's token."),
+        );
+        components.add_security_scheme(
+            "node_token",
+            bearer("A node token (`POST /nodes/{id}/token`), on the node listener, over mTLS with the node's certificate."),
+        );
+    }
+}
 
 async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(<ApiDoc as utoipa::OpenApi>::openapi())

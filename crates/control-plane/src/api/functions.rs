@@ -230,7 +230,7 @@ pub(super) struct UploadSignature {
 }
 
 /// The local store's presigned upload endpoint: the signature is the credential.
-#[utoipa::path(put, path = "/api/v1/uploads/{function_id}/{version}", params(("function_id" = String, Path), ("version" = u64, Path), ("expires" = i64, Query), ("signature" = String, Query)), request_body(content = Vec<u8>, content_type = "application/wasm"), responses((status = 200), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
+#[utoipa::path(put, path = "/api/v1/uploads/{function_id}/{version}", security(()), params(("function_id" = String, Path), ("version" = u64, Path), ("expires" = i64, Query), ("signature" = String, Query)), request_body(content = Vec<u8>, content_type = "application/wasm"), responses((status = 200), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub(super) async fn upload(
     State(state): State<AppState>,
     Path((function_id, version)): Path<(String, u64)>,

@@ -46,7 +46,7 @@ async fn issue(
 }
 
 /// A user's name and password for a token with the user's own roles.
-#[utoipa::path(post, path = "/api/v1/login", request_body = LoginRequest, responses((status = 201, body = TokenCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/login", security(()), request_body = LoginRequest, responses((status = 201, body = TokenCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub(super) async fn login(
     State(state): State<AppState>,
     request: Request,

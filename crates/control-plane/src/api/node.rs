@@ -104,7 +104,7 @@ fn itself(peer: &NodePeer, id: &str) -> ApiResult<()> {
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/nodes/{id}/heartbeat", params(("id" = String, Path)), request_body = Heartbeat, responses((status = 200, body = HeartbeatReply), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/heartbeat", security(("node_token" = [])), params(("id" = String, Path)), request_body = Heartbeat, responses((status = 200, body = HeartbeatReply), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn heartbeat(
     State(state): State<AppState>,
     Extension(peer): Extension<NodePeer>,
@@ -140,7 +140,7 @@ pub(super) async fn heartbeat(
 /// The node's desired state, read only: what a node fetches when its push stream announces
 /// a new revision (its ack follows in a heartbeat), so that a deploy to many nodes costs one
 /// write per node, not two.
-#[utoipa::path(get, path = "/api/v1/nodes/{id}/desired", params(("id" = String, Path)), responses((status = 200, body = edgefn_proto::sync::DesiredState), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/desired", security(("node_token" = [])), params(("id" = String, Path)), responses((status = 200, body = edgefn_proto::sync::DesiredState), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn get_desired(
     State(state): State<AppState>,
     Extension(peer): Extension<NodePeer>,
@@ -157,7 +157,7 @@ pub(super) async fn get_desired(
 }
 
 /// The node's JWT, for its certificate alone (the listener verified it).
-#[utoipa::path(post, path = "/api/v1/nodes/{id}/token", params(("id" = String, Path)), responses((status = 200, body = NodeToken), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/token", security(()), params(("id" = String, Path)), responses((status = 200, body = NodeToken), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(super) async fn node_token(
     State(state): State<AppState>,
     Extension(peer): Extension<NodePeer>,
@@ -177,7 +177,7 @@ pub(super) async fn node_token(
 }
 
 /// A new certificate for a new key of the node (before the old one expires).
-#[utoipa::path(post, path = "/api/v1/nodes/{id}/certificate", params(("id" = String, Path)), request_body = RenewCertificate, responses((status = 200, body = NodeEnrolled), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/certificate", security(("node_token" = [])), params(("id" = String, Path)), request_body = RenewCertificate, responses((status = 200, body = NodeEnrolled), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub(super) async fn renew_certificate(
     State(state): State<AppState>,
     Extension(peer): Extension<NodePeer>,

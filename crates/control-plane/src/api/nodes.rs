@@ -23,7 +23,7 @@ const BOOTSTRAP_PREFIX: &str = "edgefn-bootstrap-";
 
 /// A node enrolls: with a one-time bootstrap token as its bearer token and a CSR for the
 /// key it made, it gets its node id and a certificate naming it.
-#[utoipa::path(post, path = "/api/v1/nodes/register", request_body = EnrollNode, responses((status = 201, body = NodeEnrolled), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/nodes/register", security(()), request_body = EnrollNode, responses((status = 201, body = NodeEnrolled), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub(super) async fn enroll(
     State(state): State<AppState>,
     request: Request,
