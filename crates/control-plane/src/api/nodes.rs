@@ -46,6 +46,19 @@ pub(super) async fn enroll(
     let input: EnrollNode = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid enrollment: {e}")))?;
     validate::node(&input.name, &input.labels).map_err(ApiError::Validation)?;
+    // Nothing is signed for a caller without a usable token (the enrollment's transaction
+    // checks it again, and uses it up).
+    if !state
+        .store
+        .bootstrap_token_usable(&secret_hash(&token))
+        .await?
+    {
+        let reason = "the bootstrap token is unknown, used or expired";
+        let entry = Entry::new("anonymous", "auth.refused", "POST /api/v1/nodes/register")
+            .details(json!({ "reason": reason, "peer": peer, "node": input.name }));
+        state.store.record_refusal(&entry).await?;
+        return Err(ApiError::Unauthenticated(reason.into()));
+    }
     let node_id = new_id("node");
     let issued = state
         .nodes
@@ -149,13 +162,14 @@ pub(super) struct NodeFilter {
 }
 
 /// All nodes, or with `healthy=true` the set a load balancer should route to: online
-/// nodes only, optionally of one `pop` or `region`. Any authenticated caller.
+/// nodes only, optionally of one `pop` or `region`. Any member of a project.
 #[utoipa::path(get, path = "/api/v1/nodes", params(("healthy" = Option<bool>, Query, description = "only online nodes"), ("pop" = Option<String>, Query), ("region" = Option<String>, Query)), responses((status = 200, body = Vec<Node>), (status = 401, body = ErrorBody)))]
 pub(super) async fn list_nodes(
     State(state): State<AppState>,
-    _principal: Principal,
+    principal: Principal,
     Query(filter): Query<NodeFilter>,
 ) -> ApiResult<Json<Vec<Node>>> {
+    principal.require_any_role()?;
     let nodes = state.store.list_nodes().await?;
     let selected = nodes
         .into_iter()
@@ -179,9 +193,10 @@ pub(super) async fn list_nodes(
 #[utoipa::path(get, path = "/api/v1/nodes/{id}", params(("id" = String, Path)), responses((status = 200, body = Node), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn get_node(
     State(state): State<AppState>,
-    _principal: Principal,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Node>> {
+    principal.require_any_role()?;
     Ok(Json(
         state.store.get_node(&id).await.map_err(not_found("node"))?,
     ))

@@ -101,6 +101,16 @@ impl Principal {
         }
     }
 
+    /// Allowed for a fleet administrator or a member of any project (fleet-wide reads
+    /// such as the node list; a user the control plane gave no role sees nothing).
+    pub fn require_any_role(&self) -> Result<(), Denied> {
+        if self.is_fleet_admin() || !self.effective_roles().is_empty() {
+            Ok(())
+        } else {
+            Err(Denied("you have no role in any project".into()))
+        }
+    }
+
     /// The projects the caller can read.
     pub fn visible(&self) -> Visible {
         if self.admin && self.token_project.is_none() {
@@ -190,6 +200,12 @@ mod tests {
         let p = principal(false, &[], None, None);
         assert!(p.require(Role::Viewer, "a").is_err());
         assert!(p.require_admin().is_err());
+        assert!(p.require_any_role().is_err());
+        assert!(
+            principal(false, &[("b", Role::Viewer)], None, None)
+                .require_any_role()
+                .is_ok()
+        );
         assert_eq!(p.visible(), Visible::Only(vec![]));
     }
 

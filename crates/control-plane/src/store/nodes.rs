@@ -61,6 +61,18 @@ impl Store {
         Self::finish(tx, result).await
     }
 
+    /// Whether the bootstrap token whose hash is `bootstrap_sha256` could enroll a node now.
+    pub async fn bootstrap_token_usable(&self, bootstrap_sha256: &str) -> Result<bool> {
+        Ok(sqlx::query(
+            "SELECT 1 FROM bootstrap_tokens WHERE token_sha256 = $1 AND used_at IS NULL AND expires_at > $2",
+        )
+        .bind(bootstrap_sha256)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?
+        .is_some())
+    }
+
     /// Enrolls a node with the bootstrap token whose hash is `bootstrap_sha256`, using the
     /// token up in the same transaction. `Refused` when the token is unknown, used or
     /// expired.

@@ -22,6 +22,8 @@ enum Needs {
     Admin,
     /// Any valid token.
     Anyone,
+    /// A role in any project (every credential of the matrix has one).
+    Member,
 }
 
 /// One call: method, path (with `{fn}`, `{route}`, `{deployment}`, `{node}`, `{sha}`,
@@ -34,7 +36,7 @@ struct Endpoint {
 }
 
 fn endpoints() -> Vec<Endpoint> {
-    use Needs::{Admin, Anyone};
+    use Needs::{Admin, Anyone, Member};
     use edgefn_proto::identity::Role::{Developer, Owner, Viewer};
     let e = |method, path, body, needs| Endpoint {
         method,
@@ -153,8 +155,8 @@ fn endpoints() -> Vec<Endpoint> {
             Value::Null,
             Needs::Role(Viewer),
         ),
-        e("GET", "/api/v1/nodes", Value::Null, Anyone),
-        e("GET", "/api/v1/nodes/{node}", Value::Null, Anyone),
+        e("GET", "/api/v1/nodes", Value::Null, Member),
+        e("GET", "/api/v1/nodes/{node}", Value::Null, Member),
         e("POST", "/api/v1/nodes/tokens", json!({}), Admin),
         e("POST", "/api/v1/nodes/{node}/revoke", json!({}), Admin),
         e("GET", "/api/v1/whoami", Value::Null, Anyone),
@@ -252,7 +254,7 @@ fn allowed(credential: Credential, needs: Needs) -> Option<bool> {
         Admin => return Some(true),
     };
     Some(match needs {
-        Needs::Anyone => true,
+        Needs::Anyone | Needs::Member => true,
         Needs::Admin => false,
         Needs::Role(wanted) => role.is_some_and(|have| have >= wanted),
     })
