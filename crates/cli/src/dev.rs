@@ -47,6 +47,11 @@ pub struct DevArgs {
     /// Milliseconds between the runners' heartbeats.
     #[arg(long, default_value_t = 1000)]
     pub heartbeat_ms: u64,
+    /// Serve the control plane's API over TLS with a self-signed certificate (made in
+    /// `{dir}/control-plane/api-tls.crt`, which other commands then trust with
+    /// `--ca-cert`).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// The function `edgefn dev` deploys.
@@ -76,23 +81,30 @@ pub async fn run(args: DevArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     };
     let mut tasks = tokio::task::JoinSet::new();
 
-    let cp_url = format!("http://{}", args.listen);
-    let cp_args = edgefn_control_plane::config::ControlPlaneArgs::try_parse_from([
-        "edgefn-control-plane".to_string(),
-        "--listen".into(),
-        args.listen.to_string(),
-        "--data-dir".into(),
-        args.dir.join("control-plane").display().to_string(),
-        "--node-offline-after-secs".into(),
-        "30".into(),
-        "--node-listen".into(),
-        format!("{}:0", args.listen.ip()),
-    ])?;
+    let scheme = if args.tls { "https" } else { "http" };
+    let cp_url = format!("{scheme}://{}", args.listen);
+    let api_cert = args.dir.join("control-plane").join("api-tls.crt");
+    let api_ca = args.tls.then_some(api_cert.as_path());
+    let cp_args = edgefn_control_plane::config::ControlPlaneArgs::try_parse_from(
+        [
+            "edgefn-control-plane".to_string(),
+            "--listen".into(),
+            args.listen.to_string(),
+            "--data-dir".into(),
+            args.dir.join("control-plane").display().to_string(),
+            "--node-offline-after-secs".into(),
+            "30".into(),
+            "--node-listen".into(),
+            format!("{}:0", args.listen.ip()),
+        ]
+        .into_iter()
+        .chain(args.tls.then(|| "--tls-self-signed".to_string())),
+    )?;
     tasks.spawn(named(
         "control plane",
         edgefn_control_plane::run(cp_args, until_stopped(stopped.clone())),
     ));
-    wait_for_control_plane(&Client::new(&cp_url, None, None)?, &mut tasks).await?;
+    wait_for_control_plane(&cp_url, api_ca, &mut tasks).await?;
     // The control plane wrote its administrator token on first start: the quickstart
     // needs no login.
     let token_file = args.dir.join("control-plane").join("admin-token");
@@ -107,7 +119,7 @@ pub async fn run(args: DevArgs, global: &GlobalArgs) -> anyhow::Result<()> {
                 )
             })?,
     };
-    let client = Client::new(&cp_url, Some(token), None)?;
+    let client = Client::new(&cp_url, Some(token), api_ca)?;
 
     let mut runners = Vec::new();
     for i in 1..=args.runners {
@@ -116,6 +128,9 @@ pub async fn run(args: DevArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         let home = args.dir.join(format!("runner-{i}"));
         // A runner enrolled on an earlier run has its identity in its state directory.
         let mut enroll = Vec::new();
+        if args.tls {
+            enroll.extend(["--api-ca-cert".to_string(), api_cert.display().to_string()]);
+        }
         if edgefn_runner::identity::Credentials::load(&home.join("state"), &cp_url).is_none() {
             let created: edgefn_proto::identity::BootstrapTokenCreated = client
                 .post(
@@ -125,12 +140,12 @@ pub async fn run(args: DevArgs, global: &GlobalArgs) -> anyhow::Result<()> {
                     },
                 )
                 .await?;
-            enroll = vec![
+            enroll.extend([
                 "--bootstrap-token".to_string(),
                 created.token,
                 "--ca-sha256".into(),
                 created.ca_sha256,
-            ];
+            ]);
         }
         let runner_args = edgefn_runner::config::RunnerArgs::try_parse_from(
             [
@@ -189,8 +204,13 @@ pub async fn run(args: DevArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     );
     println!("  control plane  {cp_url}");
     println!(
-        "  other shells:  export EDGEFN_URL={cp_url} EDGEFN_TOKEN=$(cat {})",
-        token_file.display()
+        "  other shells:  export EDGEFN_URL={cp_url} EDGEFN_TOKEN=$(cat {}){}",
+        token_file.display(),
+        if args.tls {
+            format!(" EDGEFN_CA_CERT={}", api_cert.display())
+        } else {
+            String::new()
+        }
     );
     for (name, http, admin) in &runners {
         println!("  runner {name:<7} http://{http}/   metrics http://{admin}/metrics");
@@ -261,16 +281,20 @@ fn build_hello(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(target_dir.join("wasm32-wasip2/release/hello.wasm"))
 }
 
+/// Waits until the control plane answers (with TLS, once its certificate exists, so
+/// that the client can trust it).
 async fn wait_for_control_plane(
-    client: &Client,
+    url: &str,
+    ca_cert: Option<&Path>,
     tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if client
-            .get::<serde_json::Value>("/openapi.json")
-            .await
-            .is_ok()
+        if ca_cert.is_none_or(Path::exists)
+            && Client::new(url, None, ca_cert)?
+                .get::<serde_json::Value>("/openapi.json")
+                .await
+                .is_ok()
         {
             return Ok(());
         }

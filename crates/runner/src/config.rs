@@ -30,6 +30,10 @@ pub struct RunnerArgs {
     /// enrolls (printed by `edgefn nodes token create`).
     #[arg(long, env = "EDGEFN_CA_SHA256")]
     pub ca_sha256: Option<String>,
+    /// PEM certificate to trust for the control plane's API (where the node enrolls) when
+    /// it is served over TLS with a private or self-signed certificate.
+    #[arg(long, env = "EDGEFN_API_CA_CERT")]
+    pub api_ca_cert: Option<PathBuf>,
     /// Directory for this node's identity (key, certificate, node id) and its last applied
     /// desired state, from which it restarts even without the control plane.
     #[arg(long, env = "EDGEFN_STATE_DIR", default_value = ".edgefn/node")]

@@ -51,6 +51,22 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// An error with its causes, `a: b: c` (reqwest's own message stops at "error sending
+/// request", which tells an operator nothing about a refused certificate).
+pub fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -186,7 +202,7 @@ impl Credentials {
             .body(serde_json::to_vec(&EnrollNode { csr, ..body }).map_err(|e| e.to_string())?)
             .send()
             .await
-            .map_err(|e| format!("POST {url}: {e}"))?;
+            .map_err(|e| format!("POST {url}: {}", crate::identity::causes(&e)))?;
         let enrolled: NodeEnrolled = read_reply(reply, "enrollment").await?;
         Self::from_reply(enrolled, key_pem, control_plane, ca_sha256)
     }
@@ -216,7 +232,7 @@ impl Credentials {
             .body(serde_json::to_vec(&RenewCertificate { csr }).map_err(|e| e.to_string())?)
             .send()
             .await
-            .map_err(|e| format!("POST {url}: {e}"))?;
+            .map_err(|e| format!("POST {url}: {}", crate::identity::causes(&e)))?;
         let renewed: NodeEnrolled = read_reply(reply, "certificate renewal").await?;
         let mut next = Self::from_reply(renewed, key_pem, &self.identity.control_plane, None)?;
         next.identity.node_url = self.identity.node_url.clone();

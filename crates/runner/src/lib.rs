@@ -153,6 +153,13 @@ pub async fn run(
         (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
         _ => None,
     };
+    let api_ca_cert = match &args.api_ca_cert {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --api-ca-cert {}", path.display()))?,
+        ),
+        None => None,
+    };
     let per_minute = NonZeroU32::new(args.tenant_invocations_per_minute)
         .context("--tenant-invocations-per-minute must be positive")?;
 
@@ -254,6 +261,7 @@ pub async fn run(
                 },
                 bootstrap_token: args.bootstrap_token.clone(),
                 ca_sha256: args.ca_sha256.clone(),
+                api_ca_cert,
             };
             sync_task = Some(tokio::spawn(
                 sync::SyncClient::new(node.clone(), config, applied).run(),

@@ -55,6 +55,8 @@ pub struct SyncConfig {
     pub bootstrap_token: Option<String>,
     /// SHA-256 of the CA certificate the control plane must present at enrollment.
     pub ca_sha256: Option<String>,
+    /// A certificate (PEM) to trust for the control plane's API, besides the system's.
+    pub api_ca_cert: Option<String>,
 }
 
 /// The node's standing with the node listener: an mTLS client and a node token.
@@ -289,11 +291,18 @@ impl SyncClient {
     pub fn new(node: Arc<Node>, config: SyncConfig, applied: Option<DesiredState>) -> Self {
         // An identity from another control plane means nothing here.
         let credentials = Credentials::load(&config.state_dir, &config.control_plane);
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_default();
+            .timeout(Duration::from_secs(30));
+        if let Some(pem) = &config.api_ca_cert {
+            match reqwest::Certificate::from_pem(pem.as_bytes()) {
+                Ok(cert) => builder = builder.add_root_certificate(cert),
+                Err(error) => {
+                    tracing::error!(%error, "ignoring --api-ca-cert: not a PEM certificate")
+                }
+            }
+        }
+        let http = builder.build().unwrap_or_default();
         Self {
             node,
             http,
@@ -421,7 +430,7 @@ impl SyncClient {
             .post(&url)
             .send()
             .await
-            .map_err(|e| format!("POST {url}: {e}"))?;
+            .map_err(|e| format!("POST {url}: {}", crate::identity::causes(&e)))?;
         read_json(reply, &url).await
     }
 
@@ -544,7 +553,7 @@ impl SyncClient {
             .bearer_auth(&token)
             .send()
             .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+            .map_err(|e| format!("GET {url}: {}", crate::identity::causes(&e)))?;
         self.check_refusal(&reply);
         let state: DesiredState = read_json(reply, &url).await?;
         self.start_apply(state);
@@ -599,7 +608,7 @@ impl SyncClient {
             .body(serde_json::to_vec(&heartbeat).map_err(|e| e.to_string())?)
             .send()
             .await
-            .map_err(|e| format!("POST {url}: {e}"))?;
+            .map_err(|e| format!("POST {url}: {}", crate::identity::causes(&e)))?;
         self.check_refusal(&reply);
         let reply: HeartbeatReply = read_json(reply, &url).await?;
         self.reported = totals;

@@ -310,6 +310,53 @@ fn the_api_serves_tls_with_a_self_signed_certificate() {
     );
     let plain = cli_as(&cp.url, Some(&cp.token), &["whoami"]);
     assert!(!plain.success, "plain HTTP is not served on a TLS listener");
+
+    // A runner enrolls over that TLS, trusting the certificate with --api-ca-cert.
+    let ca = cert.to_str().unwrap();
+    let created = cli_as(
+        &url,
+        Some(&cp.token),
+        &["--ca-cert", ca, "nodes", "token", "create", "--json"],
+    )
+    .ok()
+    .json();
+    let mut command = std::process::Command::new(crate::EDGEFN);
+    command
+        .args(["runner", "--control-plane", &url, "--api-ca-cert", ca])
+        .args(["--bootstrap-token", created["token"].as_str().unwrap()])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "edge-tls",
+        ])
+        .args(["--heartbeat-ms", "200"])
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"));
+    let mut runner = crate::Process::spawn(command);
+    runner.listening("http");
+    eventually(
+        "the runner enrolls over TLS",
+        Duration::from_secs(20),
+        || {
+            let nodes = cli_as(
+                &url,
+                Some(&cp.token),
+                &["--ca-cert", ca, "nodes", "list", "--json"],
+            )
+            .ok()
+            .json();
+            nodes
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["name"] == "edge-tls" && n["status"] == "online")
+        },
+    );
 }
 
 #[test]
