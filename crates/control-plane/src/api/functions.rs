@@ -248,10 +248,25 @@ pub(super) async fn upload(
         ));
     }
     pending_version(&state, &function_id, version).await?;
+    let size = body.len();
     state
         .artifacts
         .put_upload(&function_id, version, body)
         .await?;
+    // The holder of the URL is not known by name; the URL's signature is the credential.
+    let function = state
+        .store
+        .get_function(&function_id)
+        .await
+        .map_err(not_found("function"))?;
+    let entry = crate::audit::Entry::new(
+        "upload-url",
+        "version.upload",
+        format!("{function_id}/{version}"),
+    )
+    .project(&function.project)
+    .details(serde_json::json!({ "bytes": size, "expires": signature.expires }));
+    state.store.record_audit(&entry).await?;
     Ok(StatusCode::OK)
 }
 

@@ -82,6 +82,10 @@ async fn changes_are_recorded_with_their_before_after_and_nodes(backend: Backend
         "the administrator's"
     );
     assert_eq!(records(&app.store, "node.token").await.len(), 1);
+    let upload = &records(&app.store, "version.upload").await[0];
+    assert_eq!(upload["actor"], "upload-url");
+    assert_eq!(upload["target"], format!("{function}/1"));
+    assert!(upload["details"]["bytes"].as_u64().unwrap() > 0);
 
     // A refused authentication is recorded too, with the reason.
     let refused = app
