@@ -113,24 +113,6 @@ fn write_private(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn read_reply<T: serde::de::DeserializeOwned>(
-    reply: reqwest::Response,
-    what: &str,
-) -> Result<T, String> {
-    let status = reply.status();
-    let body = reply
-        .bytes()
-        .await
-        .map_err(|e| format!("{what}: reading the reply: {e}"))?;
-    if !status.is_success() {
-        let message = serde_json::from_slice::<edgefn_proto::api::ErrorBody>(&body)
-            .map(|e| e.error.message)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&body).chars().take(300).collect());
-        return Err(format!("{what}: {status}: {message}"));
-    }
-    serde_json::from_slice(&body).map_err(|e| format!("{what}: invalid reply: {e}"))
-}
-
 impl Credentials {
     /// The credentials in `state_dir` for `control_plane`, if the node enrolled there.
     pub fn load(state_dir: &Path, control_plane: &str) -> Option<Self> {
@@ -203,7 +185,7 @@ impl Credentials {
             .send()
             .await
             .map_err(|e| format!("POST {url}: {}", crate::identity::causes(&e)))?;
-        let enrolled: NodeEnrolled = read_reply(reply, "enrollment").await?;
+        let enrolled: NodeEnrolled = crate::sync::read_json(reply, &url).await?;
         Self::from_reply(enrolled, key_pem, control_plane, ca_sha256)
     }
 
@@ -233,7 +215,7 @@ impl Credentials {
             .send()
             .await
             .map_err(|e| format!("POST {url}: {}", crate::identity::causes(&e)))?;
-        let renewed: NodeEnrolled = read_reply(reply, "certificate renewal").await?;
+        let renewed: NodeEnrolled = crate::sync::read_json(reply, &url).await?;
         let mut next = Self::from_reply(renewed, key_pem, &self.identity.control_plane, None)?;
         next.identity.node_url = self.identity.node_url.clone();
         Ok(next)

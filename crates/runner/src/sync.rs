@@ -745,7 +745,8 @@ impl Drop for SyncClient {
     }
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(
+/// The JSON body of a successful reply, or the API's error message with the status.
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     reply: reqwest::Response,
     url: &str,
 ) -> Result<T, String> {
