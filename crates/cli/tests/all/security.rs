@@ -320,23 +320,19 @@ fn the_api_serves_tls_with_a_self_signed_certificate() {
     )
     .ok()
     .json();
-    let mut command = std::process::Command::new(crate::EDGEFN);
-    command
-        .args(["runner", "--control-plane", &url, "--api-ca-cert", ca])
-        .args(["--bootstrap-token", created["token"].as_str().unwrap()])
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--node-id",
-            "edge-tls",
-        ])
-        .args(["--heartbeat-ms", "200"])
-        .arg("--cache-dir")
-        .arg(dir.path().join("cache"))
-        .arg("--state-dir")
-        .arg(dir.path().join("state"));
+    let command = runner_command(
+        &url,
+        dir.path(),
+        "edge-tls",
+        &[
+            "--api-ca-cert",
+            ca,
+            "--bootstrap-token",
+            created["token"].as_str().unwrap(),
+            "--heartbeat-ms",
+            "200",
+        ],
+    );
     let mut runner = crate::Process::spawn(command);
     runner.listening("http");
     eventually(
@@ -364,28 +360,13 @@ fn a_runner_refuses_a_control_plane_whose_ca_is_not_the_pinned_one() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(&Backend::Sqlite, &dir.path().join("cp"), &[]);
     let (token, _) = cp.bootstrap_token();
-    let mut command = std::process::Command::new(crate::EDGEFN);
-    command
-        .args([
-            "runner",
-            "--control-plane",
-            &cp.url,
-            "--bootstrap-token",
-            &token,
-        ])
-        .args(["--ca-sha256", &"ab".repeat(32)])
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--node-id",
-            "edge-1",
-        ])
-        .arg("--cache-dir")
-        .arg(dir.path().join("cache"))
-        .arg("--state-dir")
-        .arg(dir.path().join("state"));
+    let pin = "ab".repeat(32);
+    let command = runner_command(
+        &cp.url,
+        dir.path(),
+        "edge-1",
+        &["--bootstrap-token", &token, "--ca-sha256", &pin],
+    );
     let mut runner = crate::Process::spawn(command);
     runner.listening("http");
     runner.wait_line("the refusal", |line| {
@@ -395,4 +376,24 @@ fn a_runner_refuses_a_control_plane_whose_ca_is_not_the_pinned_one() {
         !dir.path().join("state/node.json").exists(),
         "no identity from an unexpected CA"
     );
+}
+
+/// `edgefn runner` for `control_plane`, on free ports, its cache and state in `dir`.
+fn runner_command(
+    control_plane: &str,
+    dir: &Path,
+    node_id: &str,
+    extra: &[&str],
+) -> std::process::Command {
+    let mut command = std::process::Command::new(crate::EDGEFN);
+    command
+        .args(["runner", "--control-plane", control_plane])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--node-id", node_id])
+        .args(extra)
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .arg("--state-dir")
+        .arg(dir.join("state"));
+    command
 }
