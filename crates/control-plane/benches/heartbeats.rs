@@ -123,6 +123,7 @@ async fn measure(label: &str, url: &str, nodes: usize) {
         auth,
         nodes: authority,
         checkpoints: None,
+        logins: Default::default(),
     };
     let app = node_router(state);
     let api = run_for(ids.clone(), move |(id, token)| {

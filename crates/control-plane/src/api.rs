@@ -56,6 +56,8 @@ pub struct AppState {
     pub nodes: Arc<NodeAuthority>,
     /// Where audit checkpoints are kept (for `GET /audit/verify`).
     pub checkpoints: Option<CheckpointStore>,
+    /// Failed-login lockouts and the Argon2 concurrency cap of `POST /login`.
+    pub logins: Arc<crate::auth::throttle::LoginThrottle>,
 }
 
 type ApiResult<T> = Result<T, ApiError>;

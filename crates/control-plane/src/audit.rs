@@ -52,6 +52,55 @@ impl Entry {
     }
 }
 
+/// At most `max_bytes` of `text`, cut at a character boundary.
+pub fn truncate(text: &str, max_bytes: usize) -> &str {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Bounds of a refusal record's fields: refusals are written for unauthenticated callers,
+/// who must not choose how large a record is.
+const REFUSAL_ACTOR_BYTES: usize = 96;
+const REFUSAL_TARGET_BYTES: usize = 256;
+const REFUSAL_DETAILS_BYTES: usize = 1024;
+
+/// The most bytes a refusal record's actor, target and details take (see [`Entry::bounded`]);
+/// with the fixed columns (sequence, time, action, two hashes: under 200 bytes) this bounds
+/// how fast unauthenticated callers can grow the log: at most `--audit-refusals-per-second`
+/// times this, plus one count record a second.
+pub const MAX_REFUSAL_BYTES: usize =
+    REFUSAL_ACTOR_BYTES + REFUSAL_TARGET_BYTES + REFUSAL_DETAILS_BYTES + 200;
+
+impl Entry {
+    /// This entry with its caller-chosen parts bounded: actor and target truncated, and
+    /// details larger than 1 KiB replaced by their truncated text.
+    pub fn bounded(&self) -> Self {
+        let details = match self.details.to_string() {
+            text if text.len() <= REFUSAL_DETAILS_BYTES => self.details.clone(),
+            // Escaping may double the text (quotes, backslashes): half of it fits.
+            text => serde_json::json!({
+                "truncated": truncate(&text, REFUSAL_DETAILS_BYTES / 2 - 32),
+            }),
+        };
+        Self {
+            actor: truncate(&self.actor, REFUSAL_ACTOR_BYTES).to_string(),
+            project: self
+                .project
+                .as_deref()
+                .map(|p| truncate(p, REFUSAL_ACTOR_BYTES).to_string()),
+            action: self.action,
+            target: truncate(&self.target, REFUSAL_TARGET_BYTES).to_string(),
+            details,
+        }
+    }
+}
+
 /// A record as stored: `details` is the exact text the hash covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredRecord {

@@ -12,6 +12,7 @@
 pub mod oidc;
 pub mod password;
 pub mod policy;
+pub mod throttle;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};

@@ -118,12 +118,54 @@ pub struct ControlPlaneArgs {
     /// count recorded (so a flood of bad tokens cannot flood the database).
     #[arg(long, env = "EDGEFN_AUDIT_REFUSALS_PER_SECOND", default_value_t = 100)]
     pub audit_refusals_per_second: u32,
+    /// How long a client may take to send a request head, or anything after connecting, in
+    /// milliseconds (then its connection is closed); both listeners.
+    #[arg(long, env = "EDGEFN_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// Seconds a connection may stay open with no request in flight; both listeners (a
+    /// node's push stream is a request in flight).
+    #[arg(long, env = "EDGEFN_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// Open connections to the API listener in all (at the limit, new ones wait).
+    #[arg(long, env = "EDGEFN_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Open connections to the API listener from one IP address (more are closed at once).
+    #[arg(long, env = "EDGEFN_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
+    pub max_connections_per_ip: usize,
+    /// Open connections to the node listener in all: one per connected node.
+    #[arg(long, env = "EDGEFN_NODE_MAX_CONNECTIONS", default_value_t = 120_000)]
+    pub node_max_connections: usize,
+    /// Open connections to the node listener from one IP address (a whole POP may sit
+    /// behind one NAT address, so by default as many as in all).
+    #[arg(
+        long,
+        env = "EDGEFN_NODE_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 120_000
+    )]
+    pub node_max_connections_per_ip: usize,
     /// Seconds between audit checkpoints (one is also written at shutdown).
     #[arg(long, env = "EDGEFN_AUDIT_CHECKPOINT_SECS", default_value_t = 60)]
     pub audit_checkpoint_secs: u64,
 }
 
 impl ControlPlaneArgs {
+    /// The API listener's and the node listener's connection limits.
+    pub fn listen_limits(&self) -> (edgefn_listen::Limits, edgefn_listen::Limits) {
+        let api = edgefn_listen::Limits {
+            header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            ..edgefn_listen::Limits::default()
+        };
+        let nodes = edgefn_listen::Limits {
+            max_connections: self.node_max_connections,
+            max_connections_per_ip: self.node_max_connections_per_ip,
+            ..api
+        };
+        (api, nodes)
+    }
+
     /// Parses flags and variables, with defaults taken from `--config` when given.
     pub fn parse_with_config() -> anyhow::Result<Self> {
         Self::parse_from_with_config(std::env::args_os())

@@ -327,6 +327,7 @@ pub async fn run(
         auth,
         nodes,
         checkpoints: Some(checkpoints.clone()),
+        logins: Default::default(),
     };
     // The one fixed format tools and tests read the bound addresses from.
     for (name, bound) in [("api", address), ("nodes", node_address)] {
@@ -353,11 +354,13 @@ pub async fn run(
         store: store.clone(),
         feed: state.feed.clone(),
     };
+    let (api_limits, node_limits) = args.listen_limits();
     let (api, nodes) = tokio::join!(
         listener::serve(
             listener,
             api_tls.map(Arc::new),
             None,
+            api_limits,
             api::router(state.clone()),
             until_stopped()
         ),
@@ -365,6 +368,7 @@ pub async fn run(
             node_listener,
             Some(Arc::new(node_tls)),
             Some(gate),
+            node_limits,
             api::node_router(state),
             until_stopped()
         ),

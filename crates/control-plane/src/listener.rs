@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
@@ -102,119 +102,36 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     gate: Option<NodeGate>,
+    limits: edgefn_listen::Limits,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = edgefn_listen::Gate::new(limits);
+    let builder = Arc::new(connections.builder());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (tcp, addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of descriptors, or a connection reset before accept: keep serving.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = connections.accept(&listener) => accepted,
             () = &mut shutdown => break,
         };
-        let _ = tcp.set_nodelay(true);
+        let edgefn_listen::Accepted {
+            stream: tcp,
+            peer: addr,
+            permit,
+        } = accepted;
         let (acceptor, gate, app) = (acceptor.clone(), gate.clone(), app.clone());
+        let builder = builder.clone();
         let watcher = graceful.watcher();
+        let activity = edgefn_listen::Activity::new();
         tokio::spawn(async move {
-            let (io, peer): (Box<dyn Io>, Option<NodePeer>) = match acceptor {
-                None => (Box::new(tcp), None),
-                Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
-                    let stream = match handshake {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => {
-                            if let Some(gate) = &gate {
-                                gate.refuse("anonymous", addr, &handshake_failure(&error))
-                                    .await;
-                            }
-                            return;
-                        }
-                        Err(_) => {
-                            if let Some(gate) = &gate {
-                                gate.refuse("anonymous", addr, "the TLS handshake timed out")
-                                    .await;
-                            }
-                            return;
-                        }
-                    };
-                    let peer = match &gate {
-                        None => None,
-                        Some(gate) => {
-                            let leaf = stream
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|certs| certs.first())
-                                .map(|cert| cert.to_vec());
-                            let Some(leaf) = leaf else {
-                                gate.refuse("anonymous", addr, "no client certificate")
-                                    .await;
-                                return;
-                            };
-                            match gate.admit(&leaf, addr).await {
-                                Ok(peer) => Some(peer),
-                                Err((actor, reason)) => {
-                                    gate.refuse(&actor, addr, &reason).await;
-                                    return;
-                                }
-                            }
-                        }
-                    };
-                    (Box::new(stream), peer)
-                }
-            };
-            let node = peer.clone();
-            let service =
-                app.map_request(move |mut request: http::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(addr));
-                    if let Some(peer) = &peer {
-                        request.extensions_mut().insert(peer.clone());
-                    }
-                    request
-                });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection_with_upgrades(
-                TokioIo::new(io),
-                TowerToHyperService::new(service),
-            );
-            let connection = watcher.watch(connection.into_owned());
-            match (node, gate) {
-                (Some(node), Some(gate)) => {
-                    let mut revocations = gate.feed.revocations();
-                    let revoked = async move {
-                        loop {
-                            match revocations.recv().await {
-                                Ok(id) if id == node.node_id => return,
-                                Ok(_) => {}
-                                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                                    if gate.feed.is_revoked(&node.node_id) {
-                                        return;
-                                    }
-                                }
-                                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                                    std::future::pending::<()>().await;
-                                }
-                            }
-                        }
-                    };
-                    tokio::select! {
-                        _ = connection => {}
-                        () = revoked => tracing::info!(peer = %addr, "closed the connection of a revoked node"),
-                    }
-                }
-                _ => {
-                    let _ = connection.await;
-                }
+            // Closed when idle (the handshake included); the permit goes with the connection.
+            let _permit = permit;
+            let expired = activity.clone();
+            tokio::select! {
+                () = serve_connection(tcp, addr, acceptor, gate, app, builder, watcher, activity) => {}
+                () = expired.expired(&limits) => {}
             }
         });
     }
@@ -226,6 +143,117 @@ pub async fn serve(
         tracing::warn!("connections still open 10 s after shutdown; closing them");
     }
     Ok(())
+}
+
+/// One accepted connection: TLS (and the node gate), then HTTP until it closes or, for a
+/// node, until the node is revoked.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the connection's parts, passed once"
+)]
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    addr: SocketAddr,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    gate: Option<NodeGate>,
+    app: Router,
+    builder: Arc<auto::Builder<hyper_util::rt::TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    activity: edgefn_listen::Activity,
+) {
+    let (io, peer): (Box<dyn Io>, Option<NodePeer>) = match acceptor {
+        None => (Box::new(tcp), None),
+        Some(acceptor) => {
+            let handshake =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    if let Some(gate) = &gate {
+                        gate.refuse("anonymous", addr, &handshake_failure(&error))
+                            .await;
+                    }
+                    return;
+                }
+                Err(_) => {
+                    if let Some(gate) = &gate {
+                        gate.refuse("anonymous", addr, "the TLS handshake timed out")
+                            .await;
+                    }
+                    return;
+                }
+            };
+            let peer = match &gate {
+                None => None,
+                Some(gate) => {
+                    let leaf = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|certs| certs.first())
+                        .map(|cert| cert.to_vec());
+                    let Some(leaf) = leaf else {
+                        gate.refuse("anonymous", addr, "no client certificate")
+                            .await;
+                        return;
+                    };
+                    match gate.admit(&leaf, addr).await {
+                        Ok(peer) => Some(peer),
+                        Err((actor, reason)) => {
+                            gate.refuse(&actor, addr, &reason).await;
+                            return;
+                        }
+                    }
+                }
+            };
+            (Box::new(stream), peer)
+        }
+    };
+    let node = peer.clone();
+    let service = tower::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(addr));
+        if let Some(peer) = &peer {
+            request.extensions_mut().insert(peer.clone());
+        }
+        let guard = activity.begin();
+        let activity = activity.clone();
+        let response = app.clone().oneshot(request);
+        async move {
+            let response = response.await?;
+            Ok::<_, std::convert::Infallible>(activity.track(guard, response))
+        }
+    });
+    let connection =
+        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+    let connection = watcher.watch(connection.into_owned());
+    match (node, gate) {
+        (Some(node), Some(gate)) => {
+            let mut revocations = gate.feed.revocations();
+            let revoked = async move {
+                loop {
+                    match revocations.recv().await {
+                        Ok(id) if id == node.node_id => return,
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            if gate.feed.is_revoked(&node.node_id) {
+                                return;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                _ = connection => {}
+                () = revoked => tracing::info!(peer = %addr, "closed the connection of a revoked node"),
+            }
+        }
+        _ => {
+            let _ = connection.await;
+        }
+    }
 }
 
 /// A TLS server configuration (h2 and http/1.1) from a certificate chain and key in PEM.

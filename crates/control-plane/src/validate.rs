@@ -84,11 +84,14 @@ pub fn ttl(
     Err(problems.0)
 }
 
+/// Longest user name (a DNS name's length, so e-mail addresses and OIDC subjects fit).
+pub const MAX_USER_NAME: usize = 253;
+
 /// A user as an administrator creates them.
 pub fn user(input: &edgefn_proto::identity::CreateUser) -> Result<(), Vec<FieldError>> {
     let mut problems = Problems::default();
     if input.name.is_empty()
-        || input.name.len() > 253
+        || input.name.len() > MAX_USER_NAME
         || input
             .name
             .chars()

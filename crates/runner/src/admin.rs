@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::node::Node;
@@ -43,27 +43,37 @@ fn answer(node: &Node, path: &str) -> Response<Full<Bytes>> {
     }
 }
 
-/// Serves the admin endpoints until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>) {
+/// Serves the admin endpoints until `shutdown` resolves, within `limits`.
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    limits: edgefn_listen::Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let gate = edgefn_listen::Gate::new(limits);
+    let builder = Arc::new(gate.builder());
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => continue,
-            },
+        let accepted = tokio::select! {
+            accepted = gate.accept(&listener) => accepted,
             () = &mut shutdown => return,
         };
-        let node = node.clone();
+        let (node, builder) = (node.clone(), builder.clone());
         tokio::spawn(async move {
+            let activity = edgefn_listen::Activity::new();
+            let tracker = activity.clone();
             let service =
                 hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let response = answer(&node, request.uri().path());
+                    let guard = tracker.begin();
+                    let response = tracker.track(guard, answer(&node, request.uri().path()));
                     async move { Ok::<_, Infallible>(response) }
                 });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let connection = builder.serve_connection(TokioIo::new(accepted.stream), service);
+            tokio::select! {
+                _ = connection => {}
+                () = activity.expired(&limits) => {}
+            }
+            drop(accepted.permit);
         });
     }
 }

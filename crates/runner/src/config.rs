@@ -97,6 +97,26 @@ pub struct RunnerArgs {
     /// Largest request head (request line plus headers), in bytes (larger: 431).
     #[arg(long, env = "EDGEFN_MAX_HEADER_BYTES", default_value_t = 64 << 10)]
     pub max_header_bytes: usize,
+    /// How long a client may take to send a request's body once its head arrived, in
+    /// milliseconds (then 408). The tenant's concurrency slot is taken only after it.
+    #[arg(long, env = "EDGEFN_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_read_timeout_ms: u64,
+    /// How long a client may take to send a request head, or anything after connecting, in
+    /// milliseconds (then the connection is closed).
+    #[arg(long, env = "EDGEFN_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// Seconds a connection may stay open with no request in flight.
+    #[arg(long, env = "EDGEFN_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// Open client connections in all (at the limit, new ones wait in the kernel's queue).
+    #[arg(long, env = "EDGEFN_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Open client connections from one IP address (more are closed at once).
+    #[arg(long, env = "EDGEFN_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
+    pub max_connections_per_ip: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    #[arg(long, env = "EDGEFN_H2_MAX_STREAMS", default_value_t = 100)]
+    pub h2_max_streams: u32,
     /// Seconds in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "EDGEFN_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     pub drain_timeout_secs: u64,

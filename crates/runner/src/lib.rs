@@ -270,14 +270,33 @@ pub async fn run(
         (None, None) => {}
     }
 
+    let listen = edgefn_listen::Limits {
+        header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
+        h2_max_concurrent_streams: args.h2_max_streams,
+    };
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin = tokio::spawn(admin::serve(admin_listener, node.clone(), async move {
-        let _ = admin_stopped.await;
-    }));
+    let admin = tokio::spawn(admin::serve(
+        admin_listener,
+        node.clone(),
+        // The admin listener is scraped by a few collectors: a small share of the front's.
+        edgefn_listen::Limits {
+            max_connections: 256,
+            max_connections_per_ip: 64,
+            ..listen
+        },
+        async move {
+            let _ = admin_stopped.await;
+        },
+    ));
     let front = FrontConfig {
         max_request_body_bytes: args.max_request_body_bytes,
         max_header_bytes: args.max_header_bytes,
+        body_read_timeout: Duration::from_millis(args.body_read_timeout_ms),
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+        listen,
     };
     server::serve(listener, tls, node.clone(), front, shutdown).await;
     if let Some(task) = sync_task {

@@ -11,8 +11,7 @@ use edgefn_runtime::{InvokeContext, RuntimeError};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -27,8 +26,12 @@ pub struct FrontConfig {
     pub max_request_body_bytes: u64,
     /// Largest request head (request line and headers); larger ones get 431.
     pub max_header_bytes: usize,
+    /// How long a request's body may take to arrive once its head has (then 408).
+    pub body_read_timeout: Duration,
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub drain_timeout: Duration,
+    /// Connection limits and timeouts against slow and malicious clients.
+    pub listen: edgefn_listen::Limits,
 }
 
 impl Default for FrontConfig {
@@ -36,7 +39,9 @@ impl Default for FrontConfig {
         Self {
             max_request_body_bytes: 16 << 20,
             max_header_bytes: 64 << 10,
+            body_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            listen: edgefn_listen::Limits::default(),
         }
     }
 }
@@ -51,7 +56,8 @@ pub async fn serve(
     config: FrontConfig,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let gate = edgefn_listen::Gate::new(config.listen);
+    let mut builder = gate.builder();
     // hyper refuses buffers under 8 KiB.
     builder
         .http1()
@@ -63,49 +69,54 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = gate.accept(&listener) => accepted,
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
         let node = node.clone();
+        let activity = edgefn_listen::Activity::new();
+        let tracker = activity.clone();
         let service = hyper::service::service_fn(move |request| {
             let node = node.clone();
-            async move { Ok::<_, Infallible>(handle(&node, config, request).await) }
+            let guard = tracker.begin();
+            let tracker = tracker.clone();
+            async move {
+                let response = handle(&node, config, request).await;
+                Ok::<_, Infallible>(tracker.track(guard, response))
+            }
         });
         let builder = builder.clone();
-        match &tls {
-            None => {
-                let connection = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned();
-                tokio::spawn(graceful.watch(connection));
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let limits = config.listen;
+            let edgefn_listen::Accepted { stream, permit, .. } = accepted;
+            let serve = async {
+                match tls {
+                    None => {
+                        let connection = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .into_owned();
+                        let _ = watcher.watch(connection).await;
+                    }
+                    Some(acceptor) => {
+                        let Ok(stream) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let connection = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .into_owned();
+                        let _ = watcher.watch(connection).await;
+                    }
+                }
+            };
+            // The idle check covers the TLS handshake too (no request before it).
+            tokio::select! {
+                () = serve => {}
+                () = activity.expired(&limits) => {}
             }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let Ok(Ok(stream)) =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                            .await
-                    else {
-                        return;
-                    };
-                    let connection = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned();
-                    let _ = watcher.watch(connection).await;
-                });
-            }
-        }
+            drop(permit);
+        });
     }
     if tokio::time::timeout(config.drain_timeout, graceful.shutdown())
         .await
@@ -196,6 +207,59 @@ impl Outcome {
     }
 }
 
+/// Reads a request's body within the size limit and the body deadline; the refusal when
+/// it cannot (413 too large, 408 too slow, 400 broken).
+async fn read_body(
+    config: &FrontConfig,
+    body: Incoming,
+    function_id: &str,
+    version: http::Version,
+) -> Result<Bytes, Outcome> {
+    let collect = Limited::new(body, config.max_request_body_bytes as usize).collect();
+    match tokio::time::timeout(config.body_read_timeout, collect).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error))
+            if error
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            let message = format!("request body over {} bytes", config.max_request_body_bytes);
+            Err(Outcome::refused(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                &message,
+                Some(function_id.to_string()),
+            ))
+        }
+        Ok(Err(_)) => Err(Outcome::refused(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "could not read the request body",
+            Some(function_id.to_string()),
+        )),
+        Err(_) => {
+            let mut outcome = Outcome::refused(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                &format!(
+                    "request body not received within {} ms",
+                    config.body_read_timeout.as_millis()
+                ),
+                Some(function_id.to_string()),
+            );
+            // HTTP/1: the rest of the body may still come, so the connection cannot carry
+            // another request (HTTP/2 resets just the stream).
+            if version < http::Version::HTTP_2 {
+                outcome
+                    .response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Err(outcome)
+        }
+    }
+}
+
 async fn handle(
     node: &Arc<Node>,
     config: FrontConfig,
@@ -259,6 +323,13 @@ async fn route_and_invoke(
         }
     };
     let function_id = target.function_id.clone();
+    // The whole body (bounded in size and time) before anything of the tenant's is taken:
+    // a client that announces a body and never sends it holds no concurrency slot.
+    let (parts, body) = request.into_parts();
+    let body = match read_body(&config, body, &function_id, parts.version).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let unavailable = |message: &str| {
         Outcome::refused(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -270,7 +341,7 @@ async fn route_and_invoke(
     let Some(slot) = node.slot(&target) else {
         return unavailable("function is not deployed on this node");
     };
-    let deadline = started + Duration::from_millis(slot.entry.settings.max_execution_ms);
+    let deadline = Instant::now() + Duration::from_millis(slot.entry.settings.max_execution_ms);
     let function = match slot.state() {
         VersionState::Ready(function) => {
             node.metrics.cache_hits.inc();
@@ -315,35 +386,6 @@ async fn route_and_invoke(
                 HeaderValue::from(exceeded.retry_after_seconds()),
             );
             return outcome;
-        }
-    };
-
-    let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, config.max_request_body_bytes as usize)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(error)
-            if error
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            let message = format!("request body over {} bytes", config.max_request_body_bytes);
-            return Outcome::refused(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                &message,
-                Some(function_id),
-            );
-        }
-        Err(_) => {
-            return Outcome::refused(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "could not read the request body",
-                Some(function_id),
-            );
         }
     };
 

@@ -129,8 +129,33 @@ pub(crate) fn cgi_environment(
     env
 }
 
+/// Headers that describe one connection or the message's framing, not the response: the
+/// front decides those. Passing a guest's `Content-Length` or `Transfer-Encoding` through
+/// would let it frame its own output as two responses on a keep-alive connection, the
+/// second one answering the next client (response smuggling).
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "content-length",
+    "http2-settings",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Whether a CGI header would set the framing or the connection's behaviour (see
+/// [`HOP_BY_HOP`]); `upgrade` too, which only the front may negotiate.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    name.eq_ignore_ascii_case("upgrade") || HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
 /// Parses a CGI response: header lines up to the first blank line (`\r\n` or `\n`), an
-/// optional `Status: 404 Not Found`, then the body.
+/// optional `Status: 404 Not Found`, then the body. Framing and hop-by-hop headers are
+/// dropped (the body's real length frames the response); an invalid header name or value
+/// makes the whole response invalid.
 pub(crate) fn parse_cgi_response(output: &[u8]) -> Result<http::Response<Bytes>, RuntimeError> {
     let malformed = |why: &str| RuntimeError::Trap {
         message: format!("malformed CGI response: {why}"),
@@ -158,11 +183,14 @@ pub(crate) fn parse_cgi_response(output: &[u8]) -> Result<http::Response<Bytes>,
             );
             continue;
         }
+        if is_hop_by_hop(name) {
+            continue;
+        }
         has_location |= name.eq_ignore_ascii_case("location");
-        let name =
-            http::HeaderName::try_from(name).map_err(|_| malformed("invalid header name"))?;
-        let value =
-            http::HeaderValue::try_from(value).map_err(|_| malformed("invalid header value"))?;
+        let name = http::HeaderName::try_from(name)
+            .map_err(|_| malformed(&format!("invalid header name {:?}", truncated(name))))?;
+        let value = http::HeaderValue::try_from(value)
+            .map_err(|_| malformed(&format!("invalid value of header {:?}", name.as_str())))?;
         response = response.header(name, value);
     }
     let status = status.unwrap_or(if has_location {
@@ -174,6 +202,14 @@ pub(crate) fn parse_cgi_response(output: &[u8]) -> Result<http::Response<Bytes>,
         .status(status)
         .body(Bytes::copy_from_slice(body))
         .map_err(|e| malformed(&e.to_string()))
+}
+
+/// At most 64 characters of guest text for an error message.
+fn truncated(text: &str) -> &str {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
 }
 
 fn find_header_end(output: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -215,6 +251,37 @@ mod tests {
     fn location_without_status_is_a_redirect() {
         let response = parse_cgi_response(b"Location: /elsewhere\n\n").unwrap();
         assert_eq!(response.status(), 302);
+    }
+
+    #[test]
+    fn framing_and_hop_by_hop_headers_are_dropped() {
+        let response = parse_cgi_response(
+            b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, x\r\n\
+              Keep-Alive: timeout=5\r\nUpgrade: h2c\r\nTE: trailers\r\nTrailer: x\r\n\
+              X-Kept: 1\r\n\r\nokHTTP/1.1 200 OK\r\n\r\nPWNED!",
+        )
+        .unwrap();
+        let names: Vec<&str> = response.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        assert_eq!(response.body().as_ref(), b"okHTTP/1.1 200 OK\r\n\r\nPWNED!");
+    }
+
+    #[test]
+    fn an_invalid_header_name_or_value_fails_the_response_with_its_name() {
+        let error = parse_cgi_response(b"Bad Name: 1\r\n\r\n").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("invalid header name \"Bad Name\""),
+            "{error}"
+        );
+        let error = parse_cgi_response(b"X-Bell: \x07\r\n\r\n").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("invalid value of header \"x-bell\""),
+            "{error}"
+        );
     }
 
     #[test]

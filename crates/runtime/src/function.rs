@@ -372,7 +372,10 @@ async fn call_handler(
                 }));
             }
         };
-        let (parts, mut body) = response.into_parts();
+        let (mut parts, mut body) = response.into_parts();
+        // The body is buffered: its real length frames the response, never the guest's
+        // word for it (wasmtime-wasi-http already refuses the hop-by-hop headers).
+        parts.headers.remove(http::header::CONTENT_LENGTH);
         let mut collected = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|code| {

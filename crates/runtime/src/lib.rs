@@ -43,6 +43,7 @@ mod pool;
 mod state;
 
 pub use artifact::{ArtifactKind, sha256_hex};
+pub use cgi::is_hop_by_hop;
 pub use compile::compile_worker_main;
 pub use config::{CompilerConfig, FunctionSettings, RuntimeConfig, WASM_PAGE};
 pub use engine::{LoadSpec, Runtime};

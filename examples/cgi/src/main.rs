@@ -14,6 +14,19 @@ fn main() {
         eprintln!("failing on purpose");
         std::process::exit(3);
     }
+    if var("PATH_INFO").ends_with("/smuggle") {
+        // A hostile guest: its framing headers claim a 2-byte body, and the rest of its
+        // output is a whole second response meant for the next client on the connection.
+        print!(
+            "Status: 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n\
+             okHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPWNED!"
+        );
+        return;
+    }
+    if var("PATH_INFO").ends_with("/chunked") {
+        print!("Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+        return;
+    }
     let text = format!(
         "cgi {} {} query={} body={}\n",
         var("REQUEST_METHOD"),

@@ -2,6 +2,7 @@
 //! (`edgefn control-plane`) and runners (`edgefn runner`) as separate processes on
 //! 127.0.0.1, driven by the CLI as a developer would, serving guests built from `examples/`.
 
+mod abuse;
 mod dev;
 mod errors;
 mod fleet;

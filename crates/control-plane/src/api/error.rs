@@ -25,6 +25,11 @@ pub enum ApiError {
     PayloadTooLarge(String),
     /// 422: the uploaded bytes are not a runnable artifact.
     InvalidArtifact(String),
+    /// 429: try again after this many seconds (sent as `Retry-After`).
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// 503: a backing service is down.
     Unavailable(String),
     Internal(String),
@@ -78,6 +83,12 @@ impl ApiError {
                 m.clone(),
                 json!(null),
             ),
+            Self::TooManyRequests { message, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                message.clone(),
+                json!(null),
+            ),
             Self::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -101,6 +112,12 @@ impl IntoResponse for ApiError {
         }
         let (status, code, message, details) = self.parts();
         let denied = matches!(self, Self::Forbidden(_)).then(|| message.clone());
+        let retry_after = match &self {
+            Self::TooManyRequests {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
         let body = ErrorBody {
             error: ErrorDetail {
                 code: code.into(),
@@ -114,6 +131,11 @@ impl IntoResponse for ApiError {
                 http::header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Bearer"),
             );
+        }
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
         }
         if let Some(reason) = denied {
             response

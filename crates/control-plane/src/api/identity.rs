@@ -11,7 +11,9 @@ use http::StatusCode;
 use serde_json::json;
 
 use super::{ApiError, ApiJson, ApiResult, AppState, not_found};
-use crate::audit::Entry;
+use std::time::Instant;
+
+use crate::audit::{self, Entry};
 use crate::auth::tokens::secret_hash;
 use crate::auth::{Principal, password};
 use crate::validate;
@@ -45,40 +47,72 @@ async fn issue(
     })
 }
 
+/// A login is a user name, a password and a lifetime: a few hundred bytes.
+const MAX_LOGIN_BODY: usize = 4 << 10;
+/// Bytes of an offered user name kept in the audit record of a refused login.
+const MAX_AUDITED_USER_NAME: usize = 64;
+
 /// A user's name and password for a token with the user's own roles.
-#[utoipa::path(post, path = "/api/v1/login", security(()), request_body = LoginRequest, responses((status = 201, body = TokenCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/login", security(()), request_body = LoginRequest, responses((status = 201, body = TokenCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody, description = "locked out after failed logins, or too many logins at once; see Retry-After")))]
 pub(super) async fn login(
     State(state): State<AppState>,
     request: Request,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
-    let peer = super::guard::peer(&request).map(|p| p.to_string());
-    let body = axum::body::to_bytes(request.into_body(), super::MAX_JSON_BODY)
+    let peer = super::guard::peer(&request);
+    let body = axum::body::to_bytes(request.into_body(), MAX_LOGIN_BODY)
         .await
-        .map_err(|_| ApiError::PayloadTooLarge("request body too large".into()))?;
+        .map_err(|_| ApiError::PayloadTooLarge("login body over 4 KiB".into()))?;
     let input: LoginRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid login: {e}")))?;
     let ttl = validate::ttl("ttl", input.ttl.as_deref(), "12h", MAX_TOKEN_DAYS * 86_400)?;
-    let user = state.store.user_by_name(&input.user).await?;
-    if !password::verify(
-        &input.password,
-        user.as_ref().and_then(|u| u.password_hash.as_deref()),
-    ) {
+    // What the audit log keeps of an offered name: no one grows it with long ones.
+    let offered = audit::truncate(&input.user, MAX_AUDITED_USER_NAME);
+    let refuse = async |reason: &str| -> ApiResult<()> {
         let entry = Entry::new(
-            &format!("user:{}", input.user),
+            &format!("user:{offered}"),
             "auth.refused",
             "POST /api/v1/login",
         )
-        .details(json!({ "reason": "wrong user name or password", "peer": peer }));
+        .details(json!({ "reason": reason, "peer": peer.map(|p| p.to_string()) }));
         state.store.record_refusal(&entry).await?;
-        return Err(ApiError::Unauthenticated(
-            "wrong user name or password".into(),
-        ));
-    }
-    let Some(user) = user else {
-        return Err(ApiError::Unauthenticated(
-            "wrong user name or password".into(),
-        ));
+        Ok(())
     };
+    let address = peer.map(|p| p.ip());
+    let name = audit::truncate(&input.user, validate::MAX_USER_NAME);
+    if let Err(throttled) = state.logins.check(name, address, Instant::now()) {
+        refuse("too many failed logins: locked out").await?;
+        return Err(ApiError::TooManyRequests {
+            message: "too many failed logins; try again later".into(),
+            retry_after_secs: throttled.retry_after_secs(),
+        });
+    }
+    // No user has a name this long: refused without hashing, counted like a wrong guess.
+    let user = if input.user.len() > validate::MAX_USER_NAME {
+        None
+    } else {
+        state.store.user_by_name(&input.user).await?
+    };
+    let stored = user.as_ref().and_then(|u| u.password_hash.clone());
+    let password = input.password;
+    let matches = state
+        .logins
+        .hash(move || password::verify(&password, stored.as_deref()))
+        .await
+        .map_err(|throttled| ApiError::TooManyRequests {
+            message: "too many logins at once; try again".into(),
+            retry_after_secs: throttled.retry_after_secs(),
+        })?;
+    let user = match user {
+        Some(user) if matches => user,
+        _ => {
+            state.logins.failed(name, address, Instant::now());
+            refuse("wrong user name or password").await?;
+            return Err(ApiError::Unauthenticated(
+                "wrong user name or password".into(),
+            ));
+        }
+    };
+    state.logins.succeeded(&user.name);
     let actor = format!("user:{}", user.name);
     let created = issue(
         &state,

@@ -187,3 +187,26 @@ fn an_inconsistent_checkpoint_is_reported() {
         result.message
     );
 }
+
+#[test]
+fn a_refusal_record_is_bounded_whatever_the_caller_sent() {
+    let huge = "\"\\x".repeat(100_000);
+    let entry = Entry::new(
+        &format!("user:{huge}"),
+        "auth.refused",
+        format!("GET /{huge}"),
+    )
+    .details(serde_json::json!({ "name": huge, "peer": "127.0.0.1:1" }));
+    let bounded = entry.bounded();
+    let size = bounded.actor.len()
+        + bounded.target.len()
+        + bounded.details.to_string().len()
+        + bounded.action.len();
+    assert!(size + 200 <= super::MAX_REFUSAL_BYTES, "{size}");
+    assert!(bounded.actor.starts_with("user:\"\\x"));
+    // Small entries are kept as they are.
+    let small = Entry::new("user:bob", "auth.refused", "POST /api/v1/login")
+        .details(serde_json::json!({ "reason": "wrong user name or password" }));
+    assert_eq!(small.bounded().details, small.details);
+    assert_eq!(super::truncate("héllo", 2), "h");
+}

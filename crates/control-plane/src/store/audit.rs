@@ -159,7 +159,7 @@ impl Store {
             self.record_suppressed(suppressed).await?;
         }
         if admitted {
-            self.record_audit(entry).await?;
+            self.record_audit(&entry.bounded()).await?;
         }
         Ok(())
     }

@@ -47,10 +47,34 @@ pub struct DeploySpec<'a> {
     pub strategy: &'a str,
 }
 
+/// The PostgreSQL advisory-lock key that serializes every recomputation of desired states.
+const DESIRED_LOCK: i64 = 0x6564_6765_666e_0002;
+
 /// Builds the artifact URL nodes download a hash from.
 pub type ArtifactUrl<'a> = &'a (dyn Fn(&str) -> String + Send + Sync);
 
 impl Store {
+    /// Serializes the transactions that change desired states, until `tx` ends.
+    ///
+    /// On PostgreSQL (READ COMMITTED) two deploys running at once would both read revision r
+    /// and write r + 1 — the second document without the first change, which nodes that
+    /// applied r + 1 would never see. A transaction-scoped advisory lock taken before the
+    /// first read makes them queue, on one replica or several: each statement after the
+    /// lock sees everything the previous holder committed. Row locks would not do: the
+    /// conflict is between a node's row and the deployments and routes it is computed from.
+    /// Deploys are rare next to heartbeats, which never take it. SQLite needs nothing: its
+    /// write transactions already hold the database's write lock (`BEGIN IMMEDIATE`). Take
+    /// it before [`Self::append_audit`]'s lock, never after (one order, no deadlock).
+    pub(super) async fn lock_desired(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<()> {
+        if tx.backend_name() == "PostgreSQL" {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(DESIRED_LOCK)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// The project of `function_id`, inside a transaction.
     pub(super) async fn project_of(
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
@@ -87,6 +111,8 @@ impl Store {
         } = *spec;
         let mut tx = self.begin_write().await?;
         let result: Result<String> = async {
+        // Before reading the active deployment: two deploys of one function queue here.
+        Self::lock_desired(&mut tx).await?;
         let state: Option<String> =
             sqlx::query("SELECT state FROM versions WHERE function_id = $1 AND version = $2")
                 .bind(function_id)
@@ -184,6 +210,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         let result: Result<()> = async {
+        Self::lock_desired(&mut tx).await?;
         let active: Option<i64> = sqlx::query("SELECT version FROM deployments WHERE function_id = $1 AND state = 'active'")
             .bind(function_id)
             .fetch_optional(&mut *tx)
@@ -294,6 +321,7 @@ impl Store {
         only: Option<&str>,
     ) -> Result<Vec<Targeted>> {
         use crate::desired::{ActiveDeployment, compute};
+        Self::lock_desired(tx).await?;
         let rows = sqlx::query(
             "SELECT d.id, d.function_id, d.version, d.pop_selector, v.sha256, v.kind, v.settings FROM deployments d \
              JOIN versions v ON v.function_id = d.function_id AND v.version = d.version WHERE d.state = 'active' \

@@ -149,6 +149,7 @@ async fn assemble(
         auth,
         nodes,
         checkpoints: None,
+        logins: Default::default(),
     };
     App {
         router: router(state.clone()),

@@ -5,6 +5,7 @@ mod api;
 mod artifacts;
 mod audit;
 mod authz;
+mod concurrency;
 mod fixture;
 mod mtls;
 mod oidc;

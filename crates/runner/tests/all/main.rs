@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `edgefn-runner` binary, started with a manifest, spoken to
 //! over real sockets on 127.0.0.1, serving real guests built from `examples/`.
 
+mod hostile;
 mod serving;
 
 use std::io::{BufRead as _, BufReader};

@@ -1,0 +1,119 @@
+//! Unauthenticated abuse of a real control plane: oversized and repeated logins, slow
+//! clients. Each attack worked before the control plane bounded it.
+
+use std::io::{Read as _, Write as _};
+use std::time::Duration;
+
+use crate::{Backend, ControlPlane, cli_with_input};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn login(cp: &ControlPlane, user: &str, password: &str) -> reqwest::blocking::Response {
+    reqwest::blocking::Client::new()
+        .post(format!("{}/api/v1/login", cp.url))
+        .json(&serde_json::json!({ "user": user, "password": password }))
+        .send()
+        .unwrap()
+}
+
+/// A 200 KB user name is refused unread (413); a 4 KB one is refused and leaves at most 64
+/// bytes of itself in the audit log; 40 wrong passwords in a row lock the user out with 429
+/// and `Retry-After`, and then even the right password waits — while other users log in.
+#[test]
+fn logins_are_bounded_and_guessing_is_locked_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&Backend::Sqlite, &dir.path().join("cp"), &[]);
+    for user in ["alice", "bob"] {
+        cli_with_input(
+            &cp.url,
+            Some(&cp.token),
+            &["users", "create", user, "--password-stdin"],
+            PASSWORD,
+        )
+        .ok();
+    }
+
+    let huge = "u".repeat(200_000);
+    assert_eq!(login(&cp, &huge, "x").status(), 413);
+    let long = format!("{}{}", "v".repeat(60), "w".repeat(4_000));
+    assert_eq!(login(&cp, &long, "x").status(), 401);
+    let records = cp
+        .cli(&["audit", "list", "--action", "auth.refused", "--json"])
+        .ok()
+        .json();
+    let actors: Vec<&str> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["actor"].as_str())
+        .collect();
+    assert!(
+        actors.contains(&format!("user:{}", "v".repeat(60) + "wwww").as_str()),
+        "{actors:?}"
+    );
+    assert!(
+        actors.iter().all(|a| a.len() <= "user:".len() + 64),
+        "{actors:?}"
+    );
+
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..40 {
+        let reply = login(&cp, "alice", "wrong password!");
+        if reply.status() == 429 {
+            retry_after = reply.headers().get("retry-after").cloned();
+        }
+        statuses.push(reply.status().as_u16());
+    }
+    let first_429 = statuses
+        .iter()
+        .position(|s| *s == 429)
+        .expect("no 429 at all");
+    assert!(first_429 <= 6, "{statuses:?}");
+    // Each lockout that runs out lets one more guess through, and then doubles: a handful
+    // of guesses in 40 attempts, not 40.
+    let guesses = statuses.iter().filter(|s| **s == 401).count();
+    assert!(
+        guesses <= 9,
+        "{guesses} guesses reached the password check: {statuses:?}"
+    );
+    let seconds: u64 = retry_after.unwrap().to_str().unwrap().parse().unwrap();
+    assert!(seconds >= 1, "{seconds}");
+    assert_eq!(login(&cp, "alice", PASSWORD).status(), 429, "locked out");
+    assert_eq!(login(&cp, "bob", PASSWORD).status(), 201, "another user");
+}
+
+/// Connections that send half a request head, or nothing, to the API are closed after the
+/// header read timeout, while the API keeps answering.
+#[test]
+fn slow_clients_of_the_api_are_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(
+        &Backend::Sqlite,
+        &dir.path().join("cp"),
+        &["--header-read-timeout-ms", "1000"],
+    );
+    let address = cp.url.trim_start_matches("http://").to_string();
+    let mut slow: Vec<std::net::TcpStream> = (0..40u32)
+        .map(|i| {
+            let mut stream = std::net::TcpStream::connect(&address).unwrap();
+            if i.is_multiple_of(2) {
+                stream
+                    .write_all(b"GET /api/v1/whoami HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+                    .unwrap();
+            }
+            stream
+        })
+        .collect();
+    let (status, _) = crate::get(&format!("{}/api/v1/openapi.json", cp.url));
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_millis(2_500));
+    for (i, stream) in slow.iter_mut().enumerate() {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let closed = stream.read_to_end(&mut rest).is_ok();
+        assert!(closed, "connection {i} still open after 2.5 s");
+    }
+}

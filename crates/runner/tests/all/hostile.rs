@@ -1,0 +1,281 @@
+//! Attacks on the front by guests and clients: each test performs one against the real
+//! binary and checks that other requests are not harmed.
+
+use std::io::{Read as _, Write as _};
+use std::time::Duration;
+
+use crate::Runner;
+
+const CGI_AND_HELLO: &str = r#"
+[[functions]]
+id = "hello"
+version = 1
+path = "{guests}/hello.wasm"
+
+[[functions]]
+id = "cgi"
+version = 1
+path = "{cgi_guests}/cgi.wasm"
+
+[[routes]]
+path = "/hello"
+function = "hello"
+
+[[routes]]
+path = "/cgi/*"
+function = "cgi"
+"#;
+
+/// Reads from `stream` until `complete` says the bytes so far are enough, or 5 s pass.
+fn read_until(stream: &mut std::net::TcpStream, complete: impl Fn(&str) -> bool) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while std::time::Instant::now() < deadline && !complete(&String::from_utf8_lossy(&received)) {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+            Err(_) => {}
+        }
+    }
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// A CGI guest that frames its output as two responses (`Content-Length: 2`, then a whole
+/// second response) must not answer the next pipelined request on the connection: its
+/// framing headers are dropped and its whole output is one body.
+#[test]
+fn a_cgi_guest_cannot_smuggle_a_response_to_the_next_request() {
+    let runner = Runner::start(CGI_AND_HELLO, &[]);
+    let mut stream = std::net::TcpStream::connect(runner.http).unwrap();
+    stream
+        .write_all(
+            b"GET /cgi/smuggle HTTP/1.1\r\nHost: a\r\n\r\n\
+              GET /hello HTTP/1.1\r\nHost: a\r\n\r\n",
+        )
+        .unwrap();
+    let text = read_until(&mut stream, |text| text.contains("Hello, edgefn!"));
+    let responses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i..])
+        .collect();
+    // The guest's body holds the text "HTTP/1.1 200 OK" once, so three status-like lines:
+    // the smuggler's real response, the text inside its body, and hello's answer.
+    assert!(
+        text.contains("Hello, edgefn!"),
+        "hello never answered: {text:?}"
+    );
+    let first = responses[0];
+    let (head, body) = first.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{text:?}");
+    let length = "okHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPWNED!".len();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("content-length: {length}")),
+        "the response is framed by the guest's real output: {head:?}"
+    );
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "{head:?}"
+    );
+    assert!(
+        body.starts_with("okHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPWNED!HTTP/1.1 200"),
+        "{text:?}"
+    );
+    // The answer to the second request is hello's, not "PWNED!".
+    let second = &body[length..];
+    assert!(second.ends_with("Hello, edgefn!\n"), "{second:?}");
+    assert!(!second.contains("PWNED"), "{second:?}");
+}
+
+/// A guest's `Transfer-Encoding: chunked` is dropped too: its output is the body as is.
+#[tokio::test]
+async fn a_cgi_guest_cannot_choose_the_transfer_encoding() {
+    let runner = Runner::start(CGI_AND_HELLO, &[]);
+    let response = reqwest::get(runner.url("/cgi/chunked")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("transfer-encoding").is_none());
+    assert_eq!(
+        response.text().await.unwrap(),
+        "5\r\nhello\r\n0\r\n\r\n",
+        "the guest's bytes arrive unchanged, not decoded as chunks"
+    );
+}
+
+/// Connections that send half a request head (slowloris), or nothing at all, are closed
+/// after the header read timeout, and the node keeps answering others meanwhile.
+#[tokio::test]
+async fn slow_clients_are_cut_off_after_the_header_read_timeout() {
+    let runner = Runner::start(CGI_AND_HELLO, &["--header-read-timeout-ms", "1000"]);
+    let mut slow = Vec::new();
+    for i in 0..40u32 {
+        let mut stream = std::net::TcpStream::connect(runner.http).unwrap();
+        if i.is_multiple_of(2) {
+            stream
+                .write_all(b"GET /hello HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+                .unwrap();
+        }
+        slow.push(stream);
+    }
+    // One byte a few times: trickling does not extend the deadline.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for stream in slow.iter_mut().step_by(2) {
+            let _ = stream.write_all(b"a");
+        }
+    }
+    let hello = reqwest::get(runner.url("/hello")).await.unwrap();
+    assert_eq!(hello.status(), 200);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    for (i, stream) in slow.iter_mut().enumerate() {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut buffer = [0u8; 1024];
+        match stream.read(&mut buffer) {
+            // Closed, possibly after a 408 from hyper.
+            Ok(0) | Err(_) => {}
+            Ok(_) => {
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest);
+            }
+        }
+        let mut probe = [0u8; 1];
+        assert!(
+            matches!(stream.read(&mut probe), Ok(0) | Err(_)),
+            "connection {i} is still open after 3 s"
+        );
+    }
+}
+
+/// A request body that never ends: announced, never sent.
+struct NeverEndingBody;
+
+impl hyper::body::Body for NeverEndingBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
+
+/// 200 HTTP/2 streams that announce a large body and never send it take no concurrency
+/// slot of their tenant: another client of the same tenant is answered at once (not 429,
+/// not after a wait), and the stalled streams end with 408 after the body read timeout.
+#[tokio::test]
+async fn bodies_that_never_arrive_cannot_starve_the_tenant() {
+    const ECHO_TOO: &str = r#"
+[[functions]]
+id = "hello"
+version = 1
+path = "{guests}/hello.wasm"
+
+[[functions]]
+id = "echo"
+version = 1
+path = "{guests}/echo.wasm"
+
+[[routes]]
+path = "/hello"
+function = "hello"
+
+[[routes]]
+path = "/echo/*"
+function = "echo"
+"#;
+    let runner = Runner::start(
+        ECHO_TOO,
+        &[
+            "--tenant-max-concurrent",
+            "8",
+            "--body-read-timeout-ms",
+            "3000",
+        ],
+    );
+    let mut stalled = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let tcp = tokio::net::TcpStream::connect(runner.http).await.unwrap();
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        for _ in 0..100 {
+            let mut sender = sender.clone();
+            let request = http::Request::post(format!("http://{}/echo/x", runner.http))
+                .header("content-length", "1000000")
+                .body(NeverEndingBody)
+                .unwrap();
+            stalled.spawn(async move { sender.send_request(request).await.map(|r| r.status()) });
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client = reqwest::Client::new();
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let hello = client.get(runner.url("/hello")).send().await.unwrap();
+        assert_eq!(hello.status(), 200, "{:?}", hello.text().await);
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "hello waited {:?}",
+            started.elapsed()
+        );
+    }
+    let mut timed_out = 0;
+    while let Some(status) = stalled.join_next().await {
+        if let Ok(Ok(status)) = status {
+            assert_eq!(status, 408);
+            timed_out += 1;
+        }
+    }
+    assert!(timed_out >= 100, "only {timed_out} stalled streams got 408");
+}
+
+/// One address cannot take every connection of the node: beyond its limit its new
+/// connections are closed, while another address is served.
+#[tokio::test]
+async fn connections_beyond_the_per_address_limit_are_closed() {
+    let runner = Runner::start(CGI_AND_HELLO, &["--max-connections-per-ip", "5"]);
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(std::net::TcpStream::connect(runner.http).unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = std::net::TcpStream::connect(runner.http).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = extra.write_all(b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n");
+    let mut buffer = [0u8; 64];
+    assert!(
+        matches!(extra.read(&mut buffer), Ok(0) | Err(_)),
+        "a sixth connection from 127.0.0.1 was served"
+    );
+    // Another loopback address is a different client.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = socket
+        .connect(runner.http)
+        .await
+        .unwrap()
+        .into_std()
+        .unwrap();
+    other.set_nonblocking(false).unwrap();
+    let text = {
+        other
+            .write_all(b"GET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        read_until(&mut other, |text| text.contains("Hello, edgefn!"))
+    };
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+    drop(held);
+}
