@@ -91,6 +91,32 @@ pub enum ProjectsCommand {
         project: String,
         user: String,
     },
+    /// Set a project's quotas on each node (administrators); a value left out keeps the
+    /// nodes' default.
+    SetQuota {
+        project: String,
+        /// Concurrent executions of the project's functions on one node.
+        #[arg(long)]
+        max_concurrent: Option<u32>,
+        /// Invocations per minute of the project's functions on one node.
+        #[arg(long)]
+        per_minute: Option<u32>,
+        /// Share of each node's instance slots, e.g. `25%`.
+        #[arg(long, value_parser = parse_percent)]
+        pool_share: Option<u8>,
+    },
+    /// A project's quotas on each node.
+    Quota {
+        project: String,
+    },
+}
+
+fn parse_percent(text: &str) -> Result<u8, String> {
+    let number = text.strip_suffix('%').unwrap_or(text);
+    match number.parse::<u8>() {
+        Ok(percent) if (1..=100).contains(&percent) => Ok(percent),
+        _ => Err(format!("{text:?} is not a percentage from 1% to 100%")),
+    }
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
@@ -351,6 +377,38 @@ pub async fn projects(
                 .await?;
             out.item(&member, || {
                 format!("{} is {} in {project}.", member.user, member.role)
+            });
+        }
+        ProjectsCommand::SetQuota {
+            project,
+            max_concurrent,
+            per_minute,
+            pool_share,
+        } => {
+            let quota = edgefn_proto::sync::ProjectQuota {
+                max_concurrent,
+                per_minute,
+                pool_share_percent: pool_share,
+            };
+            let set: edgefn_proto::sync::ProjectQuota = client
+                .put(&format!("/projects/{project}/quota"), &quota)
+                .await?;
+            out.item(&set, || format!("Set the quotas of {project}."));
+        }
+        ProjectsCommand::Quota { project } => {
+            let quota: edgefn_proto::sync::ProjectQuota =
+                client.get(&format!("/projects/{project}/quota")).await?;
+            let show =
+                |value: Option<u32>| value.map_or("node default".to_string(), |v| v.to_string());
+            out.item(&quota, || {
+                format!(
+                    "max concurrent  {}\nper minute      {}\npool share      {}\n",
+                    show(quota.max_concurrent),
+                    show(quota.per_minute),
+                    quota
+                        .pool_share_percent
+                        .map_or("node default".to_string(), |p| format!("{p}%"))
+                )
             });
         }
         ProjectsCommand::RemoveMember { project, user } => {

@@ -65,9 +65,6 @@ pub struct CreateArgs {
     /// Requests one instance serves before it is recycled (1 = fresh per request).
     #[arg(long)]
     pub instance_reuse: Option<i64>,
-    /// Tenant whose quotas the function counts against.
-    #[arg(long)]
-    pub tenant: Option<String>,
 }
 
 fn key_value(text: &str) -> Result<(String, String), String> {
@@ -121,8 +118,10 @@ pub enum RoutesCommand {
         /// Function id or name.
         #[arg(long)]
         function: String,
-        /// Host pattern: `example.com`, `*.example.com` or `*`.
-        #[arg(long, default_value = "*")]
+        /// Host pattern: `example.com` or `*.example.com` (a verified domain of the
+        /// function's project), or `*` (administrators). Default: the project's platform
+        /// host (`*` for administrators).
+        #[arg(long, default_value = "")]
         host: String,
         /// Pin a version (default: the deployed one).
         #[arg(long)]
@@ -228,7 +227,6 @@ pub async fn functions(
                     max_hot_instances: args.max_hot_instances,
                     instance_reuse: args.instance_reuse,
                     env: args.env.into_iter().collect(),
-                    tenant: args.tenant,
                 },
             };
             let created: VersionCreated = client.post("/functions", &body).await?;

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod client;
 pub mod commands;
 pub mod dev;
+pub mod domains;
 pub mod output;
 
 use std::path::PathBuf;
@@ -70,6 +71,9 @@ pub enum Command {
     /// Add, list and remove routes.
     #[command(subcommand)]
     Routes(commands::RoutesCommand),
+    /// Claim, verify, list and remove a project's domains.
+    #[command(subcommand)]
+    Domains(domains::DomainsCommand),
     /// List and show edge nodes.
     #[command(subcommand)]
     Nodes(commands::NodesCommand),
@@ -167,6 +171,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback(args) => commands::rollback(&client, &out, args).await,
         Command::Undeploy(function) => commands::undeploy(&client, &out, function).await,
         Command::Routes(command) => commands::routes(&client, &out, command).await,
+        Command::Domains(command) => domains::domains(&client, &out, command).await,
         Command::Nodes(command) => commands::nodes(&client, &out, command).await,
         Command::Deployments(command) => commands::deployments(&client, &out, command).await,
         Command::Login(args) => {

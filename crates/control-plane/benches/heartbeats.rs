@@ -124,6 +124,7 @@ async fn measure(label: &str, url: &str, nodes: usize) {
         nodes: authority,
         checkpoints: None,
         logins: Default::default(),
+        dns: None,
     };
     let app = node_router(state);
     let api = run_for(ids.clone(), move |(id, token)| {

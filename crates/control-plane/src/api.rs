@@ -14,6 +14,7 @@
 
 mod audit;
 mod deployments;
+mod domains;
 mod error;
 mod functions;
 pub mod guard;
@@ -58,6 +59,9 @@ pub struct AppState {
     pub checkpoints: Option<CheckpointStore>,
     /// Failed-login lockouts and the Argon2 concurrency cap of `POST /login`.
     pub logins: Arc<crate::auth::throttle::LoginThrottle>,
+    /// Checks the DNS proof of domain claims (`None`: no resolver; administrators can
+    /// still mark domains verified).
+    pub dns: Option<Arc<crate::domains::dns::DnsVerifier>>,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -136,6 +140,22 @@ pub fn router(state: AppState) -> Router {
             put(identity::set_member).delete(identity::remove_member),
         )
         .route(
+            "/projects/{project}/domains",
+            post(domains::create_domain).get(domains::list_domains),
+        )
+        .route(
+            "/projects/{project}/domains/{name}",
+            delete(domains::delete_domain),
+        )
+        .route(
+            "/projects/{project}/domains/{name}/verify",
+            post(domains::verify_domain),
+        )
+        .route(
+            "/projects/{project}/quota",
+            get(domains::get_quota).put(domains::set_quota),
+        )
+        .route(
             "/tokens",
             post(identity::create_token).get(identity::list_tokens),
         )
@@ -207,6 +227,12 @@ pub use self::node::node_router;
         identity::list_members,
         identity::set_member,
         identity::remove_member,
+        domains::create_domain,
+        domains::list_domains,
+        domains::verify_domain,
+        domains::delete_domain,
+        domains::get_quota,
+        domains::set_quota,
         identity::create_token,
         identity::list_tokens,
         identity::revoke_token,

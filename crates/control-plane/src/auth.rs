@@ -81,6 +81,7 @@ impl Auth {
                     token_role: None,
                     token_id: "external".into(),
                     issuer: external.issuer.clone(),
+                    token_expires_at: None,
                 })
             }
             _ => {
@@ -107,6 +108,7 @@ impl Auth {
                     memberships: row.memberships,
                     token_project: row.project,
                     token_role: row.role,
+                    token_expires_at: Some(claims.exp),
                     token_id: claims.jti,
                     issuer: self.signer.issuer().to_string(),
                 })

@@ -118,6 +118,15 @@ pub struct ControlPlaneArgs {
     /// count recorded (so a flood of bad tokens cannot flood the database).
     #[arg(long, env = "EDGEFN_AUDIT_REFUSALS_PER_SECOND", default_value_t = 100)]
     pub audit_refusals_per_second: u32,
+    /// The domain under which every project gets platform hosts that need no proof:
+    /// `{project}.{domain}`, and `{function}.{project}.{domain}` for each function. The
+    /// same on every replica.
+    #[arg(long, env = "EDGEFN_PLATFORM_DOMAIN", default_value = crate::domains::DEFAULT_PLATFORM_DOMAIN)]
+    pub platform_domain: String,
+    /// The DNS server (`IP:PORT`) that domain proofs (TXT records) are looked up on;
+    /// default: the system's resolvers.
+    #[arg(long, env = "EDGEFN_DNS_SERVER")]
+    pub dns_server: Option<SocketAddr>,
     /// How long a client may take to send a request head, or anything after connecting, in
     /// milliseconds (then its connection is closed); both listeners.
     #[arg(long, env = "EDGEFN_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]

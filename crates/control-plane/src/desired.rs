@@ -1,19 +1,39 @@
 //! The desired state of a node, computed from the active deployments and the routes: pure,
 //! so the rule is tested without a database. A node gets every function version whose
 //! active deployment's selector matches its labels, and every route whose own selector
-//! matches and whose function it gets.
+//! matches and whose function it gets — if the route's host is its project's (a verified
+//! domain or a platform host; `*` was allowed to an administrator). Each function it gets is
+//! also reachable at `{function}.{project}.{platform}`, below every explicit route of that
+//! host. Every route names the project owning its host, and every function's quota tenant
+//! is its project, with the project's quotas alongside.
 
 use std::collections::BTreeMap;
 
 use edgefn_proto::Selector;
 use edgefn_proto::api::Route;
-use edgefn_proto::sync::{DESIRED_STATE_FORMAT, DesiredFunction, DesiredRoute, DesiredState};
+use edgefn_proto::sync::{
+    DESIRED_STATE_FORMAT, DesiredFunction, DesiredRoute, DesiredState, ProjectQuota,
+};
+
+use crate::domains::{DomainName, may_route};
 
 /// An active deployment with what nodes need of its version.
 #[derive(Clone, Debug)]
 pub struct ActiveDeployment {
+    /// The function's name and project (for its platform host).
+    pub name: String,
+    pub project: String,
     pub selector: Selector,
     pub function: DesiredFunction,
+}
+
+/// Who owns which hosts, and the projects' quotas.
+#[derive(Clone, Copy, Debug)]
+pub struct Hosts<'a> {
+    pub platform_domain: &'a str,
+    /// Every verified domain as `(project, name)`.
+    pub verified: &'a [(String, DomainName)],
+    pub quotas: &'a BTreeMap<String, ProjectQuota>,
 }
 
 /// The desired state of the node `node_id` with `labels`, at `revision`.
@@ -23,16 +43,27 @@ pub fn compute(
     revision: u64,
     deployments: &[ActiveDeployment],
     routes: &[(Route, Selector)],
+    hosts: &Hosts<'_>,
 ) -> DesiredState {
-    let functions: Vec<DesiredFunction> = deployments
+    let held: Vec<&ActiveDeployment> = deployments
         .iter()
         .filter(|d| d.selector.matches(labels))
-        .map(|d| d.function.clone())
         .collect();
-    let routes = routes
+    let functions: Vec<DesiredFunction> = held.iter().map(|d| d.function.clone()).collect();
+    let mut desired_routes: Vec<DesiredRoute> = routes
         .iter()
         .filter(|(route, selector)| {
-            selector.matches(labels) && functions.iter().any(|f| f.function_id == route.function_id)
+            selector.matches(labels)
+                && functions.iter().any(|f| f.function_id == route.function_id)
+                // A route whose domain is no longer its project's never reaches a node.
+                && may_route(
+                    &route.host,
+                    &route.project,
+                    true,
+                    hosts.platform_domain,
+                    hosts.verified,
+                )
+                .is_ok()
         })
         .map(|(route, _)| DesiredRoute {
             id: route.id.clone(),
@@ -42,14 +73,36 @@ pub fn compute(
             priority: route.priority,
             function_id: route.function_id.clone(),
             version: route.version,
+            project: Some(route.project.clone()),
         })
+        .collect();
+    for deployment in &held {
+        desired_routes.push(DesiredRoute {
+            id: format!("platform:{}", deployment.function.function_id),
+            host: format!(
+                "{}.{}",
+                deployment.name,
+                crate::domains::platform_host(&deployment.project, hosts.platform_domain)
+            ),
+            path: "/*".into(),
+            methods: vec![],
+            priority: i32::MIN,
+            function_id: deployment.function.function_id.clone(),
+            version: None,
+            project: Some(deployment.project.clone()),
+        });
+    }
+    let quotas = held
+        .iter()
+        .filter_map(|d| Some((d.project.clone(), hosts.quotas.get(&d.project)?.clone())))
         .collect();
     DesiredState {
         format: DESIRED_STATE_FORMAT,
         node_id: node_id.to_string(),
         revision,
         functions,
-        routes,
+        routes: desired_routes,
+        quotas,
     }
 }
 
@@ -100,10 +153,14 @@ mod tests {
     fn nodes_get_what_their_labels_select_and_only_routes_to_what_they_hold() {
         let deployments = vec![
             ActiveDeployment {
+                name: "a".into(),
+                project: "default".into(),
                 selector: Selector::parse("region == 'tokyo'").unwrap(),
                 function: function("fn_a", 2),
             },
             ActiveDeployment {
+                name: "b".into(),
+                project: "default".into(),
                 selector: Selector::parse("").unwrap(),
                 function: function("fn_b", 1),
             },
@@ -120,7 +177,13 @@ mod tests {
             ("region".to_string(), "osaka".to_string()),
             ("pop".to_string(), "osaka-1".to_string()),
         ]);
-        let state = compute("n1", &tokyo, 7, &deployments, &routes);
+        let quotas = BTreeMap::new();
+        let hosts = Hosts {
+            platform_domain: "edgefn.localhost",
+            verified: &[],
+            quotas: &quotas,
+        };
+        let state = compute("n1", &tokyo, 7, &deployments, &routes, &hosts);
         assert_eq!(state.revision, 7);
         assert_eq!(
             state
@@ -136,9 +199,11 @@ mod tests {
                 .iter()
                 .map(|r| r.id.as_str())
                 .collect::<Vec<_>>(),
-            ["r_a", "r_b"]
+            ["r_a", "r_b", "platform:fn_a", "platform:fn_b"]
         );
-        let state = compute("n2", &osaka, 1, &deployments, &routes);
+        assert_eq!(state.routes[2].host, "a.default.edgefn.localhost");
+        assert_eq!(state.routes[2].priority, i32::MIN);
+        let state = compute("n2", &osaka, 1, &deployments, &routes, &hosts);
         assert_eq!(
             state
                 .functions
@@ -147,9 +212,66 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["fn_b"]
         );
-        assert!(
-            state.routes.is_empty(),
+        assert_eq!(
+            state
+                .routes
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>(),
+            ["platform:fn_b"],
             "r_a's function is not here, r_b's selector excludes osaka-1"
         );
+    }
+
+    #[test]
+    fn routes_on_hosts_their_project_does_not_own_never_reach_nodes() {
+        let deployments = vec![ActiveDeployment {
+            name: "a".into(),
+            project: "shop".into(),
+            selector: Selector::parse("").unwrap(),
+            function: function("fn_a", 1),
+        }];
+        let mut owned = route("r_owned", "fn_a");
+        owned.project = "shop".into();
+        owned.host = "shop.example.com".into();
+        let mut foreign = owned.clone();
+        foreign.id = "r_foreign".into();
+        foreign.host = "blog.example.com".into();
+        let verified = vec![
+            (
+                "shop".to_string(),
+                DomainName::parse("shop.example.com").unwrap(),
+            ),
+            (
+                "blog".to_string(),
+                DomainName::parse("blog.example.com").unwrap(),
+            ),
+        ];
+        let quotas = BTreeMap::from([(
+            "shop".to_string(),
+            ProjectQuota {
+                max_concurrent: Some(5),
+                ..ProjectQuota::default()
+            },
+        )]);
+        let hosts = Hosts {
+            platform_domain: "edgefn.localhost",
+            verified: &verified,
+            quotas: &quotas,
+        };
+        let routes = vec![
+            (owned, Selector::parse("").unwrap()),
+            (foreign, Selector::parse("").unwrap()),
+        ];
+        let state = compute("n1", &BTreeMap::new(), 1, &deployments, &routes, &hosts);
+        let ids: Vec<&str> = state.routes.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["r_owned", "platform:fn_a"]);
+        assert!(
+            state
+                .routes
+                .iter()
+                .all(|r| r.project.as_deref() == Some("shop"))
+        );
+        assert_eq!(state.quotas["shop"].max_concurrent, Some(5));
     }
 }

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod ca;
 pub mod config;
 pub mod desired;
+pub mod domains;
 pub mod listener;
 pub mod store;
 pub mod sync;
@@ -289,6 +290,20 @@ pub async fn run(
         }),
         args.s3_endpoint.as_deref(),
     )?;
+    let platform = crate::domains::DomainName::parse(&args.platform_domain)
+        .map_err(|e| anyhow::anyhow!("--platform-domain {:?}: {e}", args.platform_domain))?;
+    store.set_platform_domain(&platform.base);
+    let dns = match args.dns_server {
+        Some(server) => Some(domains::dns::DnsVerifier::with_server(server)),
+        None => Some(domains::dns::DnsVerifier::system()),
+    }
+    .and_then(|verifier| match verifier {
+        Ok(verifier) => Some(Arc::new(verifier)),
+        Err(error) => {
+            tracing::warn!(%error, "domains cannot be verified by DNS (administrators can still mark them verified)");
+            None
+        }
+    });
     // Catch up with a change whose recomputation a crash interrupted (a route written, its
     // nodes' desired states not yet).
     {
@@ -328,6 +343,7 @@ pub async fn run(
         nodes,
         checkpoints: Some(checkpoints.clone()),
         logins: Default::default(),
+        dns,
     };
     // The one fixed format tools and tests read the bound addresses from.
     for (name, bound) in [("api", address), ("nodes", node_address)] {

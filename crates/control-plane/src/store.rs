@@ -53,6 +53,9 @@ pub struct Store {
     pub backend: Backend,
     /// Bounds how many refusal records this process writes per second.
     refusals: std::sync::Arc<audit::RefusalLimiter>,
+    /// Under which domain projects get their platform hosts (part of the desired-state
+    /// rule: `{function}.{project}.{platform}` reaches a function).
+    platform_domain: std::sync::Arc<std::sync::RwLock<std::sync::Arc<str>>>,
 }
 
 pub fn now_ms() -> i64 {
@@ -130,7 +133,25 @@ impl Store {
             pool,
             backend,
             refusals: Default::default(),
+            platform_domain: std::sync::Arc::new(std::sync::RwLock::new(
+                crate::domains::DEFAULT_PLATFORM_DOMAIN.into(),
+            )),
         })
+    }
+
+    /// Sets the platform domain (`--platform-domain`); the same on every replica.
+    pub fn set_platform_domain(&self, domain: &str) {
+        *self
+            .platform_domain
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = domain.into();
+    }
+
+    pub fn platform_domain(&self) -> std::sync::Arc<str> {
+        self.platform_domain
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     fn backend_of(url: &str) -> Result<Backend> {
@@ -266,6 +287,7 @@ impl Store {
 
 mod audit;
 mod deployments;
+mod domains;
 mod functions;
 mod identity;
 mod nodes;

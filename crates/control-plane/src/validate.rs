@@ -219,10 +219,9 @@ pub fn settings(
             problems.add("env", format!("invalid variable name {name:?}"));
         }
     }
-    let tenant = input.tenant.clone().unwrap_or_else(|| project.to_string());
-    if !valid_name(&tenant) {
-        problems.add("tenant", "must be lower-case letters, digits and '-'");
-    }
+    // The quota tenant is the project, always: a free name would let one project run its
+    // traffic against another's quotas.
+    let tenant = project.to_string();
     FunctionSettings {
         entrypoint: input.entrypoint.clone(),
         memory_pages: memory_pages as u64,
@@ -276,6 +275,7 @@ pub fn route(input: &RouteInput) -> Result<RouteInput, Vec<FieldError>> {
         path: input.path.clone(),
         methods: methods.clone(),
         priority: 0,
+        owner: None,
         target: (),
     };
     if let Err((_, error)) = RouteTable::new(vec![spec]) {

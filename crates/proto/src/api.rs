@@ -39,9 +39,6 @@ pub struct SettingsInput {
     pub instance_reuse: Option<i64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
-    /// Quota tenant (default: the project).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
 }
 
 /// Validated settings, as stored and as sent to nodes.
@@ -55,6 +52,7 @@ pub struct FunctionSettings {
     pub max_hot_instances: u32,
     pub instance_reuse: u32,
     pub env: BTreeMap<String, String>,
+    /// The quota tenant: always the function's project.
     pub tenant: String,
 }
 
@@ -131,7 +129,10 @@ pub struct Version {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteInput {
-    #[serde(default = "any_host")]
+    /// `example.com`, `*.example.com` or `*`; a verified domain or platform host of the
+    /// function's project. Empty or left out: the project's platform host (`*` for fleet
+    /// administrators).
+    #[serde(default)]
     pub host: String,
     pub path: String,
     pub function_id: String,
@@ -143,10 +144,6 @@ pub struct RouteInput {
     pub priority: i64,
     #[serde(default)]
     pub pop_selector: String,
-}
-
-fn any_host() -> String {
-    "*".to_string()
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -347,4 +344,30 @@ pub struct ErrorDetail {
 pub struct FieldError {
     pub field: String,
     pub message: String,
+}
+
+/// `POST /projects/{project}/domains`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDomain {
+    /// `shop.example.com`, or `*.shop.example.com` for every name under it.
+    pub name: String,
+    /// Mark it verified without a DNS proof (fleet administrators only).
+    #[serde(default)]
+    pub verified: bool,
+}
+
+/// A domain a project claimed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Domain {
+    pub id: String,
+    pub project: String,
+    pub name: String,
+    /// Only verified domains may be routed, and reach nodes.
+    pub verified: bool,
+    /// The DNS TXT record that proves the claim (`POST …/verify` checks it).
+    pub txt_record_name: String,
+    pub txt_record_value: String,
+    pub created_at: i64,
+    pub verified_at: Option<i64>,
 }

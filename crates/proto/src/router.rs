@@ -2,11 +2,16 @@
 //! specs (validated, with positions in errors) and answers `lookup(host, method, path)` with
 //! the winning route and its named path parameters.
 //!
-//! Which route wins: the highest `priority`; among equal priorities the more specific one
-//! (exact host before `*.domain` before `*`; exact path before named segments before a
-//! prefix, more literal segments first); then the older route (lower index). The table is
-//! indexed by host and by the first path segment so a lookup looks at a handful of
-//! candidates, not at every route.
+//! Which route wins: first the request's host picks its owner — the owner (a project) of
+//! the most specific host pattern any route has for it (the exact name, else the closest
+//! `*.domain`) — and only that owner's routes compete, so no priority in one project can
+//! outrank another project's route for a host it owns; `*` routes compete only for hosts
+//! nobody owns (or when they belong to the owner). Then the highest `priority`; among equal
+//! priorities the more specific one (exact host before `*.domain` before `*`; exact path
+//! before named segments before a prefix, more literal segments first); then the older
+//! route (lower index). Routes without an owner (a manifest, where the operator owns the
+//! whole node) form one owner. The table is indexed by host and by the first path segment
+//! so a lookup looks at a handful of candidates, not at every route.
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
@@ -22,6 +27,8 @@ pub struct RouteSpec<T> {
     /// Upper-case method names; empty means any method.
     pub methods: Vec<String>,
     pub priority: i32,
+    /// The project that owns the route's host (`None`: the node's operator, in a manifest).
+    pub owner: Option<String>,
     pub target: T,
 }
 
@@ -256,6 +263,8 @@ struct Route<T> {
     path: PathPattern,
     /// Sort key: larger wins.
     key: (i32, u8, u8, usize, Reverse<usize>),
+    /// The interned owner (0: none).
+    owner: u32,
 }
 
 impl<T> Route<T> {
@@ -287,6 +296,8 @@ pub struct RouteTable<T> {
 struct HostRoutes {
     by_first_segment: HashMap<String, Vec<usize>>,
     other: Vec<usize>,
+    /// The owner of the bucket's oldest route: the owner of this host pattern.
+    owner: u32,
 }
 
 impl<T: fmt::Debug> fmt::Debug for RouteTable<T> {
@@ -312,7 +323,15 @@ impl<T> RouteTable<T> {
     /// Builds the table; the first invalid pattern is reported with its route index.
     pub fn new(specs: Vec<RouteSpec<T>>) -> Result<Self, (usize, PatternError)> {
         let mut routes = Vec::with_capacity(specs.len());
+        let mut owners: HashMap<String, u32> = HashMap::new();
         for (index, mut spec) in specs.into_iter().enumerate() {
+            let owner = match &spec.owner {
+                None => 0,
+                Some(name) => {
+                    let next = owners.len() as u32 + 1;
+                    *owners.entry(name.clone()).or_insert(next)
+                }
+            };
             let host = HostPattern::parse(&spec.host).map_err(|e| (index, e))?;
             let path = PathPattern::parse(&spec.path).map_err(|e| (index, e))?;
             for method in &mut spec.methods {
@@ -331,6 +350,7 @@ impl<T> RouteTable<T> {
                 host,
                 path,
                 key,
+                owner,
             });
         }
         let mut table = Self {
@@ -338,13 +358,20 @@ impl<T> RouteTable<T> {
             ..Self::default()
         };
         for (index, route) in routes.iter().enumerate() {
-            let bucket = match &route.host {
-                HostPattern::Exact(name) => table.exact_hosts.entry(name.clone()).or_default(),
-                HostPattern::Wildcard(domain) => {
-                    table.wildcard_hosts.entry(domain.clone()).or_default()
+            let (bucket, new) = match &route.host {
+                HostPattern::Exact(name) => {
+                    let new = !table.exact_hosts.contains_key(name);
+                    (table.exact_hosts.entry(name.clone()).or_default(), new)
                 }
-                HostPattern::Any => &mut table.any_host,
+                HostPattern::Wildcard(domain) => {
+                    let new = !table.wildcard_hosts.contains_key(domain);
+                    (table.wildcard_hosts.entry(domain.clone()).or_default(), new)
+                }
+                HostPattern::Any => (&mut table.any_host, false),
             };
+            if new {
+                bucket.owner = route.owner;
+            }
             match route.path.first_literal() {
                 Some(first) => bucket
                     .by_first_segment
@@ -389,6 +416,17 @@ impl<T> RouteTable<T> {
         }
         let host = normalize_host(host);
         let first_segment = path[1..].split('/').next().unwrap_or("");
+        let exact = self.exact_hosts.get(host.as_ref());
+        let mut wildcards = Vec::new();
+        let mut rest = host.as_ref();
+        while let Some((_, parent)) = rest.split_once('.') {
+            if let Some(bucket) = self.wildcard_hosts.get(parent) {
+                wildcards.push(bucket);
+            }
+            rest = parent;
+        }
+        // The owner of the most specific host pattern (none: only `*` routes match).
+        let owner = exact.or(wildcards.first().copied()).map(|b| b.owner);
         let mut best: Option<(usize, Vec<(String, String)>)> = None;
         let mut params = Vec::new();
         let mut consider =
@@ -411,6 +449,9 @@ impl<T> RouteTable<T> {
                             // Lists are sorted: nothing later in this list can win.
                             break;
                         }
+                        if owner.is_some_and(|owner| owner != route.owner) {
+                            continue;
+                        }
                         if route.method_matches(method) && route.path.matches(path, &mut params) {
                             *best = Some((index, std::mem::take(&mut params)));
                             break;
@@ -418,15 +459,11 @@ impl<T> RouteTable<T> {
                     }
                 }
             };
-        if let Some(bucket) = self.exact_hosts.get(host.as_ref()) {
+        if let Some(bucket) = exact {
             consider(bucket, &mut best);
         }
-        let mut rest = host.as_ref();
-        while let Some((_, parent)) = rest.split_once('.') {
-            if let Some(bucket) = self.wildcard_hosts.get(parent) {
-                consider(bucket, &mut best);
-            }
-            rest = parent;
+        for bucket in wildcards {
+            consider(bucket, &mut best);
         }
         consider(&self.any_host, &mut best);
         best.map(|(index, params)| RouteMatch {
@@ -441,11 +478,26 @@ impl<T> RouteTable<T> {
     pub fn lookup_by_scan(&self, host: &str, method: &str, path: &str) -> Option<usize> {
         let host = normalize_host(host);
         let mut params = Vec::new();
+        // The owner: of the oldest route with the exact name, else of the oldest route with
+        // the longest matching `*.domain`.
+        let specificity = |r: &Route<T>| match &r.host {
+            HostPattern::Exact(name) if *name == host => Some(usize::MAX),
+            HostPattern::Wildcard(domain) if r.host.matches(&host) => Some(domain.len()),
+            _ => None,
+        };
+        let most_specific = self.routes.iter().filter_map(specificity).max();
+        let owner = most_specific.and_then(|most| {
+            self.routes
+                .iter()
+                .find(|r| specificity(r) == Some(most))
+                .map(|r| r.owner)
+        });
         self.routes
             .iter()
             .enumerate()
             .filter(|(_, r)| {
                 path.starts_with('/')
+                    && owner.is_none_or(|owner| owner == r.owner)
                     && r.host.matches(&host)
                     && r.method_matches(method)
                     && r.path.matches(path, &mut params)

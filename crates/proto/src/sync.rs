@@ -3,13 +3,18 @@
 //! carries its `format`, and a node refuses a format newer than it understands instead of
 //! misreading it. Within a format, unknown fields are ignored, so fields can be added.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::GuestKind;
 use crate::api::FunctionSettings;
 
-/// The newest desired-state format this build reads and writes.
-pub const DESIRED_STATE_FORMAT: u32 = 1;
+/// The newest desired-state format this build reads and writes. Format 2 added the
+/// project that owns each route's host (a node must match a request's host to its project
+/// before priorities apply) and per-project quotas: an older runner would serve such a
+/// document without isolating projects, so it refuses it and keeps its last state.
+pub const DESIRED_STATE_FORMAT: u32 = 2;
 
 /// The full configuration a node must converge to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -21,6 +26,24 @@ pub struct DesiredState {
     pub revision: u64,
     pub functions: Vec<DesiredFunction>,
     pub routes: Vec<DesiredRoute>,
+    /// Quotas of the projects whose functions the node runs; a project without an entry
+    /// (or a field left out) gets the node's defaults.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub quotas: BTreeMap<String, ProjectQuota>,
+}
+
+/// A project's share of each node, set by fleet administrators.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProjectQuota {
+    /// Concurrent executions of the project's functions on one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// Invocations per minute of the project's functions on one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_minute: Option<u32>,
+    /// Percent of a node's instance slots the project's hot instances may hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_share_percent: Option<u8>,
 }
 
 /// One function version a node must hold.
@@ -47,6 +70,9 @@ pub struct DesiredRoute {
     pub function_id: String,
     /// `None`: the newest version the node holds.
     pub version: Option<u64>,
+    /// The project that owns `host` (format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 /// Where one item stands on a node.

@@ -46,8 +46,42 @@ fn sample() -> DesiredState {
             priority: 0,
             function_id: "fn_hello".into(),
             version: None,
+            project: None,
         }],
+        quotas: BTreeMap::new(),
     }
+}
+
+/// Format 2: routes name the project owning their host; projects carry quotas.
+fn sample_v2() -> DesiredState {
+    let mut state = sample();
+    state.format = 2;
+    state.functions[0].settings.tenant = "shop".into();
+    state.routes[0].host = "shop.example.com".into();
+    state.routes[0].project = Some("shop".into());
+    state.quotas.insert(
+        "shop".into(),
+        edgefn_proto::sync::ProjectQuota {
+            max_concurrent: Some(100),
+            per_minute: Some(10_000),
+            pool_share_percent: Some(25),
+        },
+    );
+    state
+}
+
+#[test]
+fn desired_state_v2_reads_and_writes_its_golden_file() {
+    let path = golden("desired_state_v2.json");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, sample_v2().encode()).unwrap();
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(DesiredState::decode(&bytes).unwrap(), sample_v2());
+    assert_eq!(
+        String::from_utf8(sample_v2().encode()).unwrap(),
+        String::from_utf8(bytes).unwrap()
+    );
 }
 
 #[test]
@@ -76,12 +110,12 @@ fn a_newer_format_is_refused_cleanly_and_unknown_fields_are_ignored() {
     let with_extra = serde_json::to_vec(&document).unwrap();
     assert_eq!(DesiredState::decode(&with_extra).unwrap(), sample());
 
-    // A format-2 document may have changed any field: refused before it is misread.
-    let newer = br#"{"format": 2, "node_id": 7, "something": "else"}"#;
+    // A format-3 document may have changed any field: refused before it is misread.
+    let newer = br#"{"format": 3, "node_id": 7, "something": "else"}"#;
     match DesiredState::decode(newer) {
         Err(DecodeError::NewerFormat {
-            found: 2,
-            supported: 1,
+            found: 3,
+            supported: 2,
         }) => {}
         other => panic!("expected NewerFormat, got {other:?}"),
     }

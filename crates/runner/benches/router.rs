@@ -29,6 +29,7 @@ fn routes() -> Vec<RouteSpec<usize>> {
             path,
             methods,
             priority: (i % 5) as i32,
+            owner: None,
             target: i,
         });
     }

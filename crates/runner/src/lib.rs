@@ -143,6 +143,7 @@ pub async fn run(
                 None => Manifest {
                     functions: Vec::new(),
                     routes: Vec::new(),
+                    quotas: Default::default(),
                 },
             };
             (manifest, applied)

@@ -44,6 +44,9 @@ pub struct RouteTarget {
 pub struct Manifest {
     pub functions: Vec<FunctionEntry>,
     pub routes: Vec<RouteSpec<RouteTarget>>,
+    /// Per-tenant quotas that differ from the node's defaults (from the control plane;
+    /// a manifest has none).
+    pub quotas: std::collections::BTreeMap<String, edgefn_proto::sync::ProjectQuota>,
 }
 
 /// Why a manifest was refused.
@@ -229,6 +232,7 @@ impl Manifest {
                 path: r.path,
                 methods: r.methods,
                 priority: r.priority,
+                owner: None,
                 target: RouteTarget {
                     function_id: r.function,
                     version: r.version,
@@ -238,7 +242,11 @@ impl Manifest {
         // Patterns are checked by building the table once.
         RouteTable::new(routes.clone())
             .map_err(|(index, e)| error(format!("routes[{index}]"), e.to_string()))?;
-        Ok(Self { functions, routes })
+        Ok(Self {
+            functions,
+            routes,
+            quotas: Default::default(),
+        })
     }
 }
 

@@ -201,6 +201,7 @@ impl Node {
     /// destroyed), new ones are loaded in the background, and the route table is swapped in
     /// one step. Versions already present with the same entry are kept as they are.
     pub fn reconcile(self: &Arc<Self>, manifest: &Manifest) {
+        self.quotas.apply(&manifest.quotas);
         let current = self.functions.load_full();
         let mut next = Functions::new();
         for entry in &manifest.functions {

@@ -1,7 +1,12 @@
 //! Per-tenant quotas: concurrent executions and invocations per minute. Over either, a
-//! request is refused with 429 and a `Retry-After`.
+//! request is refused with 429 and a `Retry-After`. A tenant is a project (a manifest's
+//! functions name theirs); the node's flags give every tenant its defaults, and the control
+//! plane's desired state may set other values per project, applied at each reconcile.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+use arc_swap::ArcSwap;
+use edgefn_proto::sync::ProjectQuota;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,14 +59,17 @@ impl QuotaExceeded {
 pub struct TenantQuotas {
     limits: QuotaLimits,
     tenants: Mutex<HashMap<String, Arc<TenantQuota>>>,
+    /// Per-tenant values that differ from `limits`.
+    overrides: Mutex<BTreeMap<String, ProjectQuota>>,
 }
 
 /// One tenant's counters. Resolved once per function version, so that admitting a request
-/// takes no lock and allocates nothing.
+/// takes no lock and allocates nothing; its limits can change in place.
 pub struct TenantQuota {
-    max_concurrent: u32,
+    max_concurrent: AtomicU32,
     running: AtomicU32,
-    rate: DefaultDirectRateLimiter,
+    per_minute: AtomicU32,
+    rate: ArcSwap<DefaultDirectRateLimiter>,
     /// Guest time of all invocations so far, in microseconds (reported in heartbeats).
     cpu_micros: std::sync::atomic::AtomicU64,
 }
@@ -82,21 +90,51 @@ impl TenantQuotas {
         Arc::new(Self {
             limits,
             tenants: Mutex::new(HashMap::new()),
+            overrides: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// The limits of `tenant`: its override's fields, else the node's defaults.
+    fn limits_of(&self, tenant: &str, overrides: &BTreeMap<String, ProjectQuota>) -> QuotaLimits {
+        let set = overrides.get(tenant);
+        QuotaLimits {
+            max_concurrent: set
+                .and_then(|q| q.max_concurrent)
+                .unwrap_or(self.limits.max_concurrent),
+            per_minute: set
+                .and_then(|q| q.per_minute)
+                .and_then(NonZeroU32::new)
+                .unwrap_or(self.limits.per_minute),
+        }
+    }
+
+    /// Sets the per-tenant values (the desired state's quotas); tenants left out go back
+    /// to the node's defaults. Counters of running invocations are kept.
+    pub fn apply(&self, overrides: &BTreeMap<String, ProjectQuota>) {
+        let mut current = self.overrides.lock().unwrap_or_else(|e| e.into_inner());
+        if *current == *overrides {
+            return;
+        }
+        *current = overrides.clone();
+        let tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, quota) in tenants.iter() {
+            quota.set_limits(self.limits_of(name, &current));
+        }
     }
 
     /// The counters of `tenant`, created on first use.
     pub fn tenant(&self, tenant: &str) -> Arc<TenantQuota> {
+        let overrides = self.overrides.lock().unwrap_or_else(|e| e.into_inner());
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
         tenants
             .entry(tenant.to_string())
             .or_insert_with(|| {
-                // GCRA with a burst of the whole minute's allowance: a quiet tenant may spend
-                // its minute at once, a busy one is held to the average.
+                let limits = self.limits_of(tenant, &overrides);
                 Arc::new(TenantQuota {
-                    max_concurrent: self.limits.max_concurrent,
+                    max_concurrent: AtomicU32::new(limits.max_concurrent),
                     running: AtomicU32::new(0),
-                    rate: RateLimiter::direct(Quota::per_minute(self.limits.per_minute)),
+                    per_minute: AtomicU32::new(limits.per_minute.get()),
+                    rate: ArcSwap::from_pointee(rate_limiter(limits.per_minute)),
                     cpu_micros: std::sync::atomic::AtomicU64::new(0),
                 })
             })
@@ -118,11 +156,29 @@ impl TenantQuotas {
     }
 }
 
+/// GCRA with a burst of the whole minute's allowance: a quiet tenant may spend its minute
+/// at once, a busy one is held to the average.
+fn rate_limiter(per_minute: NonZeroU32) -> DefaultDirectRateLimiter {
+    RateLimiter::direct(Quota::per_minute(per_minute))
+}
+
 impl TenantQuota {
+    fn set_limits(&self, limits: QuotaLimits) {
+        self.max_concurrent
+            .store(limits.max_concurrent, Ordering::Release);
+        if self
+            .per_minute
+            .swap(limits.per_minute.get(), Ordering::AcqRel)
+            != limits.per_minute.get()
+        {
+            self.rate.store(Arc::new(rate_limiter(limits.per_minute)));
+        }
+    }
+
     /// Admits one invocation, or says which quota is exhausted. A refused request holds
     /// nothing.
     pub fn admit(self: &Arc<Self>) -> Result<QuotaGuard, QuotaExceeded> {
-        let max = self.max_concurrent;
+        let max = self.max_concurrent.load(Ordering::Acquire);
         if self
             .running
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -135,7 +191,7 @@ impl TenantQuota {
         let guard = QuotaGuard {
             tenant: self.clone(),
         };
-        match self.rate.check() {
+        match self.rate.load().check() {
             Ok(()) => Ok(guard),
             Err(not_until) => {
                 drop(guard);
@@ -193,5 +249,36 @@ mod tests {
         );
         // A refused request does not hold a concurrency slot.
         assert_eq!(quotas.tenant("acme").running(), 0);
+    }
+
+    #[test]
+    fn a_project_quota_from_the_control_plane_overrides_the_defaults_in_place() {
+        let quotas = TenantQuotas::new(QuotaLimits {
+            max_concurrent: 1,
+            ..QuotaLimits::default()
+        });
+        let shop = quotas.tenant("shop");
+        let held = shop.admit().unwrap();
+        assert_eq!(shop.admit().err(), Some(QuotaExceeded::Concurrency));
+        quotas.apply(&BTreeMap::from([(
+            "shop".to_string(),
+            ProjectQuota {
+                max_concurrent: Some(2),
+                per_minute: Some(1),
+                pool_share_percent: None,
+            },
+        )]));
+        // The handle a function version resolved earlier sees the new values.
+        let second = shop.admit().unwrap();
+        assert_eq!(shop.admit().err(), Some(QuotaExceeded::Concurrency));
+        drop((held, second));
+        assert!(matches!(
+            shop.admit().err(),
+            Some(QuotaExceeded::Rate { .. })
+        ));
+        // Another tenant keeps the defaults; an empty set restores them.
+        assert!(quotas.tenant("blog").admit().is_ok());
+        quotas.apply(&BTreeMap::new());
+        assert!(shop.admit().is_ok());
     }
 }

@@ -94,6 +94,7 @@ pub fn manifest_of(state: &DesiredState) -> Result<Manifest, ConvertError> {
             path: route.path.clone(),
             methods: route.methods.clone(),
             priority: route.priority,
+            owner: route.project.clone(),
             target: RouteTarget {
                 function_id: route.function_id.clone(),
                 version: route.version,
@@ -102,7 +103,11 @@ pub fn manifest_of(state: &DesiredState) -> Result<Manifest, ConvertError> {
         .collect::<Vec<_>>();
     crate::router::RouteTable::new(routes.clone())
         .map_err(|(index, error)| ConvertError(format!("route {index}: {error}")))?;
-    Ok(Manifest { functions, routes })
+    Ok(Manifest {
+        functions,
+        routes,
+        quotas: state.quotas.clone(),
+    })
 }
 
 fn entry_of(function: &DesiredFunction) -> Result<FunctionEntry, ConvertError> {
@@ -799,7 +804,9 @@ mod tests {
                 priority: 0,
                 function_id: "fn_1".into(),
                 version: None,
+                project: None,
             }],
+            quotas: Default::default(),
         }
     }
 

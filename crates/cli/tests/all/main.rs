@@ -7,6 +7,7 @@ mod dev;
 mod errors;
 mod fleet;
 mod security;
+mod tenants;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;

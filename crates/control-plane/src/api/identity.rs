@@ -261,7 +261,7 @@ pub(super) async fn create_token(
     principal: Principal,
     ApiJson(input): ApiJson<CreateToken>,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
-    let ttl = validate::ttl("ttl", input.ttl.as_deref(), "30d", MAX_TOKEN_DAYS * 86_400)?;
+    let mut ttl = validate::ttl("ttl", input.ttl.as_deref(), "30d", MAX_TOKEN_DAYS * 86_400)?;
     if input.description.len() > 200 {
         return Err(ApiError::field("description", "at most 200 characters"));
     }
@@ -294,6 +294,21 @@ pub(super) async fn create_token(
         )
         .into());
     }
+    // A token never outlives the token that made it (nor, through its limits, exceeds it):
+    // the default lifetime shrinks to what is left; a longer one asked for is refused.
+    if let Some(expires) = principal.token_expires_at {
+        let left = expires - crate::store::now_ms() / 1000;
+        if input.ttl.is_none() && left > 0 {
+            ttl = ttl.min(std::time::Duration::from_secs(left as u64));
+        }
+        if ttl.as_secs() as i64 > left {
+            return Err(crate::auth::Denied(format!(
+                "a token cannot outlive the token that creates it ({}s left): ask for a shorter --ttl",
+                left.max(0)
+            ))
+            .into());
+        }
+    }
     let created = issue(
         &state,
         &principal.actor(),
@@ -313,7 +328,16 @@ pub(super) async fn list_tokens(
     principal: Principal,
 ) -> ApiResult<Json<Vec<TokenInfo>>> {
     let user = (!principal.is_fleet_admin()).then_some(principal.user_id.as_str());
-    Ok(Json(state.store.list_tokens(user).await?))
+    let tokens = state.store.list_tokens(user).await?;
+    Ok(Json(
+        tokens
+            .into_iter()
+            .filter(|t| {
+                principal.is_fleet_admin()
+                    || principal.may_manage_token(t.project.as_deref(), t.role)
+            })
+            .collect(),
+    ))
 }
 
 /// Revokes a token: the caller's own, or any for a fleet administrator.
@@ -323,13 +347,22 @@ pub(super) async fn revoke_token(
     principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let (owner, _) = state
+    let (owner, token) = state
         .store
         .get_token(&id)
         .await
         .map_err(not_found("token"))?;
     if owner != principal.user_id && !principal.is_fleet_admin() {
         return Err(crate::auth::Denied("you can revoke only your own tokens".into()).into());
+    }
+    if !principal.is_fleet_admin()
+        && !principal.may_manage_token(token.project.as_deref(), token.role)
+    {
+        return Err(crate::auth::Denied(
+            "a token limited to a project manages only tokens with the same limit or narrower"
+                .into(),
+        )
+        .into());
     }
     state.store.revoke_token(&principal.actor(), &id).await?;
     Ok(StatusCode::NO_CONTENT)

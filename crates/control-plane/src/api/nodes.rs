@@ -187,7 +187,40 @@ pub(super) async fn list_nodes(
                 .is_none_or(|r| n.labels.get("region") == Some(r))
         })
         .collect();
-    Ok(Json(selected))
+    Ok(Json(redacted(&state, &principal, selected).await?))
+}
+
+/// What a node runs is the business of the projects it runs it for: besides fleet
+/// administrators, a caller sees only the inventory items, errors and usage of functions
+/// (and tenants) of projects it can read.
+async fn redacted(
+    state: &AppState,
+    principal: &Principal,
+    mut nodes: Vec<Node>,
+) -> ApiResult<Vec<Node>> {
+    let visible = principal.visible();
+    if matches!(visible, crate::auth::Visible::All) {
+        return Ok(nodes);
+    }
+    let readable: std::collections::HashSet<String> = state
+        .store
+        .list_functions(None)
+        .await?
+        .into_iter()
+        .filter(|f| visible.includes(&f.project))
+        .map(|f| f.id)
+        .collect();
+    for node in &mut nodes {
+        node.inventory
+            .retain(|item| readable.contains(&item.function_id));
+        node.usage
+            .functions
+            .retain(|usage| readable.contains(&usage.function_id));
+        node.usage
+            .tenants
+            .retain(|usage| visible.includes(&usage.tenant));
+    }
+    Ok(nodes)
 }
 
 #[utoipa::path(get, path = "/api/v1/nodes/{id}", params(("id" = String, Path)), responses((status = 200, body = Node), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -197,7 +230,9 @@ pub(super) async fn get_node(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Node>> {
     principal.require_any_role()?;
+    let node = state.store.get_node(&id).await.map_err(not_found("node"))?;
+    let mut nodes = redacted(&state, &principal, vec![node]).await?;
     Ok(Json(
-        state.store.get_node(&id).await.map_err(not_found("node"))?,
+        nodes.pop().ok_or_else(|| ApiError::not_found("node"))?,
     ))
 }

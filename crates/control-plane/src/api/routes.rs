@@ -12,16 +12,44 @@ use crate::auth::Principal;
 use crate::store::StoreError;
 use crate::validate;
 
-/// A valid route to an existing function in a project where the caller is a developer.
+/// A valid route to an existing function in a project where the caller is a developer, on
+/// a host of that project: one of its verified domains or platform hosts (`*`, every host,
+/// for fleet administrators only). Without a host: `*` for administrators, else the
+/// project's platform host.
 async fn valid_route(
     state: &AppState,
     principal: &Principal,
     input: &RouteInput,
 ) -> ApiResult<RouteInput> {
-    let input = validate::route(input).map_err(ApiError::Validation)?;
-    match state.store.get_function(&input.function_id).await {
+    let mut input = input.clone();
+    let function = state.store.get_function(&input.function_id).await;
+    if input.host.is_empty() {
+        input.host = match &function {
+            Ok(function) if !principal.admin => {
+                crate::domains::platform_host(&function.project, &state.store.platform_domain())
+            }
+            _ => "*".into(),
+        };
+    }
+    let input = validate::route(&input).map_err(ApiError::Validation)?;
+    match function {
         Ok(function) => {
             principal.require(Role::Developer, &function.project)?;
+            let verified = state.store.verified_domains().await?;
+            crate::domains::may_route(
+                &input.host,
+                &function.project,
+                principal.admin,
+                &state.store.platform_domain(),
+                &verified,
+            )
+            .map_err(|message| {
+                if input.host == "*" {
+                    ApiError::Forbidden(message)
+                } else {
+                    ApiError::field("host", message)
+                }
+            })?;
             Ok(input)
         }
         Err(StoreError::NotFound) => Err(ApiError::field(

@@ -22,6 +22,8 @@ pub struct Principal {
     pub token_id: String,
     /// Who signed the token: this control plane, or an external identity provider.
     pub issuer: String,
+    /// When the caller's token expires (Unix seconds; `None` for external issuers' tokens).
+    pub token_expires_at: Option<i64>,
 }
 
 /// Why a call is not allowed.
@@ -49,6 +51,22 @@ impl Principal {
     /// `user:NAME`, as the audit log names callers.
     pub fn actor(&self) -> String {
         format!("user:{}", self.user)
+    }
+
+    /// Whether the caller may see and revoke a token of its own user limited to `project`
+    /// and `role`: any for an unrestricted token; for a token limited to a project, only
+    /// tokens limited to that project and no stronger than the caller there.
+    pub fn may_manage_token(&self, project: Option<&str>, role: Option<Role>) -> bool {
+        let Some(only) = self.token_project.as_deref() else {
+            return true;
+        };
+        let Some(mine) = self.role_in(only) else {
+            return false;
+        };
+        let theirs = role
+            .or_else(|| self.memberships.get(only).copied())
+            .unwrap_or(Role::Owner);
+        project == Some(only) && theirs <= mine
     }
 
     /// The caller's effective role in `project`, if any.
@@ -165,6 +183,7 @@ mod tests {
             token_role,
             token_id: "tok".into(),
             issuer: "edgefn".into(),
+            token_expires_at: None,
         }
     }
 

@@ -157,7 +157,7 @@ impl Store {
         // Nodes whose document changed joined the deployment in the recomputation; the ones
         // that already held this version (a redeploy) join it here, in the state their last
         // heartbeat reported for it (they send results only when those change).
-        let targeted = Self::recompute_desired(&mut tx, artifact_url, None).await?;
+        let targeted = self.recompute_desired(&mut tx, artifact_url, None).await?;
         let mut chosen = Vec::new();
         for node in targeted {
             if node.functions.iter().any(|(f, v)| f == function_id && *v == version) {
@@ -224,7 +224,7 @@ impl Store {
             .bind(function_id)
             .execute(&mut *tx)
             .await?;
-        Self::recompute_desired(&mut tx, artifact_url, None).await?;
+        self.recompute_desired(&mut tx, artifact_url, None).await?;
         let project = Self::project_of(&mut tx, function_id).await?;
         let entry = Entry::new(actor, "undeploy", function_id)
             .project(project)
@@ -316,6 +316,7 @@ impl Store {
     /// deployment it now holds and had no entry in (so a node that registers later shows up
     /// in the deployments it joins).
     pub async fn recompute_desired(
+        &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         artifact_url: ArtifactUrl<'_>,
         only: Option<&str>,
@@ -323,9 +324,9 @@ impl Store {
         use crate::desired::{ActiveDeployment, compute};
         Self::lock_desired(tx).await?;
         let rows = sqlx::query(
-            "SELECT d.id, d.function_id, d.version, d.pop_selector, v.sha256, v.kind, v.settings FROM deployments d \
-             JOIN versions v ON v.function_id = d.function_id AND v.version = d.version WHERE d.state = 'active' \
-             ORDER BY d.function_id",
+            "SELECT d.id, d.function_id, d.version, d.pop_selector, v.sha256, v.kind, v.settings, f.name, f.project_id \
+             FROM deployments d JOIN versions v ON v.function_id = d.function_id AND v.version = d.version \
+             JOIN functions f ON f.id = d.function_id WHERE d.state = 'active' ORDER BY d.function_id",
         )
         .fetch_all(&mut **tx)
         .await?;
@@ -345,7 +346,14 @@ impl Store {
                 let sha256: String = row.try_get("sha256")?;
                 let kind: String = row.try_get("kind")?;
                 let version: i64 = row.try_get("version")?;
+                let project: String = row.try_get("project_id")?;
+                let mut settings: edgefn_proto::api::FunctionSettings =
+                    parse_json(&row.try_get::<String, _>("settings")?)?;
+                // The quota tenant is the project, whatever an older version stored.
+                settings.tenant = project.clone();
                 Ok(ActiveDeployment {
+                    name: row.try_get("name")?,
+                    project,
                     // Selectors were validated when submitted; one that no longer parses selects nothing.
                     selector: edgefn_proto::Selector::parse(&selector)
                         .unwrap_or(edgefn_proto::Selector::Bool(false)),
@@ -356,7 +364,7 @@ impl Store {
                             .ok_or_else(|| StoreError::Database(format!("unknown kind {kind}")))?,
                         artifact_url: artifact_url(&sha256),
                         sha256,
-                        settings: parse_json(&row.try_get::<String, _>("settings")?)?,
+                        settings,
                     },
                 })
             })
@@ -376,6 +384,14 @@ impl Store {
                 Ok((route, selector))
             })
             .collect::<Result<Vec<_>>>()?;
+        let domains = Self::verified_domains_in(tx).await?;
+        let quotas = Self::project_quotas_in(tx).await?;
+        let platform = self.platform_domain();
+        let hosts = crate::desired::Hosts {
+            platform_domain: &platform,
+            verified: &domains,
+            quotas: &quotas,
+        };
         let nodes = sqlx::query(
             "SELECT n.id, n.labels, d.revision, d.document FROM nodes n LEFT JOIN node_desired d ON d.node_id = n.id \
              WHERE CAST($1 AS TEXT) IS NULL OR n.id = $1",
@@ -394,7 +410,7 @@ impl Store {
             let revision: Option<i64> = row.try_get("revision")?;
             let old: Option<String> = row.try_get("document")?;
             // Documents are stored with revision 0, so a change of content is a change of text.
-            let state = compute(&node_id, &labels, 0, &deployments, &routes);
+            let state = compute(&node_id, &labels, 0, &deployments, &routes, &hosts);
             let document = json(&state);
             let changed = old.as_deref() != Some(document.as_str());
             targeted.push(Targeted {
@@ -456,7 +472,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         let result: Result<()> = async {
-            Self::recompute_desired(&mut tx, artifact_url, only).await?;
+            self.recompute_desired(&mut tx, artifact_url, only).await?;
             Ok(())
         }
         .await;

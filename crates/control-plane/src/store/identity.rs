@@ -214,6 +214,65 @@ impl Store {
         })
     }
 
+    /// Every project's quotas (projects without any are left out).
+    pub(super) async fn project_quotas_in(
+        executor: &mut sqlx::AnyConnection,
+    ) -> Result<std::collections::BTreeMap<String, edgefn_proto::sync::ProjectQuota>> {
+        let rows = sqlx::query("SELECT id, quota FROM projects WHERE quota IS NOT NULL")
+            .fetch_all(executor)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let quota: String = row.try_get("quota")?;
+                Ok((row.try_get("id")?, super::parse_json(&quota)?))
+            })
+            .collect()
+    }
+
+    /// Sets a project's quotas on each node (fields left out: the nodes' defaults) and
+    /// recomputes the desired states, which carry them.
+    pub async fn set_project_quota(
+        &self,
+        actor: &str,
+        project: &str,
+        quota: &edgefn_proto::sync::ProjectQuota,
+        artifact_url: super::ArtifactUrl<'_>,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let result: Result<()> = async {
+            Self::lock_desired(&mut tx).await?;
+            let updated = sqlx::query("UPDATE projects SET quota = $2 WHERE id = $1")
+                .bind(project)
+                .bind(super::json(quota))
+                .execute(&mut *tx)
+                .await?;
+            if updated.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+            self.recompute_desired(&mut tx, artifact_url, None).await?;
+            let entry = Entry::new(actor, "project.quota", project)
+                .project(project)
+                .details(super::to_value(quota));
+            self.append_audit(&mut tx, &entry).await?;
+            Ok(())
+        }
+        .await;
+        Self::finish(tx, result).await
+    }
+
+    /// A project's quotas, as set (all fields `None` when never set).
+    pub async fn project_quota(&self, project: &str) -> Result<edgefn_proto::sync::ProjectQuota> {
+        let row = sqlx::query("SELECT quota FROM projects WHERE id = $1")
+            .bind(project)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        match row.try_get::<Option<String>, _>("quota")? {
+            Some(text) => super::parse_json(&text),
+            None => Ok(Default::default()),
+        }
+    }
+
     pub async fn list_projects(&self) -> Result<Vec<Project>> {
         sqlx::query("SELECT id, name, created_at FROM projects ORDER BY name")
             .fetch_all(&self.pool)

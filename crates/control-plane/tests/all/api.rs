@@ -233,6 +233,16 @@ async fn routes_are_validated_unique_and_editable(backend: Backend) {
         .unwrap()
         .to_string();
     let route = json!({ "host": "*.example.com", "path": "/api/*", "function_id": id, "methods": ["get"], "pop_selector": "region == 'tokyo'" });
+    let unowned = app.json("POST", "/api/v1/routes", route.clone()).await;
+    assert_eq!(unowned.status, 400, "not a domain of the project yet");
+    let claimed = app
+        .json(
+            "POST",
+            "/api/v1/projects/default/domains",
+            json!({ "name": "*.example.com", "verified": true }),
+        )
+        .await;
+    assert_eq!(claimed.status, 201, "{:?}", claimed.json());
     let created = app.json("POST", "/api/v1/routes", route.clone()).await;
     assert_eq!(created.status, 201, "{:?}", created.json());
     let route_id = created.json()["id"].as_str().unwrap().to_string();

@@ -184,6 +184,42 @@ fn endpoints() -> Vec<Endpoint> {
         ),
         e(
             "POST",
+            "/api/v1/projects/a/domains",
+            json!({ "name": "made.example.com" }),
+            Needs::Role(Developer),
+        ),
+        e(
+            "GET",
+            "/api/v1/projects/a/domains",
+            Value::Null,
+            Needs::Role(Viewer),
+        ),
+        e(
+            "POST",
+            "/api/v1/projects/a/domains/verified.example.com/verify",
+            json!({}),
+            Needs::Role(Developer),
+        ),
+        e(
+            "DELETE",
+            "/api/v1/projects/a/domains/gone.example.com",
+            Value::Null,
+            Needs::Role(Developer),
+        ),
+        e(
+            "GET",
+            "/api/v1/projects/a/quota",
+            Value::Null,
+            Needs::Role(Viewer),
+        ),
+        e(
+            "PUT",
+            "/api/v1/projects/a/quota",
+            json!({ "max_concurrent": 5 }),
+            Admin,
+        ),
+        e(
+            "POST",
             "/api/v1/tokens",
             json!({ "project": "a", "role": "viewer" }),
             Needs::Role(Viewer),
@@ -411,6 +447,16 @@ async fn world() -> World {
         .as_str()
         .unwrap()
         .to_string();
+    for (name, verified) in [("verified.example.com", true), ("gone.example.com", false)] {
+        let claimed = app
+            .json(
+                "POST",
+                "/api/v1/projects/a/domains",
+                json!({ "name": name, "verified": verified }),
+            )
+            .await;
+        assert_eq!(claimed.status, 201, "{:?}", claimed.json());
+    }
     let node = app.enroll("edge-1", json!({ "region": "tokyo" })).await.id;
     let deployment = app
         .json(
@@ -493,6 +539,7 @@ impl World {
             "deployments",
             "deployment_nodes",
             "node_desired",
+            "domains",
             "users",
             "memberships",
             "api_tokens",
@@ -604,7 +651,11 @@ async fn the_matrix_covers_every_endpoint() {
                 .replace("/versions/3", "/versions/{version}")
                 .replace("/projects/a/", "/projects/{id}/")
                 .replace("/members/erin-old", "/members/{user}")
-                .replace("/members/erin", "/members/{user}");
+                .replace("/members/erin", "/members/{user}")
+                .replace("/projects/{id}/domains", "/projects/{project}/domains")
+                .replace("/projects/{id}/quota", "/projects/{project}/quota")
+                .replace("/domains/verified.example.com", "/domains/{name}")
+                .replace("/domains/gone.example.com", "/domains/{name}");
             (e.method.to_lowercase(), path)
         })
         .collect();

@@ -150,6 +150,7 @@ async fn assemble(
         nodes,
         checkpoints: None,
         logins: Default::default(),
+        dns: None,
     };
     App {
         router: router(state.clone()),

@@ -14,6 +14,7 @@ fn spec(
         path: path.into(),
         methods: methods.iter().map(|m| m.to_string()).collect(),
         priority,
+        owner: None,
         target,
     }
 }
@@ -195,12 +196,14 @@ fn arb_spec() -> impl Strategy<Value = RouteSpec<usize>> {
         arb_path_pattern(),
         prop::sample::subsequence(vec!["GET", "POST"], 0..=2),
         -2i32..3,
+        prop::option::of(prop::sample::select(vec!["p", "q"])),
     )
-        .prop_map(|(host, path, methods, priority)| RouteSpec {
+        .prop_map(|(host, path, methods, priority, owner)| RouteSpec {
             host,
             path,
             methods: methods.into_iter().map(str::to_string).collect(),
             priority,
+            owner: owner.map(str::to_string),
             target: 0,
         })
 }
@@ -242,11 +245,55 @@ proptest! {
                 prop_assert!(route.host.matches(host) && route.method_matches(method) && route.path.matches(path, &mut params));
                 for other in &table.routes {
                     let mut params = Vec::new();
-                    if other.host.matches(host) && other.method_matches(method) && other.path.matches(path, &mut params) {
+                    if other.owner == route.owner && other.host.matches(host) && other.method_matches(method) && other.path.matches(path, &mut params) {
                         prop_assert!(other.spec.priority <= route.spec.priority);
                     }
                 }
             }
         }
     }
+}
+
+fn owned(
+    host: &str,
+    path: &str,
+    priority: i32,
+    owner: &str,
+    target: &'static str,
+) -> RouteSpec<&'static str> {
+    RouteSpec {
+        owner: Some(owner.into()),
+        ..spec(host, path, &[], priority, target)
+    }
+}
+
+/// Regression: a project's `*` route with the highest priority served every tenant's
+/// requests. A host's owner is decided first; priorities only rank that owner's routes.
+#[test]
+fn no_priority_outranks_the_owner_of_a_host() {
+    let table = RouteTable::new(vec![
+        owned("*", "/*", i32::MAX, "attacker", "takeover"),
+        owned("*.example.com", "/*", i32::MAX, "attacker", "wildcard"),
+        owned("shop.example.com", "/", 0, "shop", "shop-root"),
+        owned("*.shop.example.com", "/*", 0, "shop", "shop-any"),
+        owned("attacker.example", "/*", i32::MAX, "attacker", "own"),
+    ])
+    .unwrap();
+    assert_eq!(
+        target(&table, "shop.example.com", "GET", "/"),
+        Some("shop-root")
+    );
+    // The owner's routes do not match this path: 404, not the other project's route.
+    assert_eq!(target(&table, "shop.example.com", "GET", "/other"), None);
+    assert_eq!(
+        target(&table, "a.shop.example.com", "GET", "/x"),
+        Some("shop-any")
+    );
+    // Hosts nobody else owns: the attacker's own routes apply.
+    assert_eq!(
+        target(&table, "blog.example.com", "GET", "/x"),
+        Some("wildcard")
+    );
+    assert_eq!(target(&table, "nobody.test", "GET", "/x"), Some("takeover"));
+    assert_eq!(target(&table, "attacker.example", "GET", "/x"), Some("own"));
 }
