@@ -167,13 +167,48 @@ fn node_listener_names(
 
 /// Opens the stores and serves the developer API and the node listener until `shutdown`
 /// resolves.
+/// Creates a SQLite database file readable only by this user before SQLite does (with the
+/// umask's 0644): it holds the token-signing and CA keys. SQLite gives its `-wal` and `-shm`
+/// files the database file's permissions.
+fn private_sqlite_file(url: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return Ok(());
+    };
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    let path = std::path::Path::new(path);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", path.display()))?;
+    Ok(())
+}
+
 pub async fn run(
     args: ControlPlaneArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     install_crypto_providers();
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    // The data directory holds the database (and so the signing and CA keys) and the
+    // administrator's token: only this user may enter it.
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&args.data_dir)
+            .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    }
     let api_tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(listener::server_tls(
             &std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?,
@@ -221,6 +256,7 @@ pub async fn run(
             args.data_dir.join("edgefn.db").display()
         ),
     };
+    private_sqlite_file(&database_url)?;
     let store = Store::connect_as(&database_url, args.database_owner_url.as_deref()).await?;
     store.set_refusal_limit(args.audit_refusals_per_second);
     let external = match (&args.oidc_issuer, &args.oidc_jwks_url) {

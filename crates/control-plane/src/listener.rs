@@ -62,10 +62,27 @@ impl NodeGate {
         let refused = |reason: &str| (actor.clone(), reason.to_string());
         match self.store.node_credentials(&node_id).await {
             Ok(Some(node)) if node.revoked_at.is_some() => Err(refused("the node is revoked")),
-            Ok(Some(node)) if node.cert_serial.as_deref() != Some(serial.as_str()) => Err(refused(
+            Ok(Some(node)) if node.cert_serial.as_deref() == Some(serial.as_str()) => {
+                if node.previous_serial.is_some()
+                    && let Err(error) = self.store.forget_previous_certificate(&node_id).await
+                {
+                    tracing::warn!(%error, node_id, "cannot retire a renewed node's old certificate");
+                }
+                Ok(NodePeer { node_id, addr })
+            }
+            // Renewed, but the node has not used its new certificate yet: the old one
+            // still gets in for a while, so a lost renewal answer cannot lock it out.
+            Ok(Some(node))
+                if node.previous_serial.as_deref() == Some(serial.as_str())
+                    && node
+                        .previous_until
+                        .is_some_and(|until| until > crate::store::now_ms()) =>
+            {
+                Ok(NodePeer { node_id, addr })
+            }
+            Ok(Some(_)) => Err(refused(
                 "the certificate was superseded by a newer one for this node",
             )),
-            Ok(Some(_)) => Ok(NodePeer { node_id, addr }),
             Ok(None) => Err(refused("the certificate names a node that is not enrolled")),
             Err(error) => Err(refused(&format!("cannot check the node: {error}"))),
         }

@@ -98,12 +98,21 @@ pub fn certificate_sha256(pem: &str) -> Result<String, String> {
     Ok(hex::encode(sha2::Sha256::digest(&der)))
 }
 
+/// Creates `dir` (and its parents) readable only by this user: it holds the node's key.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// Writes `bytes` to `path` atomically, with `mode`.
 fn write_private(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::PermissionsExt as _;
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    create_private_dir(dir)?;
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
     file.as_file()
         .set_permissions(std::fs::Permissions::from_mode(mode))?;
@@ -111,6 +120,16 @@ fn write_private(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     file.as_file().sync_all()?;
     file.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// The private key and the certificate chain of a `node.pem` bundle.
+fn split_bundle(bundle: &str) -> Option<(String, String)> {
+    let start = bundle.find("-----BEGIN CERTIFICATE-----")?;
+    let (key, cert) = bundle.split_at(start);
+    if !key.contains("PRIVATE KEY-----") {
+        return None;
+    }
+    Some((key.trim_end().to_string() + "\n", cert.to_string()))
 }
 
 impl Credentials {
@@ -121,19 +140,33 @@ impl Credentials {
         if identity.control_plane != control_plane {
             return None;
         }
+        // `node.pem` holds key and certificate together (written as one file, so they always
+        // match); state directories from before it keep them apart.
+        let (key_pem, cert_pem) = match std::fs::read_to_string(state_dir.join("node.pem")) {
+            Ok(bundle) => split_bundle(&bundle)?,
+            Err(_) => (
+                std::fs::read_to_string(state_dir.join("node.key")).ok()?,
+                std::fs::read_to_string(state_dir.join("node.crt")).ok()?,
+            ),
+        };
         Some(Self {
             identity,
-            key_pem: std::fs::read_to_string(state_dir.join("node.key")).ok()?,
-            cert_pem: std::fs::read_to_string(state_dir.join("node.crt")).ok()?,
+            key_pem,
+            cert_pem,
             ca_pem: std::fs::read_to_string(state_dir.join("ca.crt")).ok()?,
         })
     }
 
-    /// Writes the credentials (the key readable only by this user); `node.json` last, so
-    /// a crash midway leaves the old identity or a complete new one.
+    /// Writes the credentials (readable only by this user). Key and certificate go into
+    /// one file in one atomic step: a crash during a renewal leaves the old pair or the new
+    /// one, never a new key beside an old certificate. `node.json` last, so a crash midway
+    /// through an enrollment leaves the old identity or a complete new one.
     pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
-        write_private(&state_dir.join("node.key"), self.key_pem.as_bytes(), 0o600)?;
-        write_private(&state_dir.join("node.crt"), self.cert_pem.as_bytes(), 0o644)?;
+        let bundle = format!("{}\n{}", self.key_pem.trim_end(), self.cert_pem);
+        write_private(&state_dir.join("node.pem"), bundle.as_bytes(), 0o600)?;
+        for old in ["node.key", "node.crt"] {
+            let _ = std::fs::remove_file(state_dir.join(old));
+        }
         write_private(&state_dir.join("ca.crt"), self.ca_pem.as_bytes(), 0o644)?;
         let json = serde_json::to_vec_pretty(&self.identity).map_err(std::io::Error::other)?;
         write_private(&state_dir.join("node.json"), &json, 0o644)

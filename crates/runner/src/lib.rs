@@ -135,6 +135,18 @@ pub async fn run(
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 anyhow::bail!("--control-plane must be an http:// or https:// URL, got {url:?}");
             }
+            // The state directory holds the node's key: only this user may enter it.
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                identity::create_private_dir(&args.state_dir)
+                    .and_then(|()| {
+                        std::fs::set_permissions(
+                            &args.state_dir,
+                            std::fs::Permissions::from_mode(0o700),
+                        )
+                    })
+                    .with_context(|| format!("cannot create {}", args.state_dir.display()))?;
+            }
             let applied = sync::load_applied(&args.state_dir);
             let manifest = match &applied {
                 Some(state) => sync::manifest_of(state).with_context(|| {

@@ -15,3 +15,8 @@ CREATE UNIQUE INDEX domains_one_verified_owner ON domains (name) WHERE verified 
 
 -- A project's quotas on each node (JSON ProjectQuota; NULL: the nodes' defaults).
 ALTER TABLE projects ADD COLUMN quota TEXT;
+
+-- A renewed node's previous certificate, accepted until the node has used the new one
+-- once or the grace period ends: a renewal whose answer was lost cannot lock it out.
+ALTER TABLE nodes ADD COLUMN prev_cert_serial TEXT;
+ALTER TABLE nodes ADD COLUMN prev_cert_until BIGINT;

@@ -17,7 +17,14 @@ use crate::audit::Entry;
 pub struct NodeCredentials {
     pub cert_serial: Option<String>,
     pub revoked_at: Option<i64>,
+    /// The certificate a renewal replaced, and until when (Unix ms) it still gets in.
+    pub previous_serial: Option<String>,
+    pub previous_until: Option<i64>,
 }
+
+/// How long a renewed node's previous certificate stays valid if the node never uses the
+/// new one (its answer lost, the node crashed before saving it).
+pub const RENEWAL_GRACE_MS: i64 = 24 * 3600 * 1000;
 
 /// A node enrolling: who it says it is, and the certificate it was just issued.
 pub struct Enrollment<'a> {
@@ -124,20 +131,37 @@ impl Store {
     /// The certificate serial a node must present, and whether it was revoked; `None` for
     /// a node that is not enrolled.
     pub async fn node_credentials(&self, node_id: &str) -> Result<Option<NodeCredentials>> {
-        let row = sqlx::query("SELECT cert_serial, revoked_at FROM nodes WHERE id = $1")
-            .bind(node_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT cert_serial, revoked_at, prev_cert_serial, prev_cert_until FROM nodes WHERE id = $1",
+        )
+        .bind(node_id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|row| {
             Ok(NodeCredentials {
                 cert_serial: row.try_get("cert_serial")?,
                 revoked_at: row.try_get("revoked_at")?,
+                previous_serial: row.try_get("prev_cert_serial")?,
+                previous_until: row.try_get("prev_cert_until")?,
             })
         })
         .transpose()
     }
 
-    /// A node's new certificate: the old one no longer gets in.
+    /// The node connected with its new certificate: the previous one no longer gets in.
+    pub async fn forget_previous_certificate(&self, node_id: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE nodes SET prev_cert_serial = NULL, prev_cert_until = NULL \
+             WHERE id = $1 AND prev_cert_serial IS NOT NULL",
+        )
+        .bind(node_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A node's new certificate. The old one still gets in until the node has used the new
+    /// one once, or for [`RENEWAL_GRACE_MS`].
     pub async fn renew_node_certificate(
         &self,
         node_id: &str,
@@ -153,12 +177,17 @@ impl Store {
                     .await?
                     .ok_or(StoreError::NotFound)?;
             let old: Option<String> = old.try_get("cert_serial")?;
-            sqlx::query("UPDATE nodes SET cert_serial = $2, cert_expires_at = $3 WHERE id = $1")
-                .bind(node_id)
-                .bind(serial)
-                .bind(expires_at)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE nodes SET cert_serial = $2, cert_expires_at = $3, prev_cert_serial = $4, \
+                 prev_cert_until = $5 WHERE id = $1",
+            )
+            .bind(node_id)
+            .bind(serial)
+            .bind(expires_at)
+            .bind(old.clone())
+            .bind(now_ms() + RENEWAL_GRACE_MS)
+            .execute(&mut *tx)
+            .await?;
             let entry = Entry::new(&format!("node:{node_id}"), "node.certificate", node_id)
                 .details(json!({
                     "before": { "serial": old },

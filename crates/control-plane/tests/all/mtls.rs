@@ -466,13 +466,18 @@ async fn a_renewed_certificate_replaces_the_old_one() {
         .unwrap();
     assert_eq!(status, 200, "{renewed}");
     let new_cert = renewed["certificate"].as_str().unwrap();
+    // Until the node uses its new certificate, the old one still gets in: a renewal whose
+    // answer was lost (or a node that crashed before saving it) is not locked out.
+    let before = cp.node_client(&ca, Some((&cert, &key)));
+    let (status, _) = cp.beat(&before, &node, &token).await.unwrap();
+    assert_eq!(status, 200, "the old certificate until the new one is used");
     let renewed_client = cp.node_client(&ca, Some((new_cert, &fresh_key.serialize_pem())));
     let (status, _) = cp.beat(&renewed_client, &node, &token).await.unwrap();
     assert_eq!(status, 200, "the new certificate gets in");
     let stale = cp.node_client(&ca, Some((&cert, &key)));
     assert!(
         cp.beat(&stale, &node, &token).await.is_none(),
-        "the old certificate no longer does"
+        "once the new one was used, the old certificate no longer gets in"
     );
     cp.refusal("superseded").await;
 }
