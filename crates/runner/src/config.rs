@@ -124,6 +124,9 @@ pub struct RunnerArgs {
     /// the flag or separate with commas), e.g. an internal API at `10.1.0.0/16`.
     #[arg(long, env = "EDGEFN_OUTBOUND_ALLOW_NETWORKS", value_delimiter = ',')]
     pub outbound_allow_networks: Vec<edgefn_runtime::outbound::Network>,
+    /// Compilations of new artifacts at once (default: half the cores, at least one).
+    #[arg(long, env = "EDGEFN_COMPILE_WORKERS")]
+    pub compile_workers: Option<usize>,
     /// First delay between artifact download attempts, in milliseconds (doubles to 60 s).
     #[arg(long, env = "EDGEFN_FETCH_BACKOFF_MS", default_value_t = 1000)]
     pub fetch_backoff_ms: u64,

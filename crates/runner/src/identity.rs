@@ -357,18 +357,29 @@ mod tests {
                 certificate_issued_at: 0,
                 certificate_expires_at: 3,
             },
-            key_pem,
-            cert_pem: "cert".into(),
+            key_pem: key_pem.clone(),
+            cert_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
             ca_pem: "ca".into(),
         };
         credentials.save(dir.path()).unwrap();
-        let mode = std::fs::metadata(dir.path().join("node.key"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        let mode = |name: &str| {
+            std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode("node.pem"), 0o600, "key and certificate, one file");
         let loaded = Credentials::load(dir.path(), "http://cp").unwrap();
         assert_eq!(loaded.identity, credentials.identity);
+        assert_eq!(loaded.key_pem.trim_end(), key_pem.trim_end());
+        assert_eq!(loaded.cert_pem, credentials.cert_pem);
+        // A state directory from before the bundle still loads.
+        std::fs::remove_file(dir.path().join("node.pem")).unwrap();
+        std::fs::write(dir.path().join("node.key"), &key_pem).unwrap();
+        std::fs::write(dir.path().join("node.crt"), &credentials.cert_pem).unwrap();
+        let old = Credentials::load(dir.path(), "http://cp").unwrap();
+        assert_eq!(old.cert_pem, credentials.cert_pem);
         assert!(Credentials::load(dir.path(), "http://other").is_none());
         assert!(loaded.needs_renewal(), "the lifetime is long over");
     }

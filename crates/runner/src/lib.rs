@@ -215,9 +215,14 @@ pub async fn run(
     runtime_config.max_request_body_bytes = args.max_request_body_bytes;
     runtime_config.outbound_allowed_networks = args.outbound_allow_networks.clone();
     // Untrusted artifacts are compiled by this same binary in a child process with rlimits.
+    let defaults = CompilerConfig::default();
     runtime_config.compiler = CompilerConfig {
         worker_program: Some(std::env::current_exe().context("cannot find this executable")?),
-        ..CompilerConfig::default()
+        max_concurrent: args
+            .compile_workers
+            .unwrap_or(defaults.max_concurrent)
+            .max(1),
+        ..defaults
     };
     let runtime = Runtime::new(runtime_config)?;
     let backoff = Backoff {

@@ -18,8 +18,11 @@ static PENDING: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
 /// Serialises writes to stdout, so lines from the drain and from a full buffer never mix.
 static STDOUT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
-/// Above this, the writer of a line drains the buffer itself (backpressure, bounded memory).
+/// Above this, new lines are dropped (and counted) until the writer catches up: a slow
+/// stdout (a stalled pipe, a full disk behind it) never blocks request or guest threads.
 const MAX_PENDING_BYTES: usize = 4 << 20;
+/// Lines dropped because stdout was too slow, reported in a line of their own.
+static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn write_out(bytes: &[u8]) {
     let _serial = STDOUT.lock().unwrap_or_else(|e| e.into_inner());
@@ -45,6 +48,16 @@ fn start_drain() {
                 loop {
                     std::thread::sleep(DRAIN_INTERVAL);
                     flush();
+                    let dropped = DROPPED.swap(0, std::sync::atomic::Ordering::Relaxed);
+                    if dropped > 0 {
+                        let line = json!({
+                            "timestamp": rfc3339(SystemTime::now()),
+                            "level": "WARN",
+                            "message": "log lines dropped: stdout is too slow",
+                            "dropped": dropped,
+                        });
+                        write_out(format!("{line}\n").as_bytes());
+                    }
                 }
             });
         if let Err(error) = spawned {
@@ -56,14 +69,12 @@ fn start_drain() {
 /// Queues `line` (one JSON object and its newline) for stdout.
 fn write_raw(line: &[u8]) {
     start_drain();
-    let full = {
-        let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
-        pending.extend_from_slice(line);
-        pending.len() > MAX_PENDING_BYTES
-    };
-    if full {
-        flush();
+    let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+    if pending.len() + line.len() > MAX_PENDING_BYTES {
+        DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return;
     }
+    pending.extend_from_slice(line);
 }
 
 /// Writes one JSON object as a line on stdout (within [`DRAIN_INTERVAL`]).

@@ -36,6 +36,10 @@ pub struct VersionSlot {
     /// When the last load attempt started, so that requests retry a failed load at most
     /// once per [`RETRY_FAILED_AFTER`].
     last_attempt: std::sync::Mutex<Instant>,
+    /// The last load failed in compilation or validation (not in fetching): the same bytes
+    /// would fail again, so requests and heartbeats never retry it; a new desired state or
+    /// manifest does, at most once per [`RETRY_COMPILE_AFTER`].
+    compile_failed: std::sync::atomic::AtomicBool,
 }
 
 /// Per-version handles to the tenant's quota and the function's metrics.
@@ -81,8 +85,18 @@ impl SlotHandles {
     }
 }
 
+/// Why a version failed to load, and whether in compiling (or validating) its bytes.
+struct LoadFailure {
+    message: String,
+    compile: bool,
+}
+
 /// How soon a request may trigger another load of a version that failed.
 pub const RETRY_FAILED_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How soon a version that failed to compile may be compiled again (a compilation can take
+/// a core for tens of seconds; a failed one wastes it).
+pub const RETRY_COMPILE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl VersionSlot {
     pub fn state(&self) -> VersionState {
@@ -210,13 +224,24 @@ impl Node {
                 .and_then(|v| v.get(&entry.version))
                 .filter(|s| s.entry == *entry);
             let slot = match existing {
-                Some(slot) => slot.clone(),
+                Some(slot) => {
+                    // A new desired state (or manifest) is the explicit retry of a version
+                    // that failed to compile, at most once a minute.
+                    if slot
+                        .compile_failed
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        self.start_retry(slot, RETRY_COMPILE_AFTER);
+                    }
+                    slot.clone()
+                }
                 None => {
                     let slot = Arc::new(VersionSlot {
                         hot: SlotHandles::new(self, entry),
                         entry: entry.clone(),
                         state: watch::Sender::new(VersionState::Loading),
                         last_attempt: std::sync::Mutex::new(Instant::now()),
+                        compile_failed: std::sync::atomic::AtomicBool::new(false),
                     });
                     let node = self.clone();
                     let loading = slot.clone();
@@ -242,11 +267,20 @@ impl Node {
     /// again unless an attempt started less than [`RETRY_FAILED_AFTER`] ago. Returns whether
     /// a new attempt started; the caller then waits for it within its own deadline.
     pub fn retry_failed(self: &Arc<Self>, slot: &Arc<VersionSlot>) -> bool {
+        if slot
+            .compile_failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return false;
+        }
+        self.start_retry(slot, RETRY_FAILED_AFTER)
+    }
+
+    /// Loads a failed `slot` again unless an attempt started less than `after` ago.
+    fn start_retry(self: &Arc<Self>, slot: &Arc<VersionSlot>, after: std::time::Duration) -> bool {
         {
             let mut last = slot.last_attempt.lock().unwrap_or_else(|e| e.into_inner());
-            if last.elapsed() < RETRY_FAILED_AFTER
-                || !matches!(slot.state(), VersionState::Failed(_))
-            {
+            if last.elapsed() < after || !matches!(slot.state(), VersionState::Failed(_)) {
                 return false;
             }
             *last = Instant::now();
@@ -265,8 +299,10 @@ impl Node {
                 tracing::info!(function_id = %entry.id, version = entry.version, "function ready");
                 VersionState::Ready(function)
             }
-            Err(message) => {
+            Err(LoadFailure { message, compile }) => {
                 tracing::error!(function_id = %entry.id, version = entry.version, error = %message, "function failed to load");
+                slot.compile_failed
+                    .store(compile, std::sync::atomic::Ordering::Relaxed);
                 VersionState::Failed(message)
             }
         };
@@ -275,11 +311,17 @@ impl Node {
 
     /// Cached artifact, or fetched into the cache; then loaded. A cached file that fails its
     /// hash check at load is deleted and fetched once more.
-    async fn load_function(&self, entry: &FunctionEntry) -> Result<Function, String> {
+    async fn load_function(&self, entry: &FunctionEntry) -> Result<Function, LoadFailure> {
         for attempt in 0..2 {
             let (path, sha256) = match self.cache.get(&entry.id, entry.version) {
                 Some(cached) if entry.sha256.as_ref().is_none_or(|s| *s == cached.1) => cached,
-                _ => self.fetch_into_cache(entry).await?,
+                _ => self
+                    .fetch_into_cache(entry)
+                    .await
+                    .map_err(|message| LoadFailure {
+                        message,
+                        compile: false,
+                    })?,
             };
             self.cache.touch(&entry.id, entry.version);
             let spec = LoadSpec {
@@ -298,10 +340,28 @@ impl Node {
                     self.metrics.corrupt_artifacts.inc();
                     self.cache.remove(&entry.id, entry.version);
                 }
-                Err(error) => return Err(error.to_string()),
+                Err(error) => {
+                    // Invalid bytes and compile limits fail the same way every time; an
+                    // internal error (a full disk, say) may not.
+                    // (A hash mismatch is the store's fault: retried like a failed fetch.)
+                    let compile = match &error {
+                        RuntimeError::InvalidArtifact { reason } => {
+                            !reason.starts_with("sha256 mismatch")
+                        }
+                        RuntimeError::InvalidSettings { .. } => true,
+                        _ => false,
+                    };
+                    return Err(LoadFailure {
+                        message: error.to_string(),
+                        compile,
+                    });
+                }
             }
         }
-        Err("artifact stayed corrupt after a fresh fetch".into())
+        Err(LoadFailure {
+            message: "artifact stayed corrupt after a fresh fetch".into(),
+            compile: false,
+        })
     }
 
     async fn fetch_into_cache(

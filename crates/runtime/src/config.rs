@@ -93,6 +93,10 @@ pub struct CompilerConfig {
     pub timeout: Duration,
     /// Address-space limit of the worker process (default 4 GiB).
     pub max_memory_bytes: u64,
+    /// Compilations at once (default half the cores, at least one): compiling a large
+    /// component takes a core for seconds, and requests of the functions already loaded
+    /// need the rest. Others wait their turn (their wait counts in the wall-clock limit).
+    pub max_concurrent: usize,
 }
 
 impl Default for CompilerConfig {
@@ -102,6 +106,8 @@ impl Default for CompilerConfig {
             worker_args: Vec::new(),
             timeout: Duration::from_secs(30),
             max_memory_bytes: 4 << 30,
+            max_concurrent: (std::thread::available_parallelism().map_or(2, |n| n.get()) / 2)
+                .max(1),
         }
     }
 }

@@ -79,6 +79,8 @@ pub(crate) struct RuntimeInner {
     pub(crate) pools: PoolRegistry,
     log_budgets: Mutex<HashMap<String, Arc<LogBudget>>>,
     stop_ticker: Arc<AtomicBool>,
+    /// Compilations running at once (`CompilerConfig::max_concurrent`).
+    compilations: tokio::sync::Semaphore,
 }
 
 impl Drop for RuntimeInner {
@@ -134,6 +136,7 @@ impl Runtime {
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), stop_ticker.clone());
+        let compilations = config.compiler.max_concurrent.max(1);
         let inner = Arc::new(RuntimeInner {
             budget: Arc::new(MemoryBudget::new(
                 config.memory_budget_bytes,
@@ -148,6 +151,7 @@ impl Runtime {
             pools: PoolRegistry::default(),
             log_budgets: Mutex::new(HashMap::new()),
             stop_ticker,
+            compilations: tokio::sync::Semaphore::new(compilations),
         });
         spawn_idle_sweeper(Arc::downgrade(&inner));
         Ok(Self { inner })
@@ -285,6 +289,12 @@ impl Runtime {
         if let Some(code) = self.load_precompiled(&native_path, kind) {
             return Ok(code);
         }
+        let _turn = self
+            .inner
+            .compilations
+            .acquire()
+            .await
+            .map_err(|_| RuntimeError::internal("the compiler queue is closed"))?;
         let native = compile::precompile(
             &self.inner.config.compiler,
             &self.inner.engine,

@@ -91,30 +91,42 @@ impl LogSink for MemoryLogs {
 }
 
 /// Per-function rate limit, shared by all versions and instances of the function on this
-/// node: a fixed one-second window.
+/// node: a fixed one-second window, counting records and bytes (so a few huge records cost
+/// as much as many small ones).
 pub struct LogBudget {
     per_second: u32,
-    window: Mutex<(Instant, u32)>,
+    bytes_per_second: u64,
+    /// Window start, records and bytes in it.
+    window: Mutex<(Instant, u32, u64)>,
     dropped: AtomicU64,
 }
 
+/// Bytes of records a function may log per second on a node (with the record limit).
+pub const LOG_BYTES_PER_SECOND: u64 = 1 << 20;
+
 impl LogBudget {
     pub fn new(per_second: u32) -> Self {
+        Self::with_bytes(per_second, LOG_BYTES_PER_SECOND)
+    }
+
+    pub fn with_bytes(per_second: u32, bytes_per_second: u64) -> Self {
         Self {
             per_second,
-            window: Mutex::new((Instant::now(), 0)),
+            bytes_per_second,
+            window: Mutex::new((Instant::now(), 0, 0)),
             dropped: AtomicU64::new(0),
         }
     }
 
-    fn admit(&self) -> bool {
+    fn admit(&self, bytes: usize) -> bool {
         let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if now.duration_since(window.0).as_secs() >= 1 {
-            *window = (now, 0);
+            *window = (now, 0, 0);
         }
-        if window.1 < self.per_second {
+        if window.1 < self.per_second && window.2 + bytes as u64 <= self.bytes_per_second {
             window.1 += 1;
+            window.2 += bytes as u64;
             true
         } else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -159,8 +171,11 @@ impl GuestLogger {
         *self.request_id.lock().unwrap_or_else(|e| e.into_inner()) = request_id;
     }
 
-    fn emit(&self, level: LogLevel, source: LogSource, context: String, message: String) {
-        if !self.budget.admit() {
+    fn emit(&self, level: LogLevel, source: LogSource, mut context: String, mut message: String) {
+        // Bounded like stdout lines, whatever the guest passed.
+        truncate_at(&mut context, MAX_LINE);
+        truncate_at(&mut message, MAX_LINE);
+        if !self.budget.admit(context.len() + message.len()) {
             return;
         }
         let request_id = self
@@ -211,8 +226,20 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
     )
 }
 
-/// Longest line kept from stdout/stderr; the rest of a longer line is cut.
+/// Longest line kept from stdout/stderr, and longest message or context of a
+/// `wasi:logging` record; the rest is cut.
 const MAX_LINE: usize = 16 * 1024;
+
+/// Cuts `text` to at most `max` bytes, at a character boundary.
+fn truncate_at(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
 
 /// Captured stdout or stderr of an instance.
 pub(crate) struct LogStream {
@@ -289,5 +316,35 @@ impl tokio::io::AsyncWrite for LineWriter {
 impl Drop for LineWriter {
     fn drop(&mut self) {
         self.flush_line();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logger(budget: LogBudget) -> (GuestLogger, Arc<MemoryLogs>) {
+        let logs = Arc::new(MemoryLogs::default());
+        let logger = GuestLogger::new("f".into(), 1, Arc::new(budget), logs.clone());
+        (logger, logs)
+    }
+
+    #[test]
+    fn records_are_bounded_in_bytes_and_counted_against_a_byte_budget() {
+        let (mut logger, logs) = logger(LogBudget::with_bytes(1_000, 40 * 1024));
+        let huge = "é".repeat(100_000);
+        logger.log(Level::Info, huge.clone(), huge.clone());
+        let records = logs.take();
+        assert_eq!(records.len(), 1);
+        assert!(records[0].message.len() <= MAX_LINE && records[0].context.len() <= MAX_LINE);
+        assert!(records[0].message.len() > MAX_LINE - 2);
+        // 32 KiB of the 40 KiB budget is spent: the next huge record is dropped, a small
+        // one still fits.
+        logger.log(Level::Info, String::new(), huge);
+        logger.log(Level::Info, String::new(), "small".into());
+        let records = logs.take();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].message, "small");
+        assert_eq!(logger.budget.dropped(), 1);
     }
 }

@@ -279,3 +279,39 @@ async fn connections_beyond_the_per_address_limit_are_closed() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
     drop(held);
 }
+
+/// A version that fails to compile is not compiled again for every request (each attempt
+/// can take a core for seconds): requests get 503 at once, and one failure is logged.
+#[tokio::test]
+async fn a_version_that_fails_to_compile_is_not_recompiled_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.wasm");
+    // A valid header, then a section that is not WebAssembly.
+    std::fs::write(&broken, b"\0asm\x01\0\0\0\x01\xff\xff\xff\xff\x0fgarbage").unwrap();
+    let manifest = format!(
+        r#"
+[[functions]]
+id = "broken"
+version = 1
+path = "{}"
+
+[[routes]]
+path = "/broken"
+function = "broken"
+"#,
+        broken.display()
+    );
+    let runner = Runner::start(&manifest, &[]);
+    let client = reqwest::Client::new();
+    for _ in 0..4 {
+        let response = client.get(runner.url("/broken")).send().await.unwrap();
+        assert_eq!(response.status(), 503);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let failures = runner
+        .log_lines()
+        .iter()
+        .filter(|l| l["message"] == "function failed to load")
+        .count();
+    assert_eq!(failures, 1, "compiled again after failing");
+}
