@@ -22,13 +22,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Both runners from the same target directory (dependencies built once); the base one is
-# copied out before this tree's build replaces it.
-git worktree add -q --detach "$WORK/base" "$BASE"
-(cd "$WORK/base" && cargo build --release -q -p edgefn-runner --bin edgefn-runner)
-cp "$CARGO_TARGET_DIR/release/edgefn-runner" "$WORK/runner-base"
+# This tree's runner, then the base commit's in a target directory of its own: two
+# checkouts of one workspace must not share one (cargo would take the other checkout's
+# crates for fresh). The base directory starts as a copy, so dependencies build once.
 cargo build --release -q -p edgefn-runner --bin edgefn-runner
 cp "$CARGO_TARGET_DIR/release/edgefn-runner" "$WORK/runner-now"
+BASE_TARGET="$CARGO_TARGET_DIR-base"
+if [ ! -d "$BASE_TARGET/release" ]; then
+  mkdir -p "$BASE_TARGET" && cp -a "$CARGO_TARGET_DIR/release" "$BASE_TARGET/"
+fi
+git worktree add -q --detach "$WORK/base" "$BASE"
+(cd "$WORK/base" && CARGO_TARGET_DIR="$BASE_TARGET" cargo build --release -q -p edgefn-runner --bin edgefn-runner)
+cp "$BASE_TARGET/release/edgefn-runner" "$WORK/runner-base"
 (cd examples && cargo build --release -q --target wasm32-wasip2 -p hello --target-dir "$CARGO_TARGET_DIR/guests")
 HELLO="$CARGO_TARGET_DIR/guests/wasm32-wasip2/release/hello.wasm"
 

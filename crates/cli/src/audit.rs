@@ -83,8 +83,7 @@ pub async fn verify_offline(
     // Checkpoints are checked by key and audience; the issuer name does not matter here.
     let signer = Signer::from_pem(&key, "edgefn").map_err(anyhow::Error::msg)?;
     let vouched = location.vouched(&signer).await?;
-    let records = store.all_audit_records().await?;
-    Ok(edgefn_control_plane::audit::verify(records, &vouched))
+    Ok(store.verify_audit_chain(&vouched).await?)
 }
 
 pub async fn audit(

@@ -26,6 +26,9 @@ pub enum ArtifactError {
     NotFound,
     #[error("artifact store error: {0}")]
     Store(String),
+    /// An object larger than the reader's limit (it was not read whole).
+    #[error("artifact is {size} bytes, over the limit of {limit}")]
+    TooLarge { size: u64, limit: usize },
 }
 
 impl From<object_store::Error> for ArtifactError {
@@ -216,6 +219,34 @@ impl Artifacts {
 
     pub async fn read(&self, path: &ObjectPath) -> Result<Bytes, ArtifactError> {
         Ok(self.store.get(path).await?.bytes().await?)
+    }
+
+    /// Reads an object of at most `limit` bytes: its size is checked before reading (an
+    /// S3 presigned PUT cannot be limited in size, so an upload may be anything), and the
+    /// stream is cut as soon as it passes the limit.
+    pub async fn read_limited(
+        &self,
+        path: &ObjectPath,
+        limit: usize,
+    ) -> Result<Bytes, ArtifactError> {
+        use futures_util::StreamExt as _;
+        let size = self.store.head(path).await?.size;
+        if size > limit as u64 {
+            return Err(ArtifactError::TooLarge { size, limit });
+        }
+        let mut stream = self.store.get(path).await?.into_stream();
+        let mut bytes = Vec::with_capacity(size as usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if bytes.len() + chunk.len() > limit {
+                return Err(ArtifactError::TooLarge {
+                    size: (bytes.len() + chunk.len()) as u64,
+                    limit,
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(bytes))
     }
 
     pub async fn delete(&self, path: &ObjectPath) -> Result<(), ArtifactError> {

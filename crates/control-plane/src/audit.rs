@@ -190,22 +190,56 @@ pub fn verify(
     records: impl IntoIterator<Item = StoredRecord>,
     checkpoints: &checkpoint::Vouched,
 ) -> AuditVerification {
-    let broken = |records: u64, seq: u64, message: String| AuditVerification {
-        ok: false,
-        records,
-        checkpointed_through: checkpoints.through(),
-        first_bad_seq: Some(seq),
-        message,
-    };
-    let mut expected_seq = 1u64;
-    let mut prev_hash = GENESIS_HASH.to_string();
-    let mut read = 0u64;
+    let mut verifier = ChainVerifier::new(checkpoints);
     for record in records {
-        read += 1;
+        if let Err(broken) = verifier.feed(record) {
+            return broken;
+        }
+    }
+    verifier.finish()
+}
+
+/// [`verify`] one record at a time, so a log of any length is checked page by page in
+/// constant memory (besides the checkpoints' hashes).
+pub struct ChainVerifier<'a> {
+    checkpoints: &'a checkpoint::Vouched,
+    expected_seq: u64,
+    prev_hash: String,
+    read: u64,
+}
+
+impl<'a> ChainVerifier<'a> {
+    pub fn new(checkpoints: &'a checkpoint::Vouched) -> Self {
+        Self {
+            checkpoints,
+            expected_seq: 1,
+            prev_hash: GENESIS_HASH.to_string(),
+            read: 0,
+        }
+    }
+
+    /// The next sequence number it expects (where the next page starts).
+    pub fn next_seq(&self) -> u64 {
+        self.expected_seq
+    }
+
+    fn broken(&self, seq: u64, message: String) -> AuditVerification {
+        AuditVerification {
+            ok: false,
+            records: self.read,
+            checkpointed_through: self.checkpoints.through(),
+            first_bad_seq: Some(seq),
+            message,
+        }
+    }
+
+    /// Checks the next record; the verdict when it breaks the chain.
+    pub fn feed(&mut self, record: StoredRecord) -> Result<(), AuditVerification> {
+        self.read += 1;
+        let expected_seq = self.expected_seq;
         if record.seq != expected_seq {
-            return if record.seq > expected_seq {
-                broken(
-                    read,
+            return Err(if record.seq > expected_seq {
+                self.broken(
                     expected_seq,
                     format!(
                         "record {expected_seq} is missing (the next record is {})",
@@ -213,82 +247,81 @@ pub fn verify(
                     ),
                 )
             } else {
-                broken(
-                    read,
-                    record.seq,
-                    format!("record {} is out of order", record.seq),
-                )
-            };
+                self.broken(record.seq, format!("record {} is out of order", record.seq))
+            });
         }
-        if record.prev_hash != prev_hash {
-            return broken(
-                read,
+        if record.prev_hash != self.prev_hash {
+            return Err(self.broken(
                 record.seq,
                 format!(
                     "record {} does not follow record {}: its predecessor hash differs",
                     record.seq,
                     record.seq - 1
                 ),
-            );
+            ));
         }
         if record.hash != record.expected_hash() {
-            return broken(
-                read,
+            return Err(self.broken(
                 record.seq,
                 format!(
                     "record {} was altered: its content does not match its hash",
                     record.seq
                 ),
-            );
+            ));
         }
-        if let Some(vouched) = checkpoints.hash_of(record.seq)
+        if let Some(vouched) = self.checkpoints.hash_of(record.seq)
             && vouched != record.hash
         {
-            return broken(
-                read,
+            return Err(self.broken(
                 record.seq,
                 format!(
                     "record {} differs from the signed checkpoint (the chain was rewritten)",
                     record.seq
                 ),
+            ));
+        }
+        self.prev_hash = record.hash;
+        self.expected_seq += 1;
+        Ok(())
+    }
+
+    /// The verdict once every record was fed.
+    pub fn finish(self) -> AuditVerification {
+        let checkpoints = self.checkpoints;
+        let (read, expected_seq) = (self.read, self.expected_seq);
+        let last = expected_seq - 1;
+        if checkpoints.through() > last {
+            return self.broken(
+                expected_seq,
+                format!(
+                    "record {expected_seq} is missing: the signed checkpoint covers records up to {}",
+                    checkpoints.through()
+                ),
             );
         }
-        prev_hash = record.hash;
-        expected_seq += 1;
-    }
-    let last = expected_seq - 1;
-    if checkpoints.through() > last {
-        return broken(
-            read,
-            expected_seq,
-            format!(
-                "record {expected_seq} is missing: the signed checkpoint covers records up to {}",
-                checkpoints.through()
-            ),
-        );
-    }
-    if let Some(problem) = checkpoints.problems.first() {
-        return AuditVerification {
-            ok: false,
+        if let Some(problem) = checkpoints.problems.first() {
+            return AuditVerification {
+                ok: false,
+                records: read,
+                checkpointed_through: checkpoints.through(),
+                first_bad_seq: None,
+                message: problem.clone(),
+            };
+        }
+        AuditVerification {
+            ok: true,
             records: read,
             checkpointed_through: checkpoints.through(),
             first_bad_seq: None,
-            message: problem.clone(),
-        };
-    }
-    AuditVerification {
-        ok: true,
-        records: read,
-        checkpointed_through: checkpoints.through(),
-        first_bad_seq: None,
-        message: if checkpoints.through() == 0 {
-            format!("{read} records form an unbroken chain (no checkpoint yet)")
-        } else {
-            format!(
-                "{read} records form an unbroken chain; records 1-{} match the signed checkpoints",
-                checkpoints.through()
-            )
-        },
+            message: if checkpoints.through() == 0 {
+                format!("{read} records form an unbroken chain (no checkpoint yet)")
+            } else {
+                format!(
+                    "{read} records form an unbroken chain; records 1-{} match the signed checkpoints",
+                    checkpoints.through()
+                )
+            },
+        }
     }
 }
 

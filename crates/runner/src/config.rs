@@ -81,6 +81,14 @@ pub struct RunnerArgs {
     /// Instance slots the pooling allocator reserves.
     #[arg(long, env = "EDGEFN_POOL_INSTANCES", default_value_t = 1000)]
     pub pool_instances: u32,
+    /// A tenant's share of the instance slots, in percent, unless the control plane sets
+    /// its project's: its pre-warmed instances and any function's maximum stay within it.
+    #[arg(long, env = "EDGEFN_POOL_SHARE_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub pool_share_percent: u8,
+    /// All pre-warmed instances together, in percent of the instance slots (the rest is
+    /// kept for instances made on demand, of any tenant).
+    #[arg(long, env = "EDGEFN_PREWARM_PERCENT", default_value_t = 75, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub prewarm_percent: u8,
     /// Concurrent executions per tenant.
     #[arg(long, env = "EDGEFN_TENANT_MAX_CONCURRENT", default_value_t = 100)]
     pub tenant_max_concurrent: u32,
@@ -127,6 +135,21 @@ pub struct RunnerArgs {
     /// Compilations of new artifacts at once (default: half the cores, at least one).
     #[arg(long, env = "EDGEFN_COMPILE_WORKERS")]
     pub compile_workers: Option<usize>,
+    /// Open outbound connections of one function (all its instances) on this node; more
+    /// fail with `connection-limit-reached` in the guest.
+    #[arg(
+        long,
+        env = "EDGEFN_OUTBOUND_CONNECTIONS_PER_FUNCTION",
+        default_value_t = 256
+    )]
+    pub outbound_connections_per_function: usize,
+    /// Open outbound connections of one instance.
+    #[arg(
+        long,
+        env = "EDGEFN_OUTBOUND_CONNECTIONS_PER_INSTANCE",
+        default_value_t = 16
+    )]
+    pub outbound_connections_per_instance: usize,
     /// First delay between artifact download attempts, in milliseconds (doubles to 60 s).
     #[arg(long, env = "EDGEFN_FETCH_BACKOFF_MS", default_value_t = 1000)]
     pub fetch_backoff_ms: u64,

@@ -25,6 +25,7 @@ pub mod quotas;
 /// the very code that matches them here.
 pub use edgefn_proto::router;
 pub mod server;
+pub mod share;
 pub mod sync;
 pub mod usage;
 
@@ -214,6 +215,8 @@ pub async fn run(
     runtime_config.pool_instances = args.pool_instances;
     runtime_config.max_request_body_bytes = args.max_request_body_bytes;
     runtime_config.outbound_allowed_networks = args.outbound_allow_networks.clone();
+    runtime_config.outbound_connections_per_function = args.outbound_connections_per_function;
+    runtime_config.outbound_connections_per_instance = args.outbound_connections_per_instance;
     // Untrusted artifacts are compiled by this same binary in a child process with rlimits.
     let defaults = CompilerConfig::default();
     runtime_config.compiler = CompilerConfig {
@@ -240,6 +243,11 @@ pub async fn run(
         }),
         metrics,
         Fetcher::new(backoff, 50 << 20),
+        share::ShareLimits {
+            slots: args.pool_instances,
+            default_share_percent: args.pool_share_percent,
+            prewarm_percent: args.prewarm_percent,
+        },
     );
     node.reconcile(&manifest);
     let labels: serde_json::Map<String, serde_json::Value> = args

@@ -131,6 +131,8 @@ pub struct Node {
     pub quotas: Arc<TenantQuotas>,
     pub metrics: Arc<Metrics>,
     pub fetcher: Arc<Fetcher>,
+    /// How the instance slots are shared among tenants.
+    pub share: crate::share::ShareLimits,
     routes: ArcSwap<RouteTable<RouteTarget>>,
     functions: ArcSwap<Functions>,
 }
@@ -143,6 +145,7 @@ impl Node {
         quotas: Arc<TenantQuotas>,
         metrics: Arc<Metrics>,
         fetcher: Fetcher,
+        share: crate::share::ShareLimits,
     ) -> Arc<Self> {
         Arc::new(Self {
             node_id,
@@ -150,6 +153,7 @@ impl Node {
             cache: Arc::new(cache),
             quotas,
             metrics,
+            share,
             fetcher: Arc::new(fetcher),
             routes: ArcSwap::from_pointee(RouteTable::default()),
             functions: ArcSwap::from_pointee(Functions::new()),
@@ -216,9 +220,12 @@ impl Node {
     /// one step. Versions already present with the same entry are kept as they are.
     pub fn reconcile(self: &Arc<Self>, manifest: &Manifest) {
         self.quotas.apply(&manifest.quotas);
+        let entries = crate::share::apply(&manifest.functions, self.share, |tenant| {
+            self.quotas.pool_share(tenant)
+        });
         let current = self.functions.load_full();
         let mut next = Functions::new();
-        for entry in &manifest.functions {
+        for entry in &entries {
             let existing = current
                 .get(&entry.id)
                 .and_then(|v| v.get(&entry.version))

@@ -122,6 +122,15 @@ impl TenantQuotas {
         }
     }
 
+    /// The share of the node's instance slots the control plane gave `tenant`, if any.
+    pub fn pool_share(&self, tenant: &str) -> Option<u8> {
+        self.overrides
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .and_then(|q| q.pool_share_percent)
+    }
+
     /// The counters of `tenant`, created on first use.
     pub fn tenant(&self, tenant: &str) -> Arc<TenantQuota> {
         let overrides = self.overrides.lock().unwrap_or_else(|e| e.into_inner());

@@ -49,6 +49,11 @@ pub struct RuntimeConfig {
     /// Networks outbound HTTP may reach besides public addresses; empty by default.
     /// Operators (and tests, for loopback) list internal services here.
     pub outbound_allowed_networks: Vec<Network>,
+    /// Open outbound connections of all instances of one function version on the node
+    /// (default 256): one function cannot use up the node's sockets.
+    pub outbound_connections_per_function: usize,
+    /// Open outbound connections of one instance (default 16).
+    pub outbound_connections_per_instance: usize,
     /// How often the idle sweeper looks for expired instances (default 1 s).
     pub sweep_interval: Duration,
 }
@@ -72,6 +77,8 @@ impl RuntimeConfig {
             log_records_per_second: 1000,
             log_sink,
             outbound_allowed_networks: Vec::new(),
+            outbound_connections_per_function: crate::outbound::MAX_CONNECTIONS_PER_FUNCTION,
+            outbound_connections_per_instance: crate::outbound::MAX_CONNECTIONS_PER_INSTANCE,
             sweep_interval: Duration::from_secs(1),
         }
     }

@@ -187,7 +187,11 @@ impl Runtime {
             &settings.allowed_outbound_hosts,
             &self.inner.config.outbound_allowed_networks,
         )
-        .map_err(|reason| RuntimeError::InvalidSettings { reason })?;
+        .map_err(|reason| RuntimeError::InvalidSettings { reason })?
+        .with_connection_limits(
+            self.inner.config.outbound_connections_per_function,
+            self.inner.config.outbound_connections_per_instance,
+        );
 
         let bytes = self.read_artifact(&spec.artifact).await?;
         let sha256 = sha256_hex(&bytes);

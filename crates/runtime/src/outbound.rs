@@ -186,11 +186,32 @@ pub fn parse_numeric_ipv4(host: &str) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::from((address | last) as u32))
 }
 
-/// A function's outbound allowlist plus the node's networks policy.
-#[derive(Clone, Debug, Default)]
+/// A function's outbound allowlist plus the node's networks policy, and the function's
+/// share of outbound connections.
+#[derive(Clone, Debug)]
 pub struct OutboundPolicy {
     allowed_hosts: Vec<HostPattern>,
     allowed_networks: Vec<Network>,
+    /// Open outbound connections of all the function's instances on this node.
+    connections: Arc<tokio::sync::Semaphore>,
+    /// Open outbound connections of one instance.
+    per_instance: usize,
+}
+
+/// Open outbound connections of one function on a node, by default.
+pub const MAX_CONNECTIONS_PER_FUNCTION: usize = 256;
+/// Open outbound connections of one instance, by default.
+pub const MAX_CONNECTIONS_PER_INSTANCE: usize = 16;
+
+impl Default for OutboundPolicy {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: Vec::new(),
+            allowed_networks: Vec::new(),
+            connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_FUNCTION)),
+            per_instance: MAX_CONNECTIONS_PER_INSTANCE,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -246,7 +267,20 @@ impl OutboundPolicy {
         Ok(Self {
             allowed_hosts: patterns,
             allowed_networks: allowed_networks.to_vec(),
+            ..Self::default()
         })
+    }
+
+    /// The same policy with other connection limits (per function, per instance).
+    pub fn with_connection_limits(mut self, per_function: usize, per_instance: usize) -> Self {
+        self.connections = Arc::new(tokio::sync::Semaphore::new(per_function.max(1)));
+        self.per_instance = per_instance.max(1);
+        self
+    }
+
+    /// The connection allowance of one new instance.
+    pub(crate) fn instance_connections(&self) -> Arc<tokio::sync::Semaphore> {
+        Arc::new(tokio::sync::Semaphore::new(self.per_instance))
     }
 
     /// Whether `host:port` matches the allowlist (before any resolution).
@@ -318,6 +352,27 @@ impl OutboundPolicy {
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
     ) -> Result<http::Response<WasiBody>, HttpError> {
+        let instance = Arc::new(tokio::sync::Semaphore::new(self.per_instance));
+        self.send_within(request, options, &instance).await
+    }
+
+    /// [`Self::send`], counted against the instance's connections (`instance`) and the
+    /// function's: over either, the guest gets `connection-limit-reached` at once. A
+    /// connection counts until it closes (its response body read or dropped).
+    pub(crate) async fn send_within(
+        self: Arc<Self>,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        instance: &Arc<tokio::sync::Semaphore>,
+    ) -> Result<http::Response<WasiBody>, HttpError> {
+        let permits = (
+            instance.clone().try_acquire_owned(),
+            self.connections.clone().try_acquire_owned(),
+        );
+        let (Ok(instance_permit), Ok(function_permit)) = permits else {
+            tracing::debug!("outbound connection refused: the connection limit is reached");
+            return Err(HttpError::ConnectionLimitReached);
+        };
         let uri = request.uri().clone();
         let host = uri.host().ok_or(HttpError::HttpRequestUriInvalid)?;
         let https = uri.scheme() == Some(&Scheme::HTTPS);
@@ -349,6 +404,7 @@ impl OutboundPolicy {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "outbound connection ended with an error");
             }
+            drop((instance_permit, function_permit));
         });
         let (mut parts, body) = request.into_parts();
         // On the wire the request line carries only the path; the host is in `Host`.
@@ -424,6 +480,8 @@ fn unreachable_config() -> rustls::ClientConfig {
 /// `wasi:http` hooks of one store: outbound requests go through [`OutboundPolicy::send`].
 pub(crate) struct OutboundHooks {
     pub(crate) policy: Arc<OutboundPolicy>,
+    /// This instance's open outbound connections.
+    pub(crate) connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl WasiHttpHooks for OutboundHooks {
@@ -443,9 +501,9 @@ impl WasiHttpHooks for OutboundHooks {
                 >,
             > + Send,
     > {
-        let policy = self.policy.clone();
+        let (policy, connections) = (self.policy.clone(), self.connections.clone());
         Box::new(async move {
-            let response = policy.send(request, options).await?;
+            let response = policy.send_within(request, options, &connections).await?;
             Ok((
                 response,
                 Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,

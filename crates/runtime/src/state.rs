@@ -51,7 +51,10 @@ impl ComponentState {
             wasi: sandboxed_wasi(env, &logger).build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: OutboundHooks { policy: outbound },
+            hooks: OutboundHooks {
+                connections: outbound.instance_connections(),
+                policy: outbound,
+            },
             logger,
             limits,
         }

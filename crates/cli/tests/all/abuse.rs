@@ -167,3 +167,71 @@ fn files_holding_keys_are_private() {
     );
     drop(runner);
 }
+
+/// Zeros, `left` of them, without holding them in memory.
+struct Zeros {
+    left: u64,
+}
+
+impl std::io::Read for Zeros {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let n = buffer.len().min(self.left as usize);
+        buffer[..n].fill(0);
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Peak resident memory of a process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// A 2 GiB upload is refused — unread without a valid signature, and by its declared or
+/// its actual size with one — and the control plane's memory stays under 200 MiB.
+#[test]
+fn a_huge_upload_is_refused_without_filling_memory() {
+    const TWO_GIB: u64 = 2 << 30;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&Backend::Sqlite, &dir.path().join("cp"), &[]);
+    let created = cp
+        .cli(&["functions", "create", "big", "--json"])
+        .ok()
+        .json();
+    let url = created["upload_url"].as_str().unwrap().to_string();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let put = |url: &str, sized: bool| {
+        let body = if sized {
+            reqwest::blocking::Body::sized(Zeros { left: TWO_GIB }, TWO_GIB)
+        } else {
+            reqwest::blocking::Body::new(Zeros { left: TWO_GIB })
+        };
+        client
+            .put(url)
+            .body(body)
+            .send()
+            .map(|r| r.status().as_u16())
+    };
+    let forged = url.replace("signature=", "signature=00");
+    let status = put(&forged, true);
+    assert!(matches!(status, Ok(403) | Err(_)), "{status:?}");
+    assert_eq!(put(&url, true).unwrap_or(413), 413, "declared size");
+    let streamed = put(&url, false);
+    assert!(matches!(streamed, Ok(413) | Err(_)), "{streamed:?}");
+    let peak = peak_rss(cp.process.pid());
+    assert!(
+        peak < 200 << 20,
+        "the control plane peaked at {} MiB",
+        peak >> 20
+    );
+}

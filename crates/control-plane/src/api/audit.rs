@@ -72,6 +72,5 @@ pub(super) async fn verify_audit(
             .map_err(|e| ApiError::Unavailable(e.to_string()))?,
         None => Default::default(),
     };
-    let records = state.store.all_audit_records().await?;
-    Ok(Json(crate::audit::verify(records, &vouched)))
+    Ok(Json(state.store.verify_audit_chain(&vouched).await?))
 }

@@ -174,6 +174,9 @@ impl From<ArtifactError> for ApiError {
         match error {
             ArtifactError::NotFound => Self::NotFound("object not found".into()),
             ArtifactError::Store(m) => Self::Unavailable(m),
+            too_large @ ArtifactError::TooLarge { .. } => {
+                Self::PayloadTooLarge(too_large.to_string())
+            }
         }
     }
 }

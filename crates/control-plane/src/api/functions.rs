@@ -3,7 +3,6 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
-use bytes::Bytes;
 use edgefn_proto::api::{
     CreateFunction, ErrorBody, Function, Version, VersionCreated, VersionState,
 };
@@ -235,8 +234,9 @@ pub(super) async fn upload(
     State(state): State<AppState>,
     Path((function_id, version)): Path<(String, u64)>,
     Query(signature): Query<UploadSignature>,
-    body: Bytes,
+    request: axum::extract::Request,
 ) -> ApiResult<StatusCode> {
+    // The signature, then the declared size, before a byte of the body is read.
     if !state.artifacts.verify_upload(
         &function_id,
         version,
@@ -247,7 +247,20 @@ pub(super) async fn upload(
             "the upload URL is invalid or expired".into(),
         ));
     }
+    let limit = state.max_artifact_bytes;
+    let too_large = || ApiError::PayloadTooLarge(format!("artifacts are limited to {limit} bytes"));
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|size| size > limit as u64) {
+        return Err(too_large());
+    }
     pending_version(&state, &function_id, version).await?;
+    let body = axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|_| too_large())?;
     let size = body.len();
     state
         .artifacts
@@ -281,23 +294,23 @@ pub(super) async fn complete_version(
     let actor = principal.actor();
     let current = pending_version(&state, &function_id, version).await?;
     let upload = upload_path(&function_id, version);
-    let bytes = match state.artifacts.read(&upload).await {
+    let bytes = match state
+        .artifacts
+        .read_limited(&upload, state.max_artifact_bytes)
+        .await
+    {
         Ok(bytes) => bytes,
         Err(crate::artifacts::ArtifactError::NotFound) => {
             return Err(ApiError::BadRequest(
                 "nothing was uploaded for this version yet".into(),
             ));
         }
+        Err(too_large @ crate::artifacts::ArtifactError::TooLarge { .. }) => {
+            let error = too_large.to_string();
+            return Err(refuse_artifact(&state, &actor, &function_id, version, error).await);
+        }
         Err(error) => return Err(error.into()),
     };
-    if bytes.len() > state.max_artifact_bytes {
-        let error = format!(
-            "artifact is {} bytes, over the limit of {}",
-            bytes.len(),
-            state.max_artifact_bytes
-        );
-        return Err(refuse_artifact(&state, &actor, &function_id, version, error).await);
-    }
     let sha256 = hex::encode(Sha256::digest(&bytes));
     let kind = match edgefn_proto::inspect(&bytes, current.settings.entrypoint.as_deref()) {
         Ok(kind) => kind,

@@ -48,6 +48,21 @@ impl ExternalIssuer {
     /// Fetches the key set now.
     pub async fn refresh(&self) -> Result<usize, String> {
         let mut keys = self.keys.write().await;
+        self.fetch_into(&mut keys).await
+    }
+
+    /// Fetches the key set unless a fetch started less than [`REFETCH_AFTER`] ago. Callers
+    /// queue on the write lock and look again once they hold it, so however many tokens
+    /// with unknown key ids arrive at once, one request reaches the issuer (single flight).
+    async fn refresh_if_stale(&self) -> Result<(), String> {
+        let mut keys = self.keys.write().await;
+        if keys.1.is_some_and(|at| at.elapsed() < REFETCH_AFTER) {
+            return Ok(());
+        }
+        self.fetch_into(&mut keys).await.map(|_| ())
+    }
+
+    async fn fetch_into(&self, keys: &mut (JwkSet, Option<Instant>)) -> Result<usize, String> {
         keys.1 = Some(Instant::now());
         let reply = self
             .http
@@ -58,12 +73,26 @@ impl ExternalIssuer {
         if !reply.status().is_success() {
             return Err(format!("{} answered {}", self.jwks_url, reply.status()));
         }
-        let body = reply
-            .bytes()
+        // Read with the cap, not whole and then measured: an issuer (or whoever answers
+        // for it) cannot make us hold more than 1 MiB.
+        let too_large = || format!("{} is larger than 1 MiB", self.jwks_url);
+        if reply
+            .content_length()
+            .is_some_and(|length| length > MAX_JWKS_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mut reply = reply;
+        let mut body = Vec::new();
+        while let Some(chunk) = reply
+            .chunk()
             .await
-            .map_err(|e| format!("cannot read {}: {e}", self.jwks_url))?;
-        if body.len() > MAX_JWKS_BYTES {
-            return Err(format!("{} is larger than 1 MiB", self.jwks_url));
+            .map_err(|e| format!("cannot read {}: {e}", self.jwks_url))?
+        {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
         let set: JwkSet = serde_json::from_slice(&body)
             .map_err(|e| format!("{} is not a JWK set: {e}", self.jwks_url))?;
@@ -82,7 +111,7 @@ impl ExternalIssuer {
             keys.1.is_none_or(|at| at.elapsed() >= REFETCH_AFTER)
         };
         if stale {
-            if let Err(error) = self.refresh().await {
+            if let Err(error) = self.refresh_if_stale().await {
                 tracing::warn!(%error, "cannot refresh the external issuer's keys");
             }
             if let Some(found) = find(&self.keys.read().await.0) {
@@ -123,6 +152,15 @@ impl ExternalIssuer {
             &validation,
         )
         .map_err(|e| TokenError::from_jwt(&e))?;
+        // An e-mail address names a user only once the issuer has verified it: otherwise
+        // anyone could sign up at the issuer with someone else's address.
+        if self.user_claim == "email"
+            && data.claims.get("email_verified") != Some(&serde_json::Value::Bool(true))
+        {
+            return Err(TokenError::Malformed(
+                "the token's email is not verified (email_verified)".into(),
+            ));
+        }
         data.claims
             .get(&self.user_claim)
             .and_then(serde_json::Value::as_str)

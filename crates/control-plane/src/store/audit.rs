@@ -198,6 +198,37 @@ impl Store {
         })
     }
 
+    /// Verifies the whole chain against `vouched`, reading it page by page (a log of any
+    /// length, in constant memory besides the checkpoints' hashes).
+    pub async fn verify_audit_chain(
+        &self,
+        vouched: &crate::audit::checkpoint::Vouched,
+    ) -> Result<edgefn_proto::audit::AuditVerification> {
+        self.verify_audit_chain_in_pages(vouched, 5_000).await
+    }
+
+    /// [`Self::verify_audit_chain`] with `page` records read at a time.
+    pub async fn verify_audit_chain_in_pages(
+        &self,
+        vouched: &crate::audit::checkpoint::Vouched,
+        page_size: usize,
+    ) -> Result<edgefn_proto::audit::AuditVerification> {
+        let page_size = page_size.max(1);
+        let mut verifier = crate::audit::ChainVerifier::new(vouched);
+        loop {
+            let page = self.audit_records(verifier.next_seq(), page_size).await?;
+            let full = page.len() == page_size;
+            for record in page {
+                if let Err(broken) = verifier.feed(record) {
+                    return Ok(broken);
+                }
+            }
+            if !full {
+                return Ok(verifier.finish());
+            }
+        }
+    }
+
     /// Up to `limit` records from `from_seq` on, in order.
     pub async fn audit_records(&self, from_seq: u64, limit: usize) -> Result<Vec<StoredRecord>> {
         sqlx::query(

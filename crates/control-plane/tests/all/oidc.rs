@@ -58,7 +58,7 @@ impl Provider {
 
 fn claims(email: &str, audience: &str, issuer: &str, exp_in: i64) -> serde_json::Value {
     let now = edgefn_control_plane::store::now_ms() / 1000;
-    json!({ "iss": issuer, "aud": audience, "sub": "idp|123", "email": email, "iat": now, "exp": now + exp_in })
+    json!({ "iss": issuer, "aud": audience, "sub": "idp|123", "email": email, "email_verified": true, "iat": now, "exp": now + exp_in })
 }
 
 async fn status(app: &App, token: &str, method: &str, path: &str, body: serde_json::Value) -> u16 {
@@ -161,6 +161,17 @@ async fn an_external_issuers_tokens_act_with_their_users_memberships() {
             "expired",
             idp.token(
                 claims("alice@example.test", "edgefn", ISSUER, -600),
+                "idp-1",
+            ),
+        ),
+        (
+            "an e-mail address the issuer has not verified",
+            idp.token(
+                {
+                    let mut unverified = claims("alice@example.test", "edgefn", ISSUER, 600);
+                    unverified["email_verified"] = json!(false);
+                    unverified
+                },
                 "idp-1",
             ),
         ),

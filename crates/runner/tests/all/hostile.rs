@@ -315,3 +315,47 @@ function = "broken"
         .count();
     assert_eq!(failures, 1, "compiled again after failing");
 }
+
+/// One project asks for every instance slot pre-warmed; another project's function still
+/// answers (before the shares, project a's idle instances held all 50 slots).
+#[tokio::test]
+async fn one_project_cannot_take_every_instance_slot() {
+    const GREEDY: &str = r#"
+[[functions]]
+id = "greedy"
+version = 1
+path = "{guests}/hello.wasm"
+tenant = "a"
+min_hot_instances = 50
+max_hot_instances = 50
+
+[[functions]]
+id = "modest"
+version = 1
+path = "{guests}/echo.wasm"
+tenant = "b"
+
+[[routes]]
+path = "/greedy"
+function = "greedy"
+
+[[routes]]
+path = "/modest/*"
+function = "modest"
+"#;
+    let runner = Runner::start(GREEDY, &["--pool-instances", "50"]);
+    let client = reqwest::Client::new();
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let path = if i % 2 == 0 { "/greedy" } else { "/modest/x" };
+        let request = client.get(runner.url(path)).send();
+        requests.spawn(async move {
+            let response = request.await.unwrap();
+            (response.status(), response.text().await.unwrap_or_default())
+        });
+    }
+    while let Some(done) = requests.join_next().await {
+        let (status, body) = done.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+}

@@ -218,3 +218,58 @@ async fn a_log_flood_is_capped_per_function_and_the_excess_counted() {
         "every record is either kept or counted as dropped"
     );
 }
+
+/// One function cannot hold more than its outbound connections: with a limit of two, a
+/// third request while two upstream answers hang gets `connection-limit-reached` at once.
+#[tokio::test]
+async fn outbound_connections_are_capped_per_function() {
+    // An upstream that sends its headers and then never finishes the body.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nslow")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let fixture = Fixture::with(|config| {
+        config.outbound_allowed_networks = vec!["127.0.0.0/8".parse().unwrap()];
+        config.outbound_connections_per_function = 2;
+    });
+    let settings = FunctionSettings {
+        allowed_outbound_hosts: vec![address.to_string()],
+        max_execution_ms: 3_000,
+        ..FunctionSettings::default()
+    };
+    let fetch = fixture.load("fetch", settings).await.unwrap();
+    let url = format!("/?url=http://{address}/slow");
+    let mut hanging = Vec::new();
+    for _ in 0..2 {
+        let (fetch, url) = (fetch.clone(), url.clone());
+        hanging.push(tokio::spawn(async move { call(&fetch, &url).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    let started = std::time::Instant::now();
+    let third = call(&fetch, &url).await.unwrap();
+    let text = body_text(&third);
+    assert!(text.contains("ConnectionLimitReached"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "no third connection");
+    for task in hanging {
+        let _ = task.await;
+    }
+}
