@@ -65,7 +65,7 @@ start_runner runner-base base-fresh 18103 19103 1
 start_runner runner-now now-fresh 18104 19104 1
 
 printf '%-5s %-36s %6s %12s %10s %10s\n' round server conns "req/s" p50 p99
-for round in 1 2 3; do
+for round in ${ROUNDS:-1 2 3}; do
   for conns in 16 64; do
     for entry in "18101:base ($BASE) instance_reuse=100000" "18102:now instance_reuse=100000" \
                  "18103:base ($BASE) instance_reuse=1" "18104:now instance_reuse=1"; do

@@ -109,11 +109,13 @@ pub struct RunnerArgs {
     /// milliseconds (then 408). The tenant's concurrency slot is taken only after it.
     #[arg(long, env = "EDGEFN_BODY_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub body_read_timeout_ms: u64,
-    /// How long a client may take to send a request head, or anything after connecting, in
-    /// milliseconds (then the connection is closed).
+    /// How long a front connection may go without a request in flight — after connecting,
+    /// between requests, or while a request head is being sent — in milliseconds (then the
+    /// connection is closed).
     #[arg(long, env = "EDGEFN_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
-    /// Seconds a connection may stay open with no request in flight.
+    /// Seconds an admin-listener connection may stay open with no request in flight (the
+    /// front closes such connections after --header-read-timeout-ms already).
     #[arg(long, env = "EDGEFN_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub idle_timeout_secs: u64,
     /// Open client connections in all (at the limit, new ones wait in the kernel's queue).

@@ -59,9 +59,14 @@ pub async fn serve(
     let gate = edgefn_listen::Gate::new(config.listen);
     let mut builder = gate.builder();
     // hyper refuses buffers under 8 KiB.
+    // No per-request header timer: hyper allocates and registers one for every request head
+    // it reads, which cost 3-4 % of the front's throughput (bench/RESULTS.md). The
+    // connection's activity timer does the job instead: a connection with no request in
+    // flight — idle, or part-way through a head — is closed after the header read timeout.
     builder
         .http1()
-        .max_buf_size(config.max_header_bytes.max(8192));
+        .max_buf_size(config.max_header_bytes.max(8192))
+        .header_read_timeout(None);
     builder
         .http2()
         .max_header_list_size(config.max_header_bytes.min(u32::MAX as usize) as u32);
@@ -89,7 +94,13 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let limits = config.listen;
+            let limits = edgefn_listen::Limits {
+                idle_timeout: config
+                    .listen
+                    .idle_timeout
+                    .min(config.listen.header_read_timeout),
+                ..config.listen
+            };
             let edgefn_listen::Accepted { stream, permit, .. } = accepted;
             let serve = async {
                 match tls {
