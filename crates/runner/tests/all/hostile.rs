@@ -224,8 +224,9 @@ function = "echo"
         let started = std::time::Instant::now();
         let hello = client.get(runner.url("/hello")).send().await.unwrap();
         assert_eq!(hello.status(), 200, "{:?}", hello.text().await);
+        // Well under the stalled bodies' 3 s deadline: nobody waited for them.
         assert!(
-            started.elapsed() < Duration::from_millis(500),
+            started.elapsed() < Duration::from_millis(1500),
             "hello waited {:?}",
             started.elapsed()
         );
