@@ -9,52 +9,21 @@
 //!
 //! `cargo bench -p edgefn-control-plane --bench heartbeats`
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use edgefn_control_plane::api::{AppState, node_router};
 use edgefn_control_plane::artifacts::Artifacts;
-use edgefn_control_plane::ca::NodeAuthority;
-use edgefn_control_plane::store::{Enrollment, Store, now_ms};
+use edgefn_control_plane::store::{Store, now_ms};
 use edgefn_control_plane::validate::Limits;
 use tower::ServiceExt as _;
 
 const CONCURRENCY: usize = 32;
 const DURATION: Duration = Duration::from_secs(5);
 
-/// Enrolls `count` nodes (with made-up certificate serials: no TLS here) and returns each
-/// id with its node token.
-async fn enroll(store: &Store, nodes: &NodeAuthority, count: usize) -> Vec<(String, String)> {
-    let mut enrolled = Vec::with_capacity(count);
-    for i in 0..count {
-        let labels = BTreeMap::from([
-            ("region".to_string(), format!("r{}", i % 10)),
-            ("pop".to_string(), format!("p{}", i % 100)),
-        ]);
-        let secret = format!("bench-bootstrap-{i}");
-        let hash = edgefn_control_plane::auth::tokens::secret_hash(&secret);
-        store
-            .create_bootstrap_token("user:bench", &format!("bt_{i}"), &hash, now_ms() + 600_000)
-            .await
-            .unwrap();
-        let id = format!("node_bench_{i}");
-        let enrollment = Enrollment {
-            node_id: &id,
-            name: &format!("node-{i}"),
-            labels: &labels,
-            address: "127.0.0.1:8000",
-            cert_serial: "01",
-            cert_expires_at: now_ms() + 600_000,
-            peer: None,
-        };
-        store.enroll_node(&hash, &enrollment).await.unwrap();
-        let (_, token) = nodes.issue_node_token(&id).unwrap();
-        enrolled.push((id, token));
-    }
-    enrolled
-}
+mod support;
+use support::enroll;
 
 async fn run_for(
     ids: Arc<Vec<(String, String)>>,

@@ -10,20 +10,21 @@
 //!
 //! `cargo bench -p edgefn-control-plane --bench login_flood`
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use edgefn_control_plane::api::{AppState, node_router, router};
 use edgefn_control_plane::artifacts::Artifacts;
-use edgefn_control_plane::store::{Enrollment, Store, now_ms};
+use edgefn_control_plane::store::Store;
 use edgefn_control_plane::validate::Limits;
 use tower::ServiceExt as _;
 
 const DURATION: Duration = Duration::from_secs(10);
 const FLOODERS: usize = 64;
 const BEATERS: usize = 4;
+
+mod support;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -128,29 +129,7 @@ fn main() {
         )
         .await
         .unwrap();
-        let mut nodes = Vec::new();
-        for i in 0..100 {
-            let secret = format!("bench-bootstrap-{i}");
-            let hash = edgefn_control_plane::auth::tokens::secret_hash(&secret);
-            store
-                .create_bootstrap_token("user:bench", &format!("bt_{i}"), &hash, now_ms() + 600_000)
-                .await
-                .unwrap();
-            let id = format!("node_bench_{i}");
-            let labels = BTreeMap::from([("region".to_string(), "r".to_string())]);
-            let enrollment = Enrollment {
-                node_id: &id,
-                name: &format!("node-{i}"),
-                labels: &labels,
-                address: "127.0.0.1:8000",
-                cert_serial: "01",
-                cert_expires_at: now_ms() + 600_000,
-                peer: None,
-            };
-            store.enroll_node(&hash, &enrollment).await.unwrap();
-            let (_, token) = authority.issue_node_token(&id).unwrap();
-            nodes.push((id, token));
-        }
+        let nodes = support::enroll(&store, &authority, 100).await;
         let state = AppState {
             store: store.clone(),
             artifacts: Arc::new(Artifacts::local(dir.path(), [1; 32], "http://cp.bench".into()).unwrap()),

@@ -417,16 +417,19 @@ impl<T> RouteTable<T> {
         let host = normalize_host(host);
         let first_segment = path[1..].split('/').next().unwrap_or("");
         let exact = self.exact_hosts.get(host.as_ref());
-        let mut wildcards = Vec::new();
-        let mut rest = host.as_ref();
-        while let Some((_, parent)) = rest.split_once('.') {
-            if let Some(bucket) = self.wildcard_hosts.get(parent) {
-                wildcards.push(bucket);
-            }
-            rest = parent;
-        }
+        // The wildcard buckets of the host's parents, most specific first (no allocation:
+        // this runs on every request).
+        let wildcards = || {
+            let mut rest = host.as_ref();
+            std::iter::from_fn(move || {
+                let (_, parent) = rest.split_once('.')?;
+                rest = parent;
+                Some(parent)
+            })
+            .filter_map(|parent| self.wildcard_hosts.get(parent))
+        };
         // The owner of the most specific host pattern (none: only `*` routes match).
-        let owner = exact.or(wildcards.first().copied()).map(|b| b.owner);
+        let owner = exact.or_else(|| wildcards().next()).map(|b| b.owner);
         let mut best: Option<(usize, Vec<(String, String)>)> = None;
         let mut params = Vec::new();
         let mut consider =
@@ -462,7 +465,7 @@ impl<T> RouteTable<T> {
         if let Some(bucket) = exact {
             consider(bucket, &mut best);
         }
-        for bucket in wildcards {
+        for bucket in wildcards() {
             consider(bucket, &mut best);
         }
         consider(&self.any_host, &mut best);

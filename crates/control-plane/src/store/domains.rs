@@ -131,19 +131,23 @@ impl Store {
                 .project(project)
                 .details(json!({ "verified": verified }));
             self.append_audit(&mut tx, &entry).await?;
-            Self::domain_in(&mut tx, project, &name.to_string()).await
+            Self::domain_in(&mut *tx, project, &name.to_string()).await
         }
         .await;
         Self::finish(tx, result).await
     }
 
-    async fn domain_in(tx: &mut Tx, project: &str, name: &str) -> Result<Domain> {
+    async fn domain_in<'e>(
+        executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+        project: &str,
+        name: &str,
+    ) -> Result<Domain> {
         let sql =
             format!("SELECT {DOMAIN_COLUMNS} FROM domains WHERE project_id = $1 AND name = $2");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(project)
             .bind(name)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(executor)
             .await?
             .ok_or(StoreError::NotFound)?;
         domain_from_row(&row)
@@ -151,15 +155,7 @@ impl Store {
 
     /// The domain `name` of `project`, with its verification token.
     pub async fn get_domain(&self, project: &str, name: &str) -> Result<Domain> {
-        let sql =
-            format!("SELECT {DOMAIN_COLUMNS} FROM domains WHERE project_id = $1 AND name = $2");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(project)
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        domain_from_row(&row)
+        Self::domain_in(&self.pool, project, name).await
     }
 
     pub async fn list_domains(&self, project: &str) -> Result<Vec<Domain>> {
@@ -182,7 +178,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let result: Result<Domain> = async {
             Self::lock_desired(&mut tx).await?;
-            let domain = Self::domain_in(&mut tx, project, &name.to_string()).await?;
+            let domain = Self::domain_in(&mut *tx, project, &name.to_string()).await?;
             if !domain.verified {
                 Self::check_unclaimed(&mut tx, project, name).await?;
                 Self::mark_verified(&mut tx, &domain.id, project, name).await?;
@@ -192,7 +188,7 @@ impl Store {
                 .project(project)
                 .details(json!({ "already_verified": domain.verified }));
             self.append_audit(&mut tx, &entry).await?;
-            Self::domain_in(&mut tx, project, &name.to_string()).await
+            Self::domain_in(&mut *tx, project, &name.to_string()).await
         }
         .await;
         Self::finish(tx, result).await
@@ -203,7 +199,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let result: Result<()> = async {
             Self::lock_desired(&mut tx).await?;
-            let domain = Self::domain_in(&mut tx, project, &name.to_string()).await?;
+            let domain = Self::domain_in(&mut *tx, project, &name.to_string()).await?;
             let hosts = sqlx::query("SELECT host FROM routes WHERE project_id = $1")
                 .bind(project)
                 .fetch_all(&mut *tx)
