@@ -63,6 +63,10 @@ pub enum UsersCommand {
         /// A fleet administrator.
         #[arg(long)]
         admin: bool,
+        /// A user of this external identity provider (its `iss`): its tokens whose user
+        /// claim is NAME act as this user. Without it the user is local.
+        #[arg(long, conflicts_with = "password_stdin")]
+        issuer: Option<String>,
     },
     List,
 }
@@ -300,6 +304,7 @@ pub async fn users(client: &Client, out: &Output, command: UsersCommand) -> anyh
             name,
             password_stdin,
             admin,
+            issuer,
         } => {
             let password = if password_stdin {
                 Some(read_password("new password: ")?)
@@ -313,6 +318,7 @@ pub async fn users(client: &Client, out: &Output, command: UsersCommand) -> anyh
                         name,
                         password,
                         admin,
+                        issuer,
                     },
                 )
                 .await?;
@@ -326,6 +332,7 @@ pub async fn users(client: &Client, out: &Output, command: UsersCommand) -> anyh
                 vec![
                     u.name.clone(),
                     if u.admin { "yes".into() } else { String::new() },
+                    u.issuer.clone().unwrap_or_default(),
                     u.projects
                         .iter()
                         .map(|(p, r)| format!("{p}:{r}"))
@@ -334,7 +341,11 @@ pub async fn users(client: &Client, out: &Output, command: UsersCommand) -> anyh
                     time(u.created_at),
                 ]
             });
-            out.list(&users, &["name", "admin", "projects", "created"], rows);
+            out.list(
+                &users,
+                &["name", "admin", "issuer", "projects", "created"],
+                rows,
+            );
         }
     }
     Ok(())

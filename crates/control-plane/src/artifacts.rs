@@ -29,6 +29,9 @@ pub enum ArtifactError {
     /// An object larger than the reader's limit (it was not read whole).
     #[error("artifact is {size} bytes, over the limit of {limit}")]
     TooLarge { size: u64, limit: usize },
+    /// The client's body broke off before its end (nothing was stored).
+    #[error("the upload broke off: {0}")]
+    Incomplete(String),
 }
 
 impl From<object_store::Error> for ArtifactError {
@@ -205,16 +208,59 @@ impl Artifacts {
         )
     }
 
-    pub async fn put_upload(
+    /// Stores an upload as it arrives, at most `limit` bytes, and answers its size. The
+    /// store stages it (the local store in a temporary file beside the target, S3 as a
+    /// multipart upload) and it appears only once whole; over the limit, or when the body
+    /// breaks off, the staged part is dropped and nothing is stored. Memory holds one
+    /// part (5 MiB) at most, whatever the client sends.
+    pub async fn put_upload_stream<S, E>(
         &self,
         function_id: &str,
         version: u64,
-        bytes: Bytes,
-    ) -> Result<(), ArtifactError> {
-        self.store
-            .put(&upload_path(function_id, version), PutPayload::from(bytes))
+        mut body: S,
+        limit: usize,
+    ) -> Result<u64, ArtifactError>
+    where
+        S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use futures_util::StreamExt as _;
+        let staged = self
+            .store
+            .put_multipart(&upload_path(function_id, version))
             .await?;
-        Ok(())
+        let mut upload = object_store::WriteMultipart::new(staged);
+        let mut size = 0u64;
+        let failure = loop {
+            match body.next().await {
+                None => break None,
+                Some(Err(error)) => break Some(ArtifactError::Incomplete(error.to_string())),
+                Some(Ok(chunk)) => {
+                    size += chunk.len() as u64;
+                    if size > limit as u64 {
+                        break Some(ArtifactError::TooLarge { size, limit });
+                    }
+                    // One part in flight at a time: the body is read no faster than the
+                    // store takes it.
+                    if let Err(error) = upload.wait_for_capacity(1).await {
+                        break Some(error.into());
+                    }
+                    upload.put(chunk);
+                }
+            }
+        };
+        match failure {
+            None => {
+                upload.finish().await?;
+                Ok(size)
+            }
+            Some(error) => {
+                if let Err(abort) = upload.abort().await {
+                    tracing::warn!(%abort, "could not drop a refused upload's staged part");
+                }
+                Err(error)
+            }
+        }
     }
 
     pub async fn read(&self, path: &ObjectPath) -> Result<Bytes, ArtifactError> {

@@ -67,7 +67,11 @@ impl Auth {
                     .user_by_name(&user)
                     .await
                     .map_err(AuthFailure::Unavailable)?;
-                // A user the issuer knows but we do not: authenticated, allowed nothing.
+                // Only a user created for this issuer is the claim's user: a local user of
+                // the same name (say an administrator) is not, or anyone the issuer lets
+                // choose a claim could act as them. A user the issuer knows but we do not
+                // is authenticated and allowed nothing.
+                let found = found.filter(|found| found.issuer.as_ref() == Some(&external.issuer));
                 let (user_id, admin, memberships) = match found {
                     Some(found) => (found.id, found.admin, found.memberships),
                     None => (String::new(), false, Default::default()),

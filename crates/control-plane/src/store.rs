@@ -295,5 +295,6 @@ mod routes;
 
 pub use audit::{AuditFilter, REFUSALS_PER_SECOND};
 pub use deployments::{ArtifactUrl, DeploySpec, Targeted};
+pub use domains::MAX_DOMAINS_PER_PROJECT;
 pub use identity::{TokenPrincipal, UserRecord};
 pub use nodes::{Enrollment, NodeCredentials};

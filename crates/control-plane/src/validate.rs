@@ -108,6 +108,17 @@ pub fn user(input: &edgefn_proto::identity::CreateUser) -> Result<(), Vec<FieldE
             );
         }
     }
+    if let Some(issuer) = &input.issuer {
+        if input.password.is_some() {
+            problems.add(
+                "issuer",
+                "a user of an external issuer signs in there, not with a password",
+            );
+        }
+        if issuer.is_empty() || issuer.len() > 2048 || issuer.chars().any(char::is_control) {
+            problems.add("issuer", "must be the issuer's `iss`, 1-2048 characters");
+        }
+    }
     problems.into_result(())
 }
 

@@ -13,6 +13,7 @@
 //!   end) and [`Activity::expired`] fires when the connection has had none for the idle
 //!   timeout — or, before its first request, for the header read timeout — which also covers
 //!   HTTP/2 and the protocol sniffing before either.
+//! - [`RefusalId`] gives hyper's own 400 and 431 answers an `x-request-id`.
 //!
 //! ```no_run
 //! # async fn example(listener: tokio::net::TcpListener) {
@@ -40,6 +41,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+mod refusal;
+pub use refusal::{OnRefusal, REQUEST_ID, RefusalId};
 
 /// What a listener tolerates from its clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,6 +236,11 @@ impl Activity {
     fn touch(&self) {
         let now = self.0.origin.elapsed().as_millis() as u64;
         self.0.last_change_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Whether a request has been handed to the service on this connection.
+    pub fn has_served(&self) -> bool {
+        self.0.served.load(Ordering::Relaxed)
     }
 
     /// Marks a request in flight until the guard drops.

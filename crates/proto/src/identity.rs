@@ -67,6 +67,11 @@ pub struct CreateUser {
     /// Fleet administrator: every project, nodes, users and the audit log.
     #[serde(default)]
     pub admin: bool,
+    /// The external identity provider (its `iss`) whose tokens act as this user; such a
+    /// user has no password. Without one the user is local: an external token whose claim
+    /// equals the name is not theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -77,6 +82,9 @@ pub struct User {
     pub created_at: i64,
     /// Role per project.
     pub projects: BTreeMap<String, Role>,
+    /// The external identity provider this user signs in with; absent for local users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
 }
 
 /// `POST /projects` (administrators).

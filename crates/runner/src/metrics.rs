@@ -142,7 +142,7 @@ impl Metrics {
         );
         registry.register(
             "wasm_instance_evictions",
-            "Idle instances destroyed by idle expiry or memory pressure",
+            "Idle instances destroyed by idle expiry, memory pressure or another tenant's need for a slot",
             metrics.instance_evictions.clone(),
         );
         registry.register(

@@ -337,6 +337,13 @@ impl Node {
                 artifact: path,
                 sha256: Some(sha256),
                 settings: entry.settings.clone(),
+                share: edgefn_runtime::PoolShare {
+                    tenant: entry.tenant.as_str().into(),
+                    slots: crate::share::tenant_slots(
+                        self.share,
+                        self.quotas.pool_share(&entry.tenant),
+                    ),
+                },
             };
             match self.runtime.load(spec).await {
                 Ok(function) => return Ok(function),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use edgefn_listen::RefusalId;
 use edgefn_runtime::{InvokeContext, RuntimeError};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -46,7 +47,7 @@ impl Default for FrontConfig {
     }
 }
 
-pub const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: &str = edgefn_listen::REQUEST_ID;
 
 /// Serves until `shutdown` resolves, then stops accepting and drains open connections.
 pub async fn serve(
@@ -71,6 +72,7 @@ pub async fn serve(
         .http2()
         .max_header_list_size(config.max_header_bytes.min(u32::MAX as usize) as u32);
     let builder = Arc::new(builder);
+    let on_refusal = log_refusal(node.node_id.clone());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -81,6 +83,8 @@ pub async fn serve(
         let node = node.clone();
         let activity = edgefn_listen::Activity::new();
         let tracker = activity.clone();
+        let refusals = activity.clone();
+        let on_refusal = on_refusal.clone();
         let service = hyper::service::service_fn(move |request| {
             let node = node.clone();
             let guard = tracker.begin();
@@ -101,10 +105,15 @@ pub async fn serve(
                     .min(config.listen.header_read_timeout),
                 ..config.listen
             };
-            let edgefn_listen::Accepted { stream, permit, .. } = accepted;
+            let edgefn_listen::Accepted {
+                stream,
+                permit,
+                peer,
+            } = accepted;
             let serve = async {
                 match tls {
                     None => {
+                        let stream = RefusalId::new(stream, refusals, peer, on_refusal);
                         let connection = builder
                             .serve_connection(TokioIo::new(stream), service)
                             .into_owned();
@@ -114,6 +123,7 @@ pub async fn serve(
                         let Ok(stream) = acceptor.accept(stream).await else {
                             return;
                         };
+                        let stream = RefusalId::new(stream, refusals, peer, on_refusal);
                         let connection = builder
                             .serve_connection(TokioIo::new(stream), service)
                             .into_owned();
@@ -151,12 +161,47 @@ fn request_id(headers: &http::HeaderMap) -> String {
         });
     match given {
         Some(id) => id.to_string(),
-        None => format!(
-            "{:016x}{:016x}",
-            crate::fetch::random_u64(),
-            crate::fetch::random_u64()
-        ),
+        None => new_request_id(),
     }
+}
+
+/// Logs a request head hyper refused by itself (400: malformed, 431: over
+/// `--max-header-bytes`) like any request, and answers its id for the response.
+fn log_refusal(node_id: String) -> edgefn_listen::OnRefusal {
+    Arc::new(move |status, peer| {
+        let request_id = new_request_id();
+        let now = SystemTime::now();
+        let (execution_status, message) = match status {
+            431 => (
+                "headers_too_large",
+                "the request head is over the size limit",
+            ),
+            _ => ("bad_request", "the request head is not valid HTTP"),
+        };
+        let message = format!("{message} (from {peer})");
+        RequestLog {
+            node_id: &node_id,
+            request_id: &request_id,
+            function_id: None,
+            start: now,
+            end: now,
+            execution_status,
+            status,
+            duration_us: 0,
+            error_message: Some(&message),
+        }
+        .write();
+        request_id
+    })
+}
+
+/// A new request id: 128 random bits in hex.
+fn new_request_id() -> String {
+    format!(
+        "{:016x}{:016x}",
+        crate::fetch::random_u64(),
+        crate::fetch::random_u64()
+    )
 }
 
 /// One table from runtime errors to HTTP statuses.

@@ -8,6 +8,9 @@
 //!   together stay within `--prewarm-percent` of the slots, so on-demand instances of
 //!   every tenant always find room.
 //!
+//! - When an instantiation finds no free slot, the runtime destroys an idle instance of a
+//!   tenant holding more than its share first (`edgefn_runtime::PoolShare`).
+//!
 //! Reductions are made in the order functions are listed, so they are stable from one
 //! reconcile to the next (a function keeps its slot, and its pool, across reconciles).
 
@@ -29,6 +32,11 @@ fn percent_of(slots: u32, percent: u8) -> u32 {
     (u64::from(slots) * u64::from(percent.min(100)) / 100) as u32
 }
 
+/// The instance slots a tenant with `share` percent (or the default) is entitled to.
+pub fn tenant_slots(limits: ShareLimits, share: Option<u8>) -> u32 {
+    percent_of(limits.slots, share.unwrap_or(limits.default_share_percent)).max(1)
+}
+
 /// `entries` with their hot-instance settings capped to the tenants' shares.
 pub fn apply(
     entries: &[FunctionEntry],
@@ -40,8 +48,7 @@ pub fn apply(
     entries
         .iter()
         .map(|entry| {
-            let share = share_of(&entry.tenant).unwrap_or(limits.default_share_percent);
-            let tenant_slots = percent_of(limits.slots, share).max(1);
+            let tenant_slots = tenant_slots(limits, share_of(&entry.tenant));
             let left = tenant_left.entry(&entry.tenant).or_insert(tenant_slots);
             let mut capped = entry.clone();
             let settings = &mut capped.settings;

@@ -144,6 +144,7 @@ fn benches(c: &mut Criterion) {
         artifact: artifact.clone(),
         sha256: None,
         settings: settings(reuse, min_hot),
+        share: Default::default(),
     };
     let hot = rt.block_on(runtime.load(spec(1_000_000, 1))).unwrap();
     let fresh = rt.block_on(runtime.load(spec(1, 0))).unwrap();

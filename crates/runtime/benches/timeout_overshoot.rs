@@ -52,6 +52,7 @@ fn main() {
                 artifact,
                 sha256: None,
                 settings,
+                share: Default::default(),
             })
             .await
             .unwrap();

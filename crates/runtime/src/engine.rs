@@ -20,7 +20,7 @@ use crate::function::{Code, Function, FunctionInner};
 use crate::limits::EPOCH_TICK;
 use crate::logging::LogBudget;
 use crate::outbound::OutboundPolicy;
-use crate::pool::{MemoryBudget, PoolRegistry, VersionPool};
+use crate::pool::{MemoryBudget, PoolRegistry, PoolShare, VersionPool};
 use crate::state::{CgiState, ComponentState};
 use crate::{RuntimeError, compile};
 
@@ -99,6 +99,8 @@ pub struct LoadSpec {
     /// Expected lower-case hex SHA-256; loading fails on a mismatch.
     pub sha256: Option<String>,
     pub settings: FunctionSettings,
+    /// The tenant whose instances these are, and its share of the instance slots.
+    pub share: PoolShare,
 }
 
 impl Runtime {
@@ -212,6 +214,7 @@ impl Runtime {
             settings.max_hot_instances,
             settings.min_hot_instances,
             settings.idle_timeout,
+            spec.share.clone(),
         ));
         self.inner.pools.register(&pool);
         let function = Function {

@@ -132,19 +132,25 @@ impl Function {
             return Ok(());
         }
         let keep = self.inner.settings.min_hot_instances;
-        for _ in 0..keep.max(1) {
+        for made in 0..keep.max(1) {
             let deadline = Instant::now() + self.limit();
-            let instance = self
-                .instantiate(deadline)
-                .await
-                .map_err(|error| match error {
-                    RuntimeError::MemoryLimit { .. } => RuntimeError::invalid(format!(
-                        "the artifact needs more memory at start than memory_pages ({}) allows",
-                        self.inner.settings.memory_pages
-                    )),
-                    RuntimeError::InvalidArtifact { .. } | RuntimeError::Internal { .. } => error,
-                    other => RuntimeError::invalid(format!("instantiation failed: {other}")),
-                })?;
+            // The first instance is the check that the component starts, worth an idle
+            // instance of another; pre-warming beyond it never evicts, and stops quietly
+            // when the node has no slot left (requests instantiate on demand).
+            let instance = match self.instantiate(deadline, made == 0).await {
+                Err(RuntimeError::Overloaded) if made > 0 => break,
+                other => other,
+            };
+            let instance = instance.map_err(|error| match error {
+                RuntimeError::MemoryLimit { .. } => RuntimeError::invalid(format!(
+                    "the artifact needs more memory at start than memory_pages ({}) allows",
+                    self.inner.settings.memory_pages
+                )),
+                RuntimeError::InvalidArtifact { .. }
+                | RuntimeError::Internal { .. }
+                | RuntimeError::Overloaded => error,
+                other => RuntimeError::invalid(format!("instantiation failed: {other}")),
+            })?;
             if self.inner.pool.idle_count() < keep as usize {
                 self.inner.pool.put_idle(instance);
             }
@@ -156,7 +162,9 @@ impl Function {
     /// Creates one instance and destroys it: the cost of a fresh instance, for benchmarks.
     #[doc(hidden)]
     pub async fn instantiate_once(&self) -> Result<(), RuntimeError> {
-        let instance = self.instantiate(Instant::now() + self.limit()).await?;
+        let instance = self
+            .instantiate(Instant::now() + self.limit(), true)
+            .await?;
         drop(instance);
         Ok(())
     }
@@ -190,27 +198,50 @@ impl Function {
         store
     }
 
-    async fn instantiate(&self, deadline: Instant) -> Result<HotInstance, RuntimeError> {
+    /// A new instance. When every instance slot of the node is taken, `may_evict` lets it
+    /// destroy an idle instance (another tenant's over its share first) and try again;
+    /// without a slot it is [`RuntimeError::Overloaded`].
+    async fn instantiate(
+        &self,
+        deadline: Instant,
+        may_evict: bool,
+    ) -> Result<HotInstance, RuntimeError> {
         let Code::Component(pre) = &self.inner.code else {
             return Err(RuntimeError::internal("instantiate called for a module"));
         };
-        let state = ComponentState::new(
-            &self.inner.settings.env,
-            self.logger(),
-            self.inner.outbound.clone(),
-            self.new_limits(deadline),
-        );
-        let mut store = self.new_store(state);
-        let proxy = match pre.instantiate_async(&mut store).await {
-            Ok(proxy) => proxy,
-            Err(error) => return Err(self.classify(error, &store.data().limits)),
-        };
-        self.inner.pool.cold_starts.fetch_add(1, Ordering::Relaxed);
-        Ok(HotInstance::new(
-            store,
-            proxy,
-            self.inner.runtime.budget.clone(),
-        ))
+        let mut evicted = false;
+        loop {
+            let state = ComponentState::new(
+                &self.inner.settings.env,
+                self.logger(),
+                self.inner.outbound.clone(),
+                self.new_limits(deadline),
+            );
+            let mut store = self.new_store(state);
+            match pre.instantiate_async(&mut store).await {
+                Ok(proxy) => {
+                    self.inner.pool.cold_starts.fetch_add(1, Ordering::Relaxed);
+                    return Ok(HotInstance::new(
+                        store,
+                        proxy,
+                        self.inner.runtime.budget.clone(),
+                        &self.inner.pool,
+                    ));
+                }
+                Err(error)
+                    if error
+                        .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                        .is_some() =>
+                {
+                    let tenant = self.inner.pool.tenant();
+                    if evicted || !may_evict || !self.inner.runtime.pools.evict_for(tenant) {
+                        return Err(RuntimeError::Overloaded);
+                    }
+                    evicted = true;
+                }
+                Err(error) => return Err(self.classify(error, &store.data().limits)),
+            }
+        }
     }
 
     /// Runs one request. The request body must already be read (the runner enforces its
@@ -262,7 +293,7 @@ impl Function {
     ) -> Result<(http::Response<Bytes>, Duration, bool), RuntimeError> {
         let (mut instance, cold_start) = match self.inner.pool.take_idle() {
             Some(instance) => (instance, false),
-            None => (self.instantiate(deadline).await?, true),
+            None => (self.instantiate(deadline, true).await?, true),
         };
         instance.store.data_mut().limits.begin_call(deadline);
         instance

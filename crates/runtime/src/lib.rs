@@ -16,6 +16,7 @@
 //!         artifact: "cache/hello/1.wasm".into(),
 //!         sha256: None,
 //!         settings: FunctionSettings::default(),
+//!         share: Default::default(),
 //!     })
 //!     .await?;
 //! let request = http::Request::get("http://example.com/").body(bytes::Bytes::new()).unwrap();
@@ -51,3 +52,4 @@ pub use error::RuntimeError;
 pub use function::{Function, Invocation, InvokeContext, PoolStats};
 pub use limits::EPOCH_TICK;
 pub use logging::{DiscardLogs, GuestLogRecord, LogLevel, LogSink, LogSource, MemoryLogs};
+pub use pool::PoolShare;

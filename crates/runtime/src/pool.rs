@@ -1,12 +1,17 @@
 //! Hot instances: a pool per function version, and the node-wide memory budget that evicts
 //! idle instances least recently used first, across all pools.
 //!
+//! Each pool belongs to a tenant with a share of the node's instance slots
+//! ([`PoolShare`]). When an instantiation finds every slot taken, [`PoolRegistry::evict_for`]
+//! frees one: an idle instance of another tenant that holds more than its share first, any
+//! idle instance otherwise — so one tenant's idle instances never keep another's requests out.
+//!
 //! The pool is a policy over pre-instantiated code: instances are created from the version's
 //! `ProxyPre`, serve up to `instance_reuse` requests, wait idle for at most `idle_timeout`,
 //! and are destroyed — never reused — after a trap, a timeout or a limit.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -51,6 +56,8 @@ pub(crate) struct HotInstance {
     /// Bytes this instance has added to the budget.
     accounted: u64,
     budget: Arc<MemoryBudget>,
+    /// Its pool's count of live instances (idle or busy).
+    live: Arc<AtomicUsize>,
 }
 
 impl HotInstance {
@@ -58,7 +65,9 @@ impl HotInstance {
         store: Store<ComponentState>,
         proxy: Proxy,
         budget: Arc<MemoryBudget>,
+        pool: &VersionPool,
     ) -> Self {
+        pool.live.fetch_add(1, Ordering::Relaxed);
         let mut instance = Self {
             store,
             proxy,
@@ -66,6 +75,7 @@ impl HotInstance {
             last_used: Instant::now(),
             accounted: 0,
             budget,
+            live: pool.live.clone(),
         };
         instance.account_memory();
         instance
@@ -96,6 +106,24 @@ impl Drop for HotInstance {
         self.budget
             .used
             .fetch_sub(self.accounted, Ordering::Relaxed);
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Whose a pool's instances are, and how many instance slots that tenant is entitled to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolShare {
+    pub tenant: Arc<str>,
+    pub slots: u32,
+}
+
+impl Default for PoolShare {
+    /// One tenant with the whole node (a runtime used on its own).
+    fn default() -> Self {
+        Self {
+            tenant: "".into(),
+            slots: u32::MAX,
+        }
     }
 }
 
@@ -109,10 +137,18 @@ pub(crate) struct VersionPool {
     pub(crate) idle_timeout: Duration,
     pub(crate) cold_starts: AtomicU64,
     pub(crate) evictions: AtomicU64,
+    share: PoolShare,
+    /// Live instances, idle or busy.
+    live: Arc<AtomicUsize>,
 }
 
 impl VersionPool {
-    pub(crate) fn new(max_hot: u32, min_hot: u32, idle_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        max_hot: u32,
+        min_hot: u32,
+        idle_timeout: Duration,
+        share: PoolShare,
+    ) -> Self {
         Self {
             idle: Mutex::new(VecDeque::new()),
             permits: tokio::sync::Semaphore::new(max_hot.max(1) as usize),
@@ -120,7 +156,25 @@ impl VersionPool {
             idle_timeout,
             cold_starts: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            share,
+            live: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    pub(crate) fn tenant(&self) -> &str {
+        &self.share.tenant
+    }
+
+    /// Destroys this pool's least recently used idle instance, if it has one.
+    fn evict_oldest(&self) -> bool {
+        let instance = self.idle().pop_front();
+        let evicted = instance.is_some();
+        if evicted {
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+        }
+        // Dropped outside the lock; dropping the store gives its slot back.
+        drop(instance);
+        evicted
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<HotInstance>> {
@@ -211,14 +265,41 @@ impl PoolRegistry {
             else {
                 break;
             };
-            let instance = victim.1.idle().pop_front();
-            if instance.is_some() {
-                victim.1.evictions.fetch_add(1, Ordering::Relaxed);
+            if victim.1.evict_oldest() {
                 evicted += 1;
             }
-            drop(instance);
         }
         evicted
+    }
+
+    /// Frees one instance slot for a new instance of `tenant`: destroys the least recently
+    /// used idle instance of a tenant over its share (not `tenant` itself), else the least
+    /// recently used idle instance of anyone. False when no instance is idle.
+    pub(crate) fn evict_for(&self, tenant: &str) -> bool {
+        let pools = self.live();
+        let mut held: HashMap<&str, (usize, u32)> = HashMap::new();
+        for pool in &pools {
+            let entry = held.entry(&pool.share.tenant).or_insert((0, 0));
+            entry.0 += pool.live.load(Ordering::Relaxed);
+            entry.1 = entry.1.max(pool.share.slots);
+        }
+        let over_share = |pool: &VersionPool| {
+            &*pool.share.tenant != tenant
+                && held
+                    .get(&*pool.share.tenant)
+                    .is_some_and(|(live, slots)| *live > *slots as usize)
+        };
+        let oldest = |only_over_share: bool| {
+            pools
+                .iter()
+                .filter(|p| !only_over_share || over_share(p))
+                .filter_map(|p| p.oldest_idle().map(|t| (t, p)))
+                .min_by_key(|(t, _)| *t)
+                .map(|(_, p)| p)
+        };
+        [true, false]
+            .into_iter()
+            .any(|only_over_share| oldest(only_over_share).is_some_and(|p| p.evict_oldest()))
     }
 
     pub(crate) fn expire_idle(&self, now: Instant) -> usize {

@@ -75,7 +75,7 @@ pub(super) async fn list_domains(
 }
 
 /// Check the claim's DNS TXT record and mark it verified.
-#[utoipa::path(post, path = "/api/v1/projects/{project}/domains/{name}/verify", params(("project" = String, Path), ("name" = String, Path)), responses((status = 200, body = Domain), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/projects/{project}/domains/{name}/verify", params(("project" = String, Path), ("name" = String, Path)), responses((status = 200, body = Domain), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub(super) async fn verify_domain(
     State(state): State<AppState>,
     principal: Principal,
@@ -89,7 +89,7 @@ pub(super) async fn verify_domain(
         .await
         .map_err(not_found("domain"))?;
     if !domain.verified {
-        check_proof(&state, &name, &domain).await?;
+        check_proof(&state, &project, &name, &domain).await?;
     }
     let domain = state
         .store
@@ -99,12 +99,26 @@ pub(super) async fn verify_domain(
 }
 
 /// The claim's TXT record must hold its token.
-async fn check_proof(state: &AppState, name: &DomainName, domain: &Domain) -> ApiResult<()> {
+async fn check_proof(
+    state: &AppState,
+    project: &str,
+    name: &DomainName,
+    domain: &Domain,
+) -> ApiResult<()> {
     let Some(dns) = &state.dns else {
         return Err(ApiError::Unavailable(
             "no DNS resolver is configured on this control plane".into(),
         ));
     };
+    if let Err(wait) = dns.admit(project) {
+        return Err(ApiError::TooManyRequests {
+            message: format!(
+                "project {project} had a DNS check a moment ago; try again in {} ms",
+                wait.as_millis()
+            ),
+            retry_after_secs: wait.as_secs().max(1),
+        });
+    }
     let token = domain
         .txt_record_value
         .strip_prefix("edgefn-verification=")

@@ -177,6 +177,7 @@ impl From<ArtifactError> for ApiError {
             too_large @ ArtifactError::TooLarge { .. } => {
                 Self::PayloadTooLarge(too_large.to_string())
             }
+            incomplete @ ArtifactError::Incomplete(_) => Self::BadRequest(incomplete.to_string()),
         }
     }
 }

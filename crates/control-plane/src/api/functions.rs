@@ -258,13 +258,10 @@ pub(super) async fn upload(
         return Err(too_large());
     }
     pending_version(&state, &function_id, version).await?;
-    let body = axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|_| too_large())?;
-    let size = body.len();
-    state
+    let body = request.into_body().into_data_stream();
+    let size = state
         .artifacts
-        .put_upload(&function_id, version, body)
+        .put_upload_stream(&function_id, version, body, limit)
         .await?;
     // The holder of the URL is not known by name; the URL's signature is the credential.
     let function = state

@@ -158,6 +158,7 @@ pub(super) async fn create_user(
             &input.name,
             hash.as_deref(),
             input.admin,
+            input.issuer.as_deref(),
         )
         .await?;
     Ok((StatusCode::CREATED, Json(user)))

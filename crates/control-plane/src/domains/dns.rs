@@ -3,7 +3,10 @@
 //! domains. Looked up with `hickory-resolver` through the system's resolvers, or one name
 //! server given by the operator (`--dns-server`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
@@ -22,9 +25,39 @@ fn uncached(options: &mut ResolverOpts) {
 
 pub struct DnsVerifier {
     resolver: TokioResolver,
+    /// When each project last had a lookup made (see [`DnsVerifier::admit`]).
+    last_lookup: Mutex<HashMap<String, Instant>>,
 }
 
+/// One lookup per project per this long: a developer checks a record they just set, not
+/// in a loop, and `POST …/verify` must not turn the control plane into a DNS flooder.
+pub const LOOKUP_INTERVAL: Duration = Duration::from_secs(1);
+
 impl DnsVerifier {
+    fn new(resolver: TokioResolver) -> Self {
+        Self {
+            resolver,
+            last_lookup: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `project` may have a lookup made now; otherwise how long until it may.
+    pub fn admit(&self, project: &str) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut last = self.last_lookup.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = last.get(project) {
+            let since = now.duration_since(*at);
+            if since < LOOKUP_INTERVAL {
+                return Err(LOOKUP_INTERVAL - since);
+            }
+        }
+        if last.len() >= 10_000 {
+            last.retain(|_, at| now.duration_since(*at) < LOOKUP_INTERVAL);
+        }
+        last.insert(project.to_string(), now);
+        Ok(())
+    }
+
     /// The system's resolvers (`/etc/resolv.conf`).
     pub fn system() -> Result<Self, String> {
         let mut builder = TokioResolver::builder_tokio()
@@ -33,7 +66,7 @@ impl DnsVerifier {
         let resolver = builder
             .build()
             .map_err(|e| format!("cannot start the DNS resolver: {e}"))?;
-        Ok(Self { resolver })
+        Ok(Self::new(resolver))
     }
 
     /// One name server, over UDP and TCP.
@@ -53,7 +86,7 @@ impl DnsVerifier {
         let resolver = builder
             .build()
             .map_err(|e| format!("cannot start the DNS resolver: {e}"))?;
-        Ok(Self { resolver })
+        Ok(Self::new(resolver))
     }
 
     /// Whether the TXT record of the claim on `base` holds the token. A missing record is

@@ -11,6 +11,10 @@ use super::{Result, Store, StoreError, new_id, now_ms};
 use crate::audit::Entry;
 use crate::domains::{DomainName, TXT_PREFIX};
 
+/// Domains (verified or not) one project may hold: claims are cheap to make, and each is a
+/// row, a DNS lookup when verified, and a host on every node.
+pub const MAX_DOMAINS_PER_PROJECT: i64 = 100;
+
 const DOMAIN_COLUMNS: &str = "id, project_id, name, verified, token, created_at, verified_at";
 
 fn domain_from_row(row: &AnyRow) -> Result<Domain> {
@@ -106,6 +110,15 @@ impl Store {
         let result: Result<Domain> = async {
             Self::lock_desired(&mut tx).await?;
             Self::check_unclaimed(&mut tx, project, name).await?;
+            let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM domains WHERE project_id = $1")
+                .bind(project)
+                .fetch_one(&mut *tx)
+                .await?;
+            if held >= MAX_DOMAINS_PER_PROJECT {
+                return Err(StoreError::Conflict(format!(
+                    "project {project} has {held} domains, the most a project may claim; remove one first"
+                )));
+            }
             let id = new_id("dom");
             sqlx::query(
                 "INSERT INTO domains (id, project_id, name, verified, token, created_at) \

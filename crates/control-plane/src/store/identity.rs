@@ -21,6 +21,8 @@ pub struct UserRecord {
     pub password_hash: Option<String>,
     pub memberships: BTreeMap<String, Role>,
     pub created_at: i64,
+    /// The external issuer whose tokens act as this user (`None`: a local user).
+    pub issuer: Option<String>,
 }
 
 /// An API token's row with its user, for checking a presented token.
@@ -103,19 +105,21 @@ impl Store {
         name: &str,
         password_hash: Option<&str>,
         admin: bool,
+        issuer: Option<&str>,
     ) -> Result<User> {
         let id = new_id("user");
         let now = now_ms();
         let mut tx = self.begin_write().await?;
         let result: Result<()> = async {
             sqlx::query(
-                "INSERT INTO users (id, name, password_hash, is_admin, created_at) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO users (id, name, password_hash, is_admin, created_at, issuer) VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(&id)
             .bind(name)
             .bind(password_hash.map(str::to_string))
             .bind(i64::from(admin))
             .bind(now)
+            .bind(issuer.map(str::to_string))
             .execute(&mut *tx)
             .await
             .map_err(|e| match StoreError::from(e) {
@@ -123,7 +127,7 @@ impl Store {
                 other => other,
             })?;
             let entry = Entry::new(actor, "user.create", &id).details(json!({
-                "after": { "name": name, "admin": admin, "password": password_hash.is_some() }
+                "after": { "name": name, "admin": admin, "password": password_hash.is_some(), "issuer": issuer }
             }));
             self.append_audit(&mut tx, &entry).await?;
             Ok(())
@@ -136,6 +140,7 @@ impl Store {
             admin,
             created_at: now,
             projects: BTreeMap::new(),
+            issuer: issuer.map(str::to_string),
         })
     }
 
@@ -148,12 +153,13 @@ impl Store {
             password_hash: row.try_get("password_hash")?,
             memberships: BTreeMap::new(),
             created_at: row.try_get("created_at")?,
+            issuer: row.try_get("issuer")?,
         })
     }
 
     pub async fn user_by_name(&self, name: &str) -> Result<Option<UserRecord>> {
         let row = sqlx::query(
-            "SELECT id, name, is_admin, password_hash, created_at FROM users WHERE name = $1",
+            "SELECT id, name, is_admin, password_hash, created_at, issuer FROM users WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -166,7 +172,7 @@ impl Store {
 
     pub async fn list_users(&self) -> Result<Vec<User>> {
         let rows = sqlx::query(
-            "SELECT id, name, is_admin, password_hash, created_at FROM users ORDER BY name",
+            "SELECT id, name, is_admin, password_hash, created_at, issuer FROM users ORDER BY name",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -179,6 +185,7 @@ impl Store {
                 name: user.name,
                 admin: user.admin,
                 created_at: user.created_at,
+                issuer: user.issuer,
             });
         }
         Ok(users)

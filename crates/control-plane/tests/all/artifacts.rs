@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use edgefn_control_plane::artifacts::{Artifacts, S3Settings, artifact_path, upload_path};
+use edgefn_control_plane::artifacts::{
+    ArtifactError, Artifacts, S3Settings, artifact_path, upload_path,
+};
 
 /// Where the store under test lives.
 pub enum Kind {
@@ -47,10 +49,30 @@ fn unique(name: &str) -> String {
 async fn objects_round_trip_and_are_content_addressed(kind: Kind) {
     let store = open(&kind).await;
     let function = unique("f");
-    store
-        .put_upload(&function, 1, Bytes::from_static(b"uploaded"))
+    let chunks = |parts: Vec<Result<&'static [u8], &'static str>>| {
+        futures_util::stream::iter(parts.into_iter().map(|part| part.map(Bytes::from_static)))
+    };
+    let size = store
+        .put_upload_stream(&function, 1, chunks(vec![Ok(b"up"), Ok(b"loaded")]), 8)
         .await
         .unwrap();
+    assert_eq!(size, 8);
+    // Over the limit, or broken off: refused, and nothing is stored or replaced.
+    let over = store
+        .put_upload_stream(&function, 2, chunks(vec![Ok(b"12345"), Ok(b"6789")]), 8)
+        .await;
+    assert!(
+        matches!(over, Err(ArtifactError::TooLarge { size: 9, limit: 8 })),
+        "{over:?}"
+    );
+    let broken = store
+        .put_upload_stream(&function, 2, chunks(vec![Ok(b"12"), Err("reset")]), 8)
+        .await;
+    assert!(
+        matches!(&broken, Err(ArtifactError::Incomplete(why)) if why == "reset"),
+        "{broken:?}"
+    );
+    assert!(store.read(&upload_path(&function, 2)).await.is_err());
     assert_eq!(
         store.read(&upload_path(&function, 1)).await.unwrap(),
         "uploaded"

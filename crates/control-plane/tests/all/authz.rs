@@ -356,7 +356,7 @@ async fn world() -> World {
     ] {
         let user = app
             .store
-            .create_user("system", name, None, false)
+            .create_user("system", name, None, false, None)
             .await
             .unwrap();
         app.store
@@ -366,7 +366,7 @@ async fn world() -> World {
         tokens.insert(name, token(&app, &user, None, 3600).await);
     }
     app.store
-        .create_user("system", "erin", None, false)
+        .create_user("system", "erin", None, false, None)
         .await
         .unwrap();
     let carol = app.store.user_by_name("carol").await.unwrap().unwrap();
@@ -376,6 +376,7 @@ async fn world() -> World {
         admin: false,
         created_at: 0,
         projects: BTreeMap::new(),
+        issuer: None,
     };
     tokens.insert("expired", token(&app, &carol, None, -120).await);
     // Carol's claims, signed with another key under our key id.

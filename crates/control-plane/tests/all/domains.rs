@@ -18,7 +18,7 @@ use crate::on_every_backend;
 async fn member(app: &App, name: &str, project: &str, role: Role) -> String {
     let user = app
         .store
-        .create_user("system", name, None, false)
+        .create_user("system", name, None, false, None)
         .await
         .unwrap();
     app.store
@@ -238,6 +238,18 @@ async fn a_project_cannot_take_another_projects_hosts(backend: Backend) {
     };
     let early = verify(sam.clone(), "shop").await;
     assert_eq!(early.status, 409, "no TXT record yet: {:?}", early.json());
+    // One DNS lookup per project per second: checking again at once is 429.
+    let again = verify(sam.clone(), "shop").await;
+    assert_eq!(again.status, 429, "{:?}", again.json());
+    assert!(
+        again.json()["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("try again")),
+        "{:?}",
+        again.json()
+    );
+    let pause = edgefn_control_plane::domains::dns::LOOKUP_INTERVAL;
+    tokio::time::sleep(pause).await;
     // A record with another project's token does not prove anything.
     records.lock().unwrap().push((
         "_edgefn-challenge.blog.example.com".into(),
@@ -248,6 +260,7 @@ async fn a_project_cannot_take_another_projects_hosts(backend: Backend) {
         "_edgefn-challenge.blog.example.com".into(),
         txt["txt_record_value"].as_str().unwrap().to_string(),
     ));
+    tokio::time::sleep(pause).await;
     let proven = verify(sam.clone(), "shop").await;
     assert_eq!(proven.status, 200, "{:?}", proven.json());
     assert_eq!(proven.json()["verified"], true);
@@ -362,3 +375,43 @@ async fn a_project_cannot_take_another_projects_hosts(backend: Backend) {
 }
 
 on_every_backend!(a_project_cannot_take_another_projects_hosts);
+
+/// A project cannot pile up claims: past the cap a claim is 409 until one is removed.
+#[tokio::test]
+async fn a_project_may_hold_a_bounded_number_of_domains() {
+    use edgefn_control_plane::store::MAX_DOMAINS_PER_PROJECT;
+    let app = app(&Backend::Sqlite).await;
+    let made = app
+        .json("POST", "/api/v1/projects", json!({ "name": "shop" }))
+        .await;
+    assert_eq!(made.status, 201);
+    let sam = member(&app, "sam", "shop", Role::Developer).await;
+    let claim = |name: String| {
+        let app = &app;
+        let sam = sam.clone();
+        async move {
+            app.json_as(
+                Some(&sam),
+                "POST",
+                "/api/v1/projects/shop/domains",
+                json!({ "name": name }),
+            )
+            .await
+        }
+    };
+    for i in 0..MAX_DOMAINS_PER_PROJECT {
+        assert_eq!(claim(format!("d{i}.example.com")).await.status, 201);
+    }
+    let over = claim("one-more.example.com".into()).await;
+    assert_eq!(over.status, 409, "{:?}", over.json());
+    let removed = app
+        .json_as(
+            Some(&sam),
+            "DELETE",
+            "/api/v1/projects/shop/domains/d0.example.com",
+            serde_json::Value::Null,
+        )
+        .await;
+    assert_eq!(removed.status, 204);
+    assert_eq!(claim("one-more.example.com".into()).await.status, 201);
+}

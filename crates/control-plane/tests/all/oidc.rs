@@ -76,12 +76,38 @@ async fn an_external_issuers_tokens_act_with_their_users_memberships() {
             &idp.jwks_url,
             "email",
         ));
-    app.json(
-        "POST",
-        "/api/v1/users",
-        json!({ "name": "alice@example.test" }),
-    )
-    .await;
+    assert_eq!(
+        app.json(
+            "POST",
+            "/api/v1/users",
+            json!({ "name": "alice@example.test", "issuer": ISSUER }),
+        )
+        .await
+        .status,
+        201
+    );
+    // A local administrator whose name an external user could claim.
+    assert_eq!(
+        app.json(
+            "POST",
+            "/api/v1/users",
+            json!({ "name": "root@example.test", "admin": true }),
+        )
+        .await
+        .status,
+        201
+    );
+    // An issuer's user signs in there, never with a password here.
+    assert_eq!(
+        app.json(
+            "POST",
+            "/api/v1/users",
+            json!({ "name": "x@example.test", "issuer": ISSUER, "password": "long enough password" }),
+        )
+        .await
+        .status,
+        400
+    );
     assert_eq!(
         app.json(
             "PUT",
@@ -122,6 +148,19 @@ async fn an_external_issuers_tokens_act_with_their_users_memberships() {
         .await,
         403,
         "a viewer does not create functions"
+    );
+
+    // A token whose claim names a local user is not that user: authenticated, allowed
+    // nothing (before users were tied to their issuer it acted as the administrator).
+    let impostor = idp.token(claims("root@example.test", "edgefn", ISSUER, 600), "idp-1");
+    let me = app
+        .json_as(Some(&impostor), "GET", "/api/v1/whoami", json!(null))
+        .await
+        .json();
+    assert_eq!(me["admin"], false, "{me}");
+    assert_eq!(
+        status(&app, &impostor, "GET", "/api/v1/users", json!(null)).await,
+        403
     );
 
     // Known to the issuer, not here: authenticated, allowed nothing.

@@ -32,7 +32,7 @@ async fn a_token_cannot_mint_a_wider_or_longer_lived_one() {
             .await;
     }
     app.store
-        .create_user("system", "alice", None, false)
+        .create_user("system", "alice", None, false, None)
         .await
         .unwrap();
     for project in ["a", "b"] {

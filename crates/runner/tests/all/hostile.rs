@@ -91,6 +91,52 @@ fn a_cgi_guest_cannot_smuggle_a_response_to_the_next_request() {
     assert!(!second.contains("PWNED"), "{second:?}");
 }
 
+/// hyper answers a head it cannot parse (400) or one over `--max-header-bytes` (431) by
+/// itself; those answers carry an `x-request-id` too, and the runner logs it with the peer.
+#[test]
+fn refused_request_heads_get_a_request_id() {
+    let runner = Runner::start(CGI_AND_HELLO, &[]);
+    let too_large = format!(
+        "GET /hello HTTP/1.1\r\nHost: a\r\nx-big: {}\r\n\r\n",
+        "a".repeat(100 << 10)
+    );
+    for (head, status) in [
+        ("GET /hello HTTP/1.1\r\nHost a\r\n\r\n".to_string(), "400"),
+        (too_large, "431"),
+    ] {
+        let mut stream = std::net::TcpStream::connect(runner.http).unwrap();
+        let _ = stream.write_all(head.as_bytes());
+        let text = read_until(&mut stream, |text| text.contains("\r\n\r\n"));
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text:?}");
+        let id = text
+            .lines()
+            .find_map(|line| line.strip_prefix("x-request-id: "))
+            .unwrap_or_else(|| panic!("no request id: {text:?}"))
+            .to_string();
+        assert_eq!(id.len(), 32, "{id:?}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !runner
+            .log_lines()
+            .iter()
+            .any(|line| line.to_string().contains(&id))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the id {id} is not in the runner's log"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // A well-formed request on a fresh connection still gets its own id once.
+    let mut stream = std::net::TcpStream::connect(runner.http).unwrap();
+    stream
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: a\r\nx-request-id: mine\r\n\r\n")
+        .unwrap();
+    let text = read_until(&mut stream, |text| text.contains("Hello, edgefn!"));
+    assert_eq!(text.matches("x-request-id").count(), 1, "{text:?}");
+    assert!(text.contains("x-request-id: mine\r\n"), "{text:?}");
+}
+
 /// A guest's `Transfer-Encoding: chunked` is dropped too: its output is the body as is.
 #[tokio::test]
 async fn a_cgi_guest_cannot_choose_the_transfer_encoding() {
@@ -358,5 +404,60 @@ function = "modest"
     while let Some(done) = requests.join_next().await {
         let (status, body) = done.unwrap();
         assert_eq!(status, 200, "{body}");
+    }
+}
+
+/// Project a's three functions fill every instance slot of the node with instances that
+/// stay idle afterwards (each function within the per-function cap, the three together
+/// over a's share). Project b's next request still gets an instance: one of a's idle ones
+/// is destroyed for it, instead of b failing until a's instances expire.
+#[tokio::test]
+async fn idle_instances_of_a_project_over_its_share_make_room_for_another() {
+    let mut manifest = String::new();
+    for i in 0..3 {
+        manifest.push_str(&format!(
+            "[[functions]]\nid = \"busy{i}\"\nversion = 1\npath = \"{{guests}}/cpu.wasm\"\ntenant = \"a\"\n\
+             max_hot_instances = 4\nidle_timeout_ms = 600000\n\n\
+             [[routes]]\npath = \"/busy{i}\"\nfunction = \"busy{i}\"\n\n"
+        ));
+    }
+    manifest.push_str(
+        "[[functions]]\nid = \"hello\"\nversion = 1\npath = \"{guests}/hello.wasm\"\ntenant = \"b\"\n\n\
+         [[routes]]\npath = \"/hello\"\nfunction = \"hello\"\n",
+    );
+    let runner = Runner::start(&manifest, &["--pool-instances", "8"]);
+    let client = reqwest::Client::new();
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let request = client
+            .get(runner.url(&format!("/busy{}?n=30000000", i % 3)))
+            .send();
+        burst.spawn(async move { request.await.map(|r| r.status().as_u16()) });
+    }
+    let mut served = 0;
+    while let Some(done) = burst.join_next().await {
+        if done.unwrap().is_ok_and(|status| status == 200) {
+            served += 1;
+        }
+    }
+    assert!(
+        served >= 8,
+        "a's burst should fill the node: {served} served"
+    );
+    let metrics = runner.metrics().await;
+    let idle: f64 = (0..3)
+        .filter_map(|i| {
+            crate::metric(
+                &metrics,
+                &format!("wasm_idle_instances{{function_id=\"busy{i}\"}}"),
+            )
+        })
+        .sum();
+    assert_eq!(idle, 8.0, "a's instances hold every slot: {metrics}");
+    // No slot is free: b's request gets one by destroying one of a's idle instances.
+    for _ in 0..3 {
+        let response = client.get(runner.url("/hello")).send().await.unwrap();
+        let status = response.status();
+        assert_eq!(status, 200, "{}", response.text().await.unwrap_or_default());
     }
 }

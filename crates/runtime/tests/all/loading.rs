@@ -26,6 +26,7 @@ async fn load_bytes(
             artifact: write_artifact("f.wasm", bytes),
             sha256: None,
             settings,
+            share: Default::default(),
         })
         .await
 }
@@ -124,6 +125,7 @@ async fn refuses_a_sha256_mismatch() {
             artifact: artifact("hello"),
             sha256: Some("00".repeat(32)),
             settings: FunctionSettings::default(),
+            share: Default::default(),
         })
         .await;
     assert!(reason(result).contains("sha256 mismatch"));
@@ -174,6 +176,7 @@ async fn refuses_an_artifact_over_the_size_limit_without_reading_it() {
             artifact: path,
             sha256: None,
             settings: FunctionSettings::default(),
+            share: Default::default(),
         })
         .await;
     assert!(reason(result).contains("over the limit"));
@@ -270,6 +273,7 @@ async fn precompiled_code_is_cached_beside_the_artifact_and_survives_tampering()
         artifact: path.clone(),
         sha256: None,
         settings: FunctionSettings::default(),
+        share: Default::default(),
     };
     fixture.runtime.load(spec.clone()).await.unwrap();
     let cached: Vec<_> = std::fs::read_dir(dir.path())

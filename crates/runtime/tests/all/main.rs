@@ -94,6 +94,7 @@ impl Fixture {
                 artifact: artifact(guest),
                 sha256: None,
                 settings,
+                share: Default::default(),
             })
             .await
     }
