@@ -77,7 +77,9 @@ pub(crate) struct RuntimeInner {
     pub(crate) module_linker: Linker<CgiState>,
     pub(crate) budget: Arc<MemoryBudget>,
     pub(crate) pools: PoolRegistry,
-    log_budgets: Mutex<HashMap<String, Arc<LogBudget>>>,
+    /// What all versions of one function share: their log budget and open outbound
+    /// connections (a new version does not get a fresh allowance of either).
+    per_function: Mutex<HashMap<String, PerFunction>>,
     stop_ticker: Arc<AtomicBool>,
     /// Compilations running at once (`CompilerConfig::max_concurrent`).
     compilations: tokio::sync::Semaphore,
@@ -151,7 +153,7 @@ impl Runtime {
             component_linker,
             module_linker,
             pools: PoolRegistry::default(),
-            log_budgets: Mutex::new(HashMap::new()),
+            per_function: Mutex::new(HashMap::new()),
             stop_ticker,
             compilations: tokio::sync::Semaphore::new(compilations),
         });
@@ -176,7 +178,7 @@ impl Runtime {
 
     /// Guest log records of `function_id` dropped by the rate limit so far.
     pub fn dropped_logs(&self, function_id: &str) -> u64 {
-        self.inner.log_budget(function_id).dropped()
+        self.inner.per_function(function_id).log_budget.dropped()
     }
 
     /// Verifies, compiles (or loads the cached native code of) and pre-instantiates an
@@ -185,13 +187,14 @@ impl Runtime {
     pub async fn load(&self, spec: LoadSpec) -> Result<Function, RuntimeError> {
         let settings = &spec.settings;
         self.validate_settings(settings)?;
+        let shared = self.inner.per_function(&spec.function_id);
         let outbound = OutboundPolicy::new(
             &settings.allowed_outbound_hosts,
             &self.inner.config.outbound_allowed_networks,
         )
         .map_err(|reason| RuntimeError::InvalidSettings { reason })?
         .with_connection_limits(
-            self.inner.config.outbound_connections_per_function,
+            shared.connections.clone(),
             self.inner.config.outbound_connections_per_instance,
         );
 
@@ -228,7 +231,7 @@ impl Runtime {
                 code,
                 pool,
                 outbound: Arc::new(outbound),
-                log_budget: self.inner.log_budget(&spec.function_id),
+                log_budget: shared.log_budget,
             }),
         };
         function.prewarm().await?;
@@ -459,12 +462,23 @@ impl Runtime {
     }
 }
 
+#[derive(Clone)]
+struct PerFunction {
+    log_budget: Arc<LogBudget>,
+    connections: Arc<tokio::sync::Semaphore>,
+}
+
 impl RuntimeInner {
-    fn log_budget(&self, function_id: &str) -> Arc<LogBudget> {
-        let mut budgets = self.log_budgets.lock().unwrap_or_else(|e| e.into_inner());
-        budgets
+    fn per_function(&self, function_id: &str) -> PerFunction {
+        let mut shared = self.per_function.lock().unwrap_or_else(|e| e.into_inner());
+        shared
             .entry(function_id.to_string())
-            .or_insert_with(|| Arc::new(LogBudget::new(self.config.log_records_per_second)))
+            .or_insert_with(|| PerFunction {
+                log_budget: Arc::new(LogBudget::new(self.config.log_records_per_second)),
+                connections: Arc::new(tokio::sync::Semaphore::new(
+                    self.config.outbound_connections_per_function.max(1),
+                )),
+            })
             .clone()
     }
 }

@@ -271,9 +271,14 @@ impl OutboundPolicy {
         })
     }
 
-    /// The same policy with other connection limits (per function, per instance).
-    pub fn with_connection_limits(mut self, per_function: usize, per_instance: usize) -> Self {
-        self.connections = Arc::new(tokio::sync::Semaphore::new(per_function.max(1)));
+    /// The same policy with other connection limits: `per_function` is the allowance all
+    /// versions of the function share, `per_instance` each instance's own.
+    pub fn with_connection_limits(
+        mut self,
+        per_function: Arc<tokio::sync::Semaphore>,
+        per_instance: usize,
+    ) -> Self {
+        self.connections = per_function;
         self.per_instance = per_instance.max(1);
         self
     }
