@@ -2,7 +2,7 @@
 //! routes as the peer. Run with `cargo bench -p edgefn-runner --bench router`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use edgefn_runner::router::{RouteSpec, RouteTable};
+use edgefn_proto::router::{RouteSpec, RouteTable};
 
 /// 10,000 routes over 100 hosts: exact paths, prefixes and named segments, mixed methods
 /// and priorities, plus wildcard and catch-all hosts.

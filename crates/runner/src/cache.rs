@@ -77,15 +77,12 @@ fn now_ms() -> u64 {
 
 pub use edgefn_runtime::sha256_hex;
 
+/// Writes a file of the cache; its directory is made first.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    edgefn_runtime::fs::write_atomically(path, bytes, None)
 }
 
 impl ArtifactCache {

@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::manifest::ArtifactSource;
+use crate::spec::ArtifactSource;
 
-pub use edgefn_proto::backoff::{Backoff, random_fraction, random_u64};
+pub use edgefn_proto::backoff::{Backoff, random_u64};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {

@@ -19,6 +19,8 @@ use std::time::Duration;
 use edgefn_proto::identity::{EnrollNode, NodeEnrolled, RenewCertificate};
 use serde::{Deserialize, Serialize};
 
+use crate::cp_http::{causes, now_ms, read_json};
+
 /// What `node.json` keeps.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -49,28 +51,6 @@ impl std::fmt::Debug for Credentials {
             .field("identity", &self.identity)
             .finish_non_exhaustive()
     }
-}
-
-/// An error with its causes, `a: b: c` (reqwest's own message stops at "error sending
-/// request", which tells an operator nothing about a refused certificate).
-pub fn causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A new key (PKCS #8 PEM) and a CSR for it (PEM).
@@ -107,19 +87,10 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
-/// Writes `bytes` to `path` atomically, with `mode`.
+/// Writes `bytes` to `path` atomically, with `mode`, in a private directory.
 fn write_private(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::PermissionsExt as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    create_private_dir(dir)?;
-    let mut file = tempfile::NamedTempFile::new_in(dir)?;
-    file.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))?;
-    file.write_all(bytes)?;
-    file.as_file().sync_all()?;
-    file.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    create_private_dir(path.parent().unwrap_or(Path::new(".")))?;
+    edgefn_runtime::fs::write_atomically(path, bytes, Some(mode))
 }
 
 /// The private key and the certificate chain of a `node.pem` bundle.
@@ -217,8 +188,8 @@ impl Credentials {
             .body(serde_json::to_vec(&EnrollNode { csr, ..body }).map_err(|e| e.to_string())?)
             .send()
             .await
-            .map_err(|e| format!("POST {url}: {}", crate::identity::causes(&e)))?;
-        let enrolled: NodeEnrolled = crate::sync::read_json(reply, &url).await?;
+            .map_err(|e| format!("POST {url}: {}", causes(&e)))?;
+        let enrolled: NodeEnrolled = read_json(reply, &url).await?;
         Self::from_reply(enrolled, key_pem, control_plane, ca_sha256)
     }
 
@@ -247,8 +218,8 @@ impl Credentials {
             .body(serde_json::to_vec(&RenewCertificate { csr }).map_err(|e| e.to_string())?)
             .send()
             .await
-            .map_err(|e| format!("POST {url}: {}", crate::identity::causes(&e)))?;
-        let renewed: NodeEnrolled = crate::sync::read_json(reply, &url).await?;
+            .map_err(|e| format!("POST {url}: {}", causes(&e)))?;
+        let renewed: NodeEnrolled = read_json(reply, &url).await?;
         let mut next = Self::from_reply(renewed, key_pem, &self.identity.control_plane, None)?;
         next.identity.node_url = self.identity.node_url.clone();
         Ok(next)
@@ -317,9 +288,62 @@ fn url_host(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_string())
 }
 
+/// The node's standing with the node listener: an mTLS client and a node token.
+pub(crate) struct Session {
+    pub(crate) http: reqwest::Client,
+    pub(crate) token: String,
+    token_issued_at: i64,
+    token_expires_at: i64,
+}
+
+impl Session {
+    /// A session with a new node token, got over `http` (the node's mTLS client).
+    pub(crate) async fn open(
+        credentials: &Credentials,
+        http: reqwest::Client,
+    ) -> Result<Self, String> {
+        let url = format!(
+            "{}/api/v1/nodes/{}/token",
+            credentials.identity.node_url, credentials.identity.node_id
+        );
+        let reply = http
+            .post(&url)
+            .send()
+            .await
+            .map_err(|e| format!("POST {url}: {}", causes(&e)))?;
+        let token: edgefn_proto::identity::NodeToken = read_json(reply, &url).await?;
+        Ok(Self {
+            http,
+            token: token.token,
+            token_issued_at: now_ms(),
+            token_expires_at: token.expires_at,
+        })
+    }
+
+    /// Renewed once two thirds of the token's lifetime have passed.
+    pub(crate) fn token_is_old(&self) -> bool {
+        let (issued, expires) = (self.token_issued_at, self.token_expires_at);
+        now_ms() >= issued + (expires - issued) * 2 / 3
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_tokens_are_renewed_after_two_thirds_of_their_life() {
+        let now = now_ms();
+        let session = |issued: i64, expires: i64| Session {
+            http: reqwest::Client::new(),
+            token: String::new(),
+            token_issued_at: issued,
+            token_expires_at: expires,
+        };
+        assert!(!session(now - 100, now + 900).token_is_old());
+        assert!(session(now - 700, now + 300).token_is_old());
+        assert!(session(now - 2000, now - 1000).token_is_old(), "expired");
+    }
 
     #[test]
     fn hosts_come_out_of_urls() {

@@ -1,33 +1,39 @@
-//! `edgefn-runner`: the edge node. It serves the functions and routes of a manifest (later
-//! fed by the control plane) through an HTTP(S) front, a host/path/method/priority router,
-//! per-tenant quotas and the `edgefn-runtime` instance pools, with a verified LRU artifact
-//! cache, Prometheus metrics and JSON logs.
+//! `edgefn-runner`: the edge node. It serves the functions and routes of an operator's
+//! manifest or of the control plane's desired state through an HTTP(S) front, the
+//! host/path/method/priority router of `edgefn_proto::router`, per-tenant quotas and the
+//! `edgefn-runtime` instance pools, with a verified LRU artifact cache, Prometheus metrics
+//! and JSON logs.
 //!
-//! Wiring: [`run`] validates the manifest, binds the listeners, opens the cache (verifying
-//! every artifact), creates the runtime and the [`node::Node`], reconciles the node to the
-//! manifest, then serves until the shutdown future resolves and drains.
+//! Wiring: [`run`] validates the manifest (or reads the applied desired state), binds the
+//! listeners, opens the cache (verifying every artifact), creates the runtime and the
+//! `Node`, reconciles the node to its `NodeSpec`, starts the sync client when there is a
+//! control plane, then serves until the shutdown future resolves and drains.
 //!
-//! Modules: `router` (pure route table), `manifest`, `cache`, `fetch`, `quotas`,
-//! `metrics`, `logs`, `node` (state and reconcile), `server` (the front), `admin`, `config`.
+//! Modules: `spec` (what a node serves), `manifest` (the operator's file → spec),
+//! `reconcile` (the control plane's desired state → spec, applied and persisted), `sync`
+//! and `push` (the transport to the control plane), `identity` (enrollment, certificate),
+//! `cp_http` (replies and errors of control-plane calls), `node` (state and
+//! `Node::reconcile`), `share`, `quotas`, `cache`, `fetch`, `server` (the front), `admin`,
+//! `metrics`, `logs`, `usage`, `config`.
 
-pub mod admin;
+mod admin;
 pub mod cache;
 pub mod config;
-pub mod fetch;
+mod cp_http;
+mod fetch;
 pub mod identity;
-pub mod logs;
-pub mod manifest;
-pub mod metrics;
-pub mod node;
-pub mod push;
-pub mod quotas;
-/// The route table lives in `edgefn-proto`, so the control plane validates patterns with
-/// the very code that matches them here.
-pub use edgefn_proto::router;
-pub mod server;
-pub mod share;
-pub mod sync;
-pub mod usage;
+mod logs;
+mod manifest;
+mod metrics;
+mod node;
+mod push;
+mod quotas;
+mod reconcile;
+mod server;
+mod share;
+mod spec;
+mod sync;
+mod usage;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -40,11 +46,11 @@ use serde_json::json;
 use crate::cache::{ArtifactCache, CacheLimits};
 use crate::config::RunnerArgs;
 use crate::fetch::{Backoff, Fetcher};
-use crate::manifest::Manifest;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::quotas::{QuotaLimits, TenantQuotas};
 use crate::server::FrontConfig;
+use crate::spec::NodeSpec;
 
 /// Logs a bound address in the one fixed format tests and tools read:
 /// `{"message":"listening","listener":NAME,"address":"IP:PORT",...}`.
@@ -91,7 +97,7 @@ fn spawn_reload_on_hangup(node: Arc<Node>, manifest: std::path::PathBuf) {
     };
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            match Manifest::load(&manifest) {
+            match manifest::load(&manifest) {
                 Ok(manifest) => {
                     node.reconcile(&manifest);
                     tracing::info!(
@@ -131,7 +137,7 @@ pub async fn run(
     // Everything that can be checked is checked before a socket is bound. With a control
     // plane, the node starts from the desired state it applied last (if any).
     let (manifest, applied) = match (&args.manifest, &args.control_plane) {
-        (Some(path), _) => (Manifest::load(path)?, None),
+        (Some(path), _) => (manifest::load(path)?, None),
         (None, Some(url)) => {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 anyhow::bail!("--control-plane must be an http:// or https:// URL, got {url:?}");
@@ -148,16 +154,12 @@ pub async fn run(
                     })
                     .with_context(|| format!("cannot create {}", args.state_dir.display()))?;
             }
-            let applied = sync::load_applied(&args.state_dir);
+            let applied = reconcile::load_applied(&args.state_dir);
             let manifest = match &applied {
-                Some(state) => sync::manifest_of(state).with_context(|| {
+                Some(state) => reconcile::spec_of(state).with_context(|| {
                     format!("{}: persisted desired state", args.state_dir.display())
                 })?,
-                None => Manifest {
-                    functions: Vec::new(),
-                    routes: Vec::new(),
-                    quotas: Default::default(),
-                },
+                None => NodeSpec::default(),
             };
             (manifest, applied)
         }

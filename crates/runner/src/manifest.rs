@@ -1,6 +1,8 @@
 //! The TOML manifest that tells a runner what to serve without a control plane: function
 //! versions (a local `path` or a `url`) and routes. Field names match the control plane's
-//! API. A bad manifest is refused with the file, the entry and the reason.
+//! API. It is the operator's file format: [`load`] turns it into the node's [`NodeSpec`]
+//! (as `reconcile::spec_of` does the control plane's desired state). A bad manifest is
+//! refused with the file, the entry and the reason.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -9,45 +11,9 @@ use std::time::Duration;
 use edgefn_runtime::FunctionSettings;
 use serde::Deserialize;
 
-use crate::router::{RouteSpec, RouteTable};
+use edgefn_proto::router::{RouteSpec, RouteTable};
 
-/// Where a function's artifact comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ArtifactSource {
-    /// A file on this machine (relative paths are relative to the manifest).
-    Path(PathBuf),
-    /// Downloaded over HTTP(S).
-    Url(String),
-}
-
-/// One function version to serve.
-#[derive(Clone, Debug, PartialEq)]
-pub struct FunctionEntry {
-    pub id: String,
-    pub version: u64,
-    pub source: ArtifactSource,
-    pub sha256: Option<String>,
-    pub tenant: String,
-    pub settings: FunctionSettings,
-}
-
-/// Which function version a route sends to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RouteTarget {
-    pub function_id: String,
-    /// `None`: the newest version the node has.
-    pub version: Option<u64>,
-}
-
-/// A validated manifest.
-#[derive(Clone, Debug)]
-pub struct Manifest {
-    pub functions: Vec<FunctionEntry>,
-    pub routes: Vec<RouteSpec<RouteTarget>>,
-    /// Per-tenant quotas that differ from the node's defaults (from the control plane;
-    /// a manifest has none).
-    pub quotas: std::collections::BTreeMap<String, edgefn_proto::sync::ProjectQuota>,
-}
+use crate::spec::{ArtifactSource, FunctionEntry, NodeSpec, RouteTarget, valid_function_id};
 
 /// Why a manifest was refused.
 #[derive(Debug, thiserror::Error)]
@@ -108,154 +74,142 @@ fn any_host() -> String {
     "*".to_string()
 }
 
-/// Function ids become directory names in the cache: keep them to a safe alphabet.
-pub fn valid_function_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && !id.starts_with('.')
+/// Reads and validates a manifest file.
+pub fn load(path: &Path) -> Result<NodeSpec, ManifestError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+        file: file.clone(),
+        entry: "file".into(),
+        reason: format!("cannot read: {e}"),
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, &file, base)
 }
 
-impl Manifest {
-    /// Reads and validates a manifest file.
-    pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
-            file: file.clone(),
-            entry: "file".into(),
-            reason: format!("cannot read: {e}"),
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, &file, base)
-    }
-
-    /// Parses and validates manifest text; `base` resolves relative artifact paths.
-    pub fn parse(text: &str, file: &str, base: &Path) -> Result<Self, ManifestError> {
-        let error = |entry: String, reason: String| ManifestError {
-            file: file.to_string(),
-            entry,
-            reason,
+/// Parses and validates manifest text; `base` resolves relative artifact paths.
+pub fn parse(text: &str, file: &str, base: &Path) -> Result<NodeSpec, ManifestError> {
+    let error = |entry: String, reason: String| ManifestError {
+        file: file.to_string(),
+        entry,
+        reason,
+    };
+    let raw: RawManifest =
+        toml::from_str(text).map_err(|e| error("file".into(), e.message().to_string()))?;
+    let mut functions = Vec::with_capacity(raw.functions.len());
+    let mut seen = HashSet::new();
+    for (index, f) in raw.functions.into_iter().enumerate() {
+        let entry = format!("functions[{index}] (id {:?})", f.id);
+        let fail = |reason: &str| error(entry.clone(), reason.to_string());
+        if !valid_function_id(&f.id) {
+            return Err(fail(
+                "id must be 1-128 characters of letters, digits, '-', '_' and '.'",
+            ));
+        }
+        if !seen.insert((f.id.clone(), f.version)) {
+            return Err(fail("the same id and version appear twice"));
+        }
+        let source = match (f.path, f.url) {
+            (Some(path), None) => ArtifactSource::Path(if path.is_absolute() {
+                path
+            } else {
+                base.join(path)
+            }),
+            (None, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => {
+                ArtifactSource::Url(url)
+            }
+            (None, Some(_)) => return Err(fail("url must start with http:// or https://")),
+            _ => return Err(fail("exactly one of path and url is required")),
         };
-        let raw: RawManifest =
-            toml::from_str(text).map_err(|e| error("file".into(), e.message().to_string()))?;
-        let mut functions = Vec::with_capacity(raw.functions.len());
-        let mut seen = HashSet::new();
-        for (index, f) in raw.functions.into_iter().enumerate() {
-            let entry = format!("functions[{index}] (id {:?})", f.id);
-            let fail = |reason: &str| error(entry.clone(), reason.to_string());
-            if !valid_function_id(&f.id) {
-                return Err(fail(
-                    "id must be 1-128 characters of letters, digits, '-', '_' and '.'",
-                ));
-            }
-            if !seen.insert((f.id.clone(), f.version)) {
-                return Err(fail("the same id and version appear twice"));
-            }
-            let source = match (f.path, f.url) {
-                (Some(path), None) => ArtifactSource::Path(if path.is_absolute() {
-                    path
-                } else {
-                    base.join(path)
-                }),
-                (None, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => {
-                    ArtifactSource::Url(url)
-                }
-                (None, Some(_)) => return Err(fail("url must start with http:// or https://")),
-                _ => return Err(fail("exactly one of path and url is required")),
-            };
-            if let Some(sha) = &f.sha256
-                && (sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()))
-            {
-                return Err(fail("sha256 must be 64 hex digits"));
-            }
-            let defaults = FunctionSettings::default();
-            let settings = FunctionSettings {
-                entrypoint: f.entrypoint,
-                memory_pages: f.memory_pages.unwrap_or(defaults.memory_pages),
-                max_execution_ms: f.max_execution_ms.unwrap_or(defaults.max_execution_ms),
-                allowed_outbound_hosts: f.allowed_outbound_hosts,
-                env: f.env.into_iter().collect(),
-                min_hot_instances: f.min_hot_instances.unwrap_or(defaults.min_hot_instances),
-                max_hot_instances: f.max_hot_instances.unwrap_or(defaults.max_hot_instances),
-                instance_reuse: f.instance_reuse.unwrap_or(defaults.instance_reuse),
-                idle_timeout: f
-                    .idle_timeout_ms
-                    .map_or(defaults.idle_timeout, Duration::from_millis),
-            };
-            if settings.memory_pages == 0 {
-                return Err(fail("memory_pages must be positive"));
-            }
-            if settings.max_execution_ms == 0 {
-                return Err(fail("max_execution_ms must be positive"));
-            }
-            if settings.instance_reuse == 0 {
-                return Err(fail(
-                    "instance_reuse must be positive (1 = fresh instance per request)",
-                ));
-            }
-            if settings.max_hot_instances == 0
-                || settings.min_hot_instances > settings.max_hot_instances
-            {
-                return Err(fail(
-                    "need 0 <= min_hot_instances <= max_hot_instances and max_hot_instances > 0",
-                ));
-            }
-            functions.push(FunctionEntry {
-                id: f.id,
-                version: f.version,
-                source,
-                sha256: f.sha256.map(|s| s.to_ascii_lowercase()),
-                tenant: f.tenant.unwrap_or_else(|| "default".into()),
-                settings,
-            });
+        if let Some(sha) = &f.sha256
+            && (sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(fail("sha256 must be 64 hex digits"));
         }
-        let mut routes = Vec::with_capacity(raw.routes.len());
-        for (index, r) in raw.routes.into_iter().enumerate() {
-            let entry = format!("routes[{index}]");
-            let known = functions
-                .iter()
-                .any(|f| f.id == r.function && r.version.is_none_or(|v| v == f.version));
-            if !known {
-                let version = r
-                    .version
-                    .map(|v| format!(" version {v}"))
-                    .unwrap_or_default();
-                return Err(error(
-                    entry,
-                    format!("no function {:?}{version} in this manifest", r.function),
-                ));
-            }
-            routes.push(RouteSpec {
-                host: r.host,
-                path: r.path,
-                methods: r.methods,
-                priority: r.priority,
-                owner: None,
-                target: RouteTarget {
-                    function_id: r.function,
-                    version: r.version,
-                },
-            });
+        let defaults = FunctionSettings::default();
+        let settings = FunctionSettings {
+            entrypoint: f.entrypoint,
+            memory_pages: f.memory_pages.unwrap_or(defaults.memory_pages),
+            max_execution_ms: f.max_execution_ms.unwrap_or(defaults.max_execution_ms),
+            allowed_outbound_hosts: f.allowed_outbound_hosts,
+            env: f.env.into_iter().collect(),
+            min_hot_instances: f.min_hot_instances.unwrap_or(defaults.min_hot_instances),
+            max_hot_instances: f.max_hot_instances.unwrap_or(defaults.max_hot_instances),
+            instance_reuse: f.instance_reuse.unwrap_or(defaults.instance_reuse),
+            idle_timeout: f
+                .idle_timeout_ms
+                .map_or(defaults.idle_timeout, Duration::from_millis),
+        };
+        if settings.memory_pages == 0 {
+            return Err(fail("memory_pages must be positive"));
         }
-        // Patterns are checked by building the table once.
-        RouteTable::new(routes.clone())
-            .map_err(|(index, e)| error(format!("routes[{index}]"), e.to_string()))?;
-        Ok(Self {
-            functions,
-            routes,
-            quotas: Default::default(),
-        })
+        if settings.max_execution_ms == 0 {
+            return Err(fail("max_execution_ms must be positive"));
+        }
+        if settings.instance_reuse == 0 {
+            return Err(fail(
+                "instance_reuse must be positive (1 = fresh instance per request)",
+            ));
+        }
+        if settings.max_hot_instances == 0
+            || settings.min_hot_instances > settings.max_hot_instances
+        {
+            return Err(fail(
+                "need 0 <= min_hot_instances <= max_hot_instances and max_hot_instances > 0",
+            ));
+        }
+        functions.push(FunctionEntry {
+            id: f.id,
+            version: f.version,
+            source,
+            sha256: f.sha256.map(|s| s.to_ascii_lowercase()),
+            tenant: f.tenant.unwrap_or_else(|| "default".into()),
+            settings,
+        });
     }
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (index, r) in raw.routes.into_iter().enumerate() {
+        let entry = format!("routes[{index}]");
+        let known = functions
+            .iter()
+            .any(|f| f.id == r.function && r.version.is_none_or(|v| v == f.version));
+        if !known {
+            let version = r
+                .version
+                .map(|v| format!(" version {v}"))
+                .unwrap_or_default();
+            return Err(error(
+                entry,
+                format!("no function {:?}{version} in this manifest", r.function),
+            ));
+        }
+        routes.push(RouteSpec {
+            host: r.host,
+            path: r.path,
+            methods: r.methods,
+            priority: r.priority,
+            owner: None,
+            target: RouteTarget {
+                function_id: r.function,
+                version: r.version,
+            },
+        });
+    }
+    // Patterns are checked by building the table once.
+    RouteTable::new(routes.clone())
+        .map_err(|(index, e)| error(format!("routes[{index}]"), e.to_string()))?;
+    Ok(NodeSpec {
+        functions,
+        routes,
+        quotas: Default::default(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Manifest, ManifestError> {
-        Manifest::parse(text, "edge.toml", Path::new("/srv"))
+    fn parse(text: &str) -> Result<NodeSpec, ManifestError> {
+        super::parse(text, "edge.toml", Path::new("/srv"))
     }
 
     #[test]

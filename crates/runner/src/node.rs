@@ -12,10 +12,10 @@ use tokio::sync::watch;
 
 use crate::cache::{ArtifactCache, CacheError};
 use crate::fetch::Fetcher;
-use crate::manifest::{FunctionEntry, Manifest, RouteTarget};
 use crate::metrics::{FunctionLabels, Metrics};
 use crate::quotas::TenantQuotas;
-use crate::router::RouteTable;
+use crate::spec::{FunctionEntry, NodeSpec, RouteTarget};
+use edgefn_proto::router::RouteTable;
 
 /// Where a function version stands on this node.
 #[derive(Clone)]
@@ -194,6 +194,29 @@ impl Node {
             .cloned()
     }
 
+    /// Every version the node has, with its state, for heartbeats.
+    pub fn inventory(&self) -> Vec<edgefn_proto::api::InventoryItem> {
+        let functions = self.functions();
+        let mut items = Vec::new();
+        for (id, versions) in functions.iter() {
+            for (version, slot) in versions {
+                let (state, error) = match slot.state() {
+                    VersionState::Loading => ("in_progress", None),
+                    VersionState::Ready(_) => ("ready", None),
+                    VersionState::Failed(message) => ("failed", Some(message)),
+                };
+                items.push(edgefn_proto::api::InventoryItem {
+                    function_id: id.clone(),
+                    version: *version,
+                    state: state.into(),
+                    error,
+                });
+            }
+        }
+        items.sort_by(|a, b| (&a.function_id, a.version).cmp(&(&b.function_id, b.version)));
+        items
+    }
+
     /// Waits until every version the node holds has settled, at most until `deadline`.
     /// Returns whether all settled.
     pub async fn wait_settled(&self, deadline: Instant) -> bool {
@@ -218,7 +241,7 @@ impl Node {
     /// Makes the node serve `manifest`: versions no longer wanted are dropped (their pools
     /// destroyed), new ones are loaded in the background, and the route table is swapped in
     /// one step. Versions already present with the same entry are kept as they are.
-    pub fn reconcile(self: &Arc<Self>, manifest: &Manifest) {
+    pub fn reconcile(self: &Arc<Self>, manifest: &NodeSpec) {
         self.quotas.apply(&manifest.quotas);
         let entries = crate::share::apply(&manifest.functions, self.share, |tenant| {
             self.quotas.pool_share(tenant)

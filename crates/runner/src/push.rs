@@ -1,25 +1,29 @@
 //! The push stream client: keeps a gRPC `NodeSync.Watch` stream open to the control plane's
 //! node listener (mTLS with the node's certificate, its node token in the metadata).
-//! A notice of a revision newer than the applied one hands its desired state (when the
-//! notice carries it) to the sync client and wakes it; the sync client applies it, or
-//! fetches the state itself, and acks in a heartbeat. A broken stream is opened again after
+//! A notice of a revision newer than any before is handed to the sync client through one
+//! `tokio::sync::watch` ([`Notice`]: the revision, and its desired state when the notice
+//! carries it); the sync client applies it, or fetches the state itself, and acks in a
+//! heartbeat. A broken stream is opened again after
 //! a backoff (1 s doubling to 60 s, with jitter); meanwhile heartbeats keep the node
 //! converging.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use edgefn_proto::backoff::Backoff;
 use edgefn_proto::grpc::WatchRequest;
 use edgefn_proto::grpc::node_sync_client::NodeSyncClient;
 use edgefn_proto::sync::DesiredState;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
-/// A pushed desired state, for the sync client to take.
-pub type Delivered = Arc<std::sync::Mutex<Option<DesiredState>>>;
+/// The newest revision the control plane announced, with its desired state when the
+/// notice carried one (`None`: the sync client fetches it).
+#[derive(Clone, Debug, Default)]
+pub struct Notice {
+    pub revision: u64,
+    pub state: Option<DesiredState>,
+}
 
-/// One node's push stream and what it shares with the sync client.
+/// One node's push stream.
 pub struct PushStream {
     /// The node listener's URL (`https://…`).
     pub url: String,
@@ -28,12 +32,10 @@ pub struct PushStream {
     /// The node token, sent as the call's `authorization` metadata.
     pub token: String,
     pub node_id: String,
-    /// The revision the node has applied: older notices are ignored.
-    pub applied: Arc<AtomicU64>,
-    /// Set with `wake` when a newer revision was announced.
-    pub pushed: Arc<AtomicBool>,
-    pub delivered: Delivered,
-    pub wake: Arc<Notify>,
+    /// The revision the node had applied when the stream started.
+    pub applied: u64,
+    /// Where newer revisions go; notices not newer than its value are ignored.
+    pub notices: watch::Sender<Notice>,
 }
 
 impl PushStream {
@@ -70,7 +72,7 @@ impl PushStream {
             .map_err(|e| format!("connecting to {url}: {e}"))?;
         let mut request = tonic::Request::new(WatchRequest {
             node_id: self.node_id.clone(),
-            applied_revision: self.applied.load(Ordering::Relaxed),
+            applied_revision: self.applied.max(self.notices.borrow().revision),
         });
         let bearer = format!("Bearer {}", self.token)
             .parse()
@@ -88,21 +90,22 @@ impl PushStream {
             .map_err(|status| format!("stream: {}", status.message()))?
         {
             *failures = 0;
-            if notice.revision <= self.applied.load(Ordering::Relaxed) {
+            if notice.revision <= self.applied.max(self.notices.borrow().revision) {
                 continue;
             }
-            if !notice.desired_state.is_empty() {
-                match DesiredState::decode(&notice.desired_state) {
-                    Ok(state) => {
-                        *self.delivered.lock().unwrap_or_else(|e| e.into_inner()) = Some(state)
-                    }
-                    Err(error) => {
+            let state = if notice.desired_state.is_empty() {
+                None
+            } else {
+                DesiredState::decode(&notice.desired_state)
+                    .inspect_err(|error| {
                         tracing::warn!(%error, "ignoring a pushed desired state; fetching it")
-                    }
-                }
-            }
-            self.pushed.store(true, Ordering::Relaxed);
-            self.wake.notify_one();
+                    })
+                    .ok()
+            };
+            self.notices.send_replace(Notice {
+                revision: notice.revision,
+                state,
+            });
         }
         Ok(())
     }

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 
-use crate::manifest::FunctionEntry;
+use crate::spec::FunctionEntry;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShareLimits {
@@ -71,7 +71,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::manifest::ArtifactSource;
+    use crate::spec::ArtifactSource;
 
     fn entry(id: usize, tenant: &str, min: u32, max: u32) -> FunctionEntry {
         FunctionEntry {

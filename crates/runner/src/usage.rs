@@ -1,7 +1,14 @@
-//! This process's CPU and memory use, for heartbeats: CPU time from `/proc/self/stat` over
-//! wall time since the previous sample, resident memory from `/proc/self/statm`.
+//! What a heartbeat reports of the node's use: this process's CPU and memory
+//! ([`UsageSampler`]: CPU time from `/proc/self/stat` over wall time since the previous
+//! sample, resident memory from `/proc/self/statm`), and the invocations, errors and guest
+//! CPU time since the previous heartbeat ([`UsageTotals`]).
 
+use std::collections::BTreeMap;
 use std::time::Instant;
+
+use edgefn_proto::api::{FunctionUsage, NodeUsage, TenantUsage};
+
+use crate::node::Node;
 
 /// Clock ticks per second of `/proc` CPU times (`USER_HZ`, 100 on every Linux ABI).
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -64,6 +71,64 @@ fn resident_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// Cumulative per-function (invocations, errors) and per-tenant guest microseconds.
+#[derive(Clone, Default)]
+pub(crate) struct UsageTotals {
+    functions: BTreeMap<String, (u64, u64)>,
+    tenants: BTreeMap<String, u64>,
+}
+
+impl UsageTotals {
+    pub(crate) fn now(node: &Node) -> Self {
+        let functions = node
+            .functions()
+            .iter()
+            .filter_map(|(id, versions)| {
+                // Every version of a function shares its counters (labelled by function id).
+                let slot = versions.values().next()?;
+                Some((
+                    id.clone(),
+                    (slot.hot.invocations.get(), slot.hot.failures.get()),
+                ))
+            })
+            .collect();
+        Self {
+            functions,
+            tenants: node.quotas.cpu_micros().into_iter().collect(),
+        }
+    }
+
+    /// What happened between `before` and `self`; only what changed.
+    pub(crate) fn since(&self, before: &Self) -> NodeUsage {
+        let functions = self
+            .functions
+            .iter()
+            .filter_map(|(id, (invocations, errors))| {
+                let (was_invocations, was_errors) =
+                    before.functions.get(id).copied().unwrap_or_default();
+                let usage = FunctionUsage {
+                    function_id: id.clone(),
+                    invocations: invocations.saturating_sub(was_invocations),
+                    errors: errors.saturating_sub(was_errors),
+                };
+                (usage.invocations > 0 || usage.errors > 0).then_some(usage)
+            })
+            .collect();
+        let tenants = self
+            .tenants
+            .iter()
+            .filter_map(|(tenant, micros)| {
+                let spent = micros.saturating_sub(before.tenants.get(tenant).copied().unwrap_or(0));
+                (spent >= 1000).then(|| TenantUsage {
+                    tenant: tenant.clone(),
+                    cpu_ms: spent / 1000,
+                })
+            })
+            .collect();
+        NodeUsage { functions, tenants }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +145,45 @@ mod tests {
         let (cpu, memory) = sampler.sample();
         assert!(cpu > 20.0, "cpu {cpu}");
         assert!(memory > 1 << 20, "memory {memory}");
+    }
+
+    #[test]
+    fn usage_reports_only_what_changed_since_the_last_heartbeat() {
+        let before = UsageTotals {
+            functions: [("a".to_string(), (10, 1)), ("b".to_string(), (5, 0))].into(),
+            tenants: [("t".to_string(), 1_000_000)].into(),
+        };
+        let now = UsageTotals {
+            functions: [
+                ("a".to_string(), (15, 3)),
+                ("b".to_string(), (5, 0)),
+                ("c".to_string(), (2, 0)),
+            ]
+            .into(),
+            tenants: [("t".to_string(), 1_250_000), ("u".to_string(), 10)].into(),
+        };
+        let usage = now.since(&before);
+        assert_eq!(
+            usage.functions,
+            vec![
+                FunctionUsage {
+                    function_id: "a".into(),
+                    invocations: 5,
+                    errors: 2
+                },
+                FunctionUsage {
+                    function_id: "c".into(),
+                    invocations: 2,
+                    errors: 0
+                },
+            ]
+        );
+        assert_eq!(
+            usage.tenants,
+            vec![TenantUsage {
+                tenant: "t".into(),
+                cpu_ms: 250
+            }]
+        );
     }
 }

@@ -62,14 +62,3 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub(crate) fn precompiled_path(artifact: &Path, sha256: &str, engine_hash: &str) -> PathBuf {
     artifact.with_file_name(format!("{sha256}.{engine_hash}.cwasm"))
 }
-
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}

@@ -14,8 +14,9 @@ use wasmtime::{
 };
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::artifact::{ArtifactKind, precompiled_path, sha256_hex, write_atomically};
+use crate::artifact::{ArtifactKind, precompiled_path, sha256_hex};
 use crate::config::{FunctionSettings, RuntimeConfig, WASM_PAGE};
+use crate::fs::write_atomically;
 use crate::function::{Code, Function, FunctionInner};
 use crate::limits::EPOCH_TICK;
 use crate::logging::LogBudget;
@@ -315,8 +316,8 @@ impl Runtime {
         .await?;
         let digest = sha256_hex(&native);
         let sidecar = sidecar_path(&native_path);
-        let written = write_atomically(&native_path, &native)
-            .and_then(|()| write_atomically(&sidecar, digest.as_bytes()));
+        let written = write_atomically(&native_path, &native, None)
+            .and_then(|()| write_atomically(&sidecar, digest.as_bytes(), None));
         if let Err(error) = written {
             // A read-only or full cache costs a recompile next time, nothing more.
             tracing::warn!(path = %native_path.display(), %error, "cannot cache precompiled code");

@@ -36,6 +36,7 @@ mod compile;
 mod config;
 mod engine;
 mod error;
+pub mod fs;
 mod function;
 mod limits;
 mod logging;
