@@ -10,7 +10,7 @@
 //! | `nodes` | nodes as developers and operators see them; enrollment; revocation |
 //! | `identity` | login, whoami, users, projects and members, API tokens |
 //! | `audit` | the audit log and its verification |
-//! | `node` | the node listener: heartbeats, desired states, artifacts, node tokens, the push stream |
+//! | `node_sync` | the node listener: heartbeats, desired states, artifacts, node tokens, the push stream |
 
 mod audit;
 mod deployments;
@@ -19,7 +19,7 @@ mod error;
 mod functions;
 pub mod guard;
 mod identity;
-pub mod node;
+pub mod node_sync;
 mod nodes;
 mod routes;
 
@@ -51,10 +51,12 @@ pub struct AppState {
     pub max_artifact_bytes: usize,
     /// Revision notices for nodes' push streams; poked after every desired-state change.
     pub feed: Arc<crate::sync::RevisionFeed>,
+    /// Revoked nodes, whose connections close at once.
+    pub revocations: Arc<crate::revocations::Revocations>,
     /// Token checks and issuance.
     pub auth: Arc<Auth>,
     /// The node CA, enrollment and node tokens.
-    pub nodes: Arc<NodeAuthority>,
+    pub ca: Arc<NodeAuthority>,
     /// Where audit checkpoints are kept (for `GET /audit/verify`).
     pub checkpoints: Option<CheckpointStore>,
     /// Failed-login lockouts and the Argon2 concurrency cap of `POST /login`.
@@ -173,7 +175,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-pub use self::node::node_router;
+pub use self::node_sync::node_router;
 
 /// The OpenAPI document of this API, generated from the handlers' annotations and the
 /// types' derived schemas.
@@ -210,10 +212,10 @@ pub use self::node::node_router;
         nodes::get_node,
         nodes::create_bootstrap_token,
         nodes::revoke_node,
-        node::heartbeat,
-        node::get_desired,
-        node::node_token,
-        node::renew_certificate,
+        node_sync::heartbeat,
+        node_sync::get_desired,
+        node_sync::node_token,
+        node_sync::renew_certificate,
         deployments::deploy,
         deployments::rollback,
         deployments::undeploy,
@@ -308,5 +310,5 @@ async fn refresh_desired(state: &AppState) -> ApiResult<()> {
 }
 
 fn artifact_urls(state: &AppState) -> impl Fn(&str) -> String + Send + Sync + '_ {
-    |sha256| state.nodes.artifact_url(sha256)
+    |sha256| state.ca.artifact_url(sha256)
 }

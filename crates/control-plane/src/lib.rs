@@ -19,6 +19,7 @@ pub mod config;
 pub mod desired;
 pub mod domains;
 pub mod listener;
+pub mod revocations;
 pub mod store;
 pub mod sync;
 pub mod validate;
@@ -365,6 +366,11 @@ pub async fn run(
         store.clone(),
         Duration::from_millis(args.sync_poll_ms.max(10)),
     );
+    let revoked_nodes = revocations::Revocations::new();
+    revoked_nodes.spawn_poller(
+        store.clone(),
+        Duration::from_millis(args.sync_poll_ms.max(10)),
+    );
     let state = AppState {
         store: store.clone(),
         artifacts: Arc::new(artifacts),
@@ -375,8 +381,9 @@ pub async fn run(
         upload_ttl: Duration::from_secs(args.upload_ttl_secs),
         max_artifact_bytes: args.max_artifact_bytes,
         feed: feed.clone(),
+        revocations: revoked_nodes.clone(),
         auth,
-        nodes,
+        ca: nodes,
         checkpoints: Some(checkpoints.clone()),
         logins: Default::default(),
         dns,
@@ -404,7 +411,7 @@ pub async fn run(
     });
     let gate = listener::NodeGate {
         store: store.clone(),
-        feed: state.feed.clone(),
+        revocations: state.revocations.clone(),
     };
     let (api_limits, node_limits) = args.listen_limits();
     let (api, nodes) = tokio::join!(

@@ -26,8 +26,8 @@ use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
 use crate::audit::Entry;
+use crate::revocations::Revocations;
 use crate::store::Store;
-use crate::sync::RevisionFeed;
 
 /// The node a request's client certificate names (set by the node listener only).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub struct NodePeer {
 #[derive(Clone)]
 pub struct NodeGate {
     pub store: Store,
-    pub feed: Arc<RevisionFeed>,
+    pub revocations: Arc<Revocations>,
 }
 
 impl NodeGate {
@@ -245,23 +245,7 @@ async fn serve_connection(
     let connection = watcher.watch(connection.into_owned());
     match (node, gate) {
         (Some(node), Some(gate)) => {
-            let mut revocations = gate.feed.revocations();
-            let revoked = async move {
-                loop {
-                    match revocations.recv().await {
-                        Ok(id) if id == node.node_id => return,
-                        Ok(_) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            if gate.feed.is_revoked(&node.node_id) {
-                                return;
-                            }
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                }
-            };
+            let revoked = async move { gate.revocations.revoked(&node.node_id).await };
             tokio::select! {
                 _ = connection => {}
                 () = revoked => tracing::info!(peer = %addr, "closed the connection of a revoked node"),

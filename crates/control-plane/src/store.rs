@@ -287,6 +287,7 @@ impl Store {
 
 mod audit;
 mod deployments;
+mod desired;
 mod domains;
 mod functions;
 mod identity;
@@ -294,7 +295,8 @@ mod nodes;
 mod routes;
 
 pub use audit::{AuditFilter, REFUSALS_PER_SECOND};
-pub use deployments::{ArtifactUrl, DeploySpec, Targeted};
+pub use deployments::DeploySpec;
+pub use desired::{ArtifactUrl, Targeted};
 pub use domains::MAX_DOMAINS_PER_PROJECT;
 pub use identity::{TokenPrincipal, UserRecord};
 pub use nodes::{Enrollment, NodeCredentials};

@@ -12,7 +12,7 @@
 //! A notice a node has not acked (by a heartbeat whose applied revision reaches it) is sent
 //! again after a backoff (5 s doubling to 60 s, with jitter).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,22 +21,21 @@ use std::time::Duration;
 use edgefn_proto::backoff::Backoff;
 use edgefn_proto::grpc::node_sync_server::{NodeSync, NodeSyncServer};
 use edgefn_proto::grpc::{RevisionNotice, WatchRequest};
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, watch};
 
 use crate::store::{Store, StoreError, now_ms};
 
 /// Clock skew between replicas tolerated by the feed's polling.
 const SKEW_MS: i64 = 2_000;
 
-/// The latest desired revision of every node with an open stream on this replica, and
-/// the nodes revoked (through any replica) whose connections must close.
+/// The latest desired revision of every node with an open stream on this replica.
+/// (Revoked nodes are `crate::revocations`' business: closing their connections ends their
+/// streams.)
 pub struct RevisionFeed {
     nodes: Mutex<HashMap<String, Followed>>,
     poke: Notify,
     /// Set when the server shuts down: streams end so that connections can drain.
     closing: watch::Sender<bool>,
-    revoked: Mutex<HashSet<String>>,
-    revocations: broadcast::Sender<String>,
 }
 
 impl RevisionFeed {
@@ -45,39 +44,7 @@ impl RevisionFeed {
             nodes: Mutex::new(HashMap::new()),
             poke: Notify::new(),
             closing: watch::Sender::new(false),
-            revoked: Mutex::new(HashSet::new()),
-            revocations: broadcast::Sender::new(64),
         })
-    }
-
-    /// `node_id` was revoked: its push streams end, and every connection of it closes
-    /// (the node listener follows [`Self::revocations`]).
-    pub fn revoke(&self, node_id: &str) {
-        let newly = self
-            .revoked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(node_id.to_string());
-        if newly {
-            // Dropping the node's sender ends its streams.
-            self.nodes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(node_id);
-            let _ = self.revocations.send(node_id.to_string());
-        }
-    }
-
-    pub fn is_revoked(&self, node_id: &str) -> bool {
-        self.revoked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(node_id)
-    }
-
-    /// Revoked node ids as they come.
-    pub fn revocations(&self) -> broadcast::Receiver<String> {
-        self.revocations.subscribe()
     }
 
     /// Ends every stream (nodes reconnect, to another replica or after the restart).
@@ -141,28 +108,15 @@ impl RevisionFeed {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Reads changed desired states and revocations every `poll` (and when poked) and
-    /// publishes them.
+    /// Reads changed desired states every `poll` (and when poked) and publishes them.
     pub fn spawn_poller(self: &Arc<Self>, store: Store, poll: Duration) {
         let feed = self.clone();
         tokio::spawn(async move {
             let mut since = now_ms() - SKEW_MS;
-            // Every revocation so far, then the new ones.
-            let mut revoked_since = i64::MIN;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(poll) => {}
                     _ = feed.poke.notified() => {}
-                }
-                let checked_at = now_ms();
-                match store.revoked_nodes_since(revoked_since).await {
-                    Ok(revoked) => {
-                        for node_id in revoked {
-                            feed.revoke(&node_id);
-                        }
-                        revoked_since = checked_at - SKEW_MS;
-                    }
-                    Err(error) => tracing::warn!(%error, "reading revoked nodes failed"),
                 }
                 if feed.connected() == 0 {
                     continue;
@@ -207,6 +161,8 @@ struct Followed {
 pub struct NodeSyncService {
     pub store: Store,
     pub feed: Arc<RevisionFeed>,
+    /// A revoked node's stream ends at once.
+    pub revocations: Arc<crate::revocations::Revocations>,
     /// When to send an unacked notice again.
     pub resend: Backoff,
 }
@@ -249,7 +205,7 @@ impl NodeSync for NodeSyncService {
                 ));
             }
         }
-        if self.feed.is_revoked(&node_id) {
+        if self.revocations.is_revoked(&node_id) {
             return Err(tonic::Status::unauthenticated("the node is revoked"));
         }
         let mut closing = self.feed.closing.subscribe();
@@ -274,7 +230,10 @@ impl NodeSync for NodeSyncService {
         self.feed.publish(&node_id, current);
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
         let (store, feed, resend) = (self.store.clone(), self.feed.clone(), self.resend);
+        let revocations = self.revocations.clone();
         tokio::spawn(async move {
+            let revoked = revocations.revoked(&node_id);
+            tokio::pin!(revoked);
             let mut sent = 0;
             let mut attempt = 0;
             loop {
@@ -290,6 +249,7 @@ impl NodeSync for NodeSyncService {
                 let unacked = attempt < u32::MAX;
                 tokio::select! {
                     _ = sender.closed() => break,
+                    () = &mut revoked => break,
                     // `closing` only ever turns true.
                     _ = closing.changed() => break,
                     changed = changes.changed() => if changed.is_err() { break },

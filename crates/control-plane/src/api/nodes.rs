@@ -61,7 +61,7 @@ pub(super) async fn enroll(
     }
     let node_id = new_id("node");
     let issued = state
-        .nodes
+        .ca
         .sign_node_csr(&input.csr, &node_id)
         .map_err(|message| ApiError::field("csr", message))?;
     let enrollment = Enrollment {
@@ -97,9 +97,9 @@ pub(super) async fn enroll(
         Json(NodeEnrolled {
             node_id,
             certificate: issued.pem,
-            ca_certificate: state.nodes.ca_pem().to_string(),
+            ca_certificate: state.ca.ca_pem().to_string(),
             certificate_expires_at: issued.expires_at,
-            node_url: state.nodes.node_url.clone(),
+            node_url: state.ca.node_url.clone(),
         }),
     ))
 }
@@ -129,7 +129,7 @@ pub(super) async fn create_bootstrap_token(
             id,
             token,
             expires_at,
-            ca_sha256: state.nodes.ca_sha256(),
+            ca_sha256: state.ca.ca_sha256(),
         }),
     ))
 }
@@ -148,7 +148,7 @@ pub(super) async fn revoke_node(
         .revoke_node(&principal.actor(), &id)
         .await
         .map_err(not_found("node"))?;
-    state.feed.revoke(&id);
+    state.revocations.revoke(&id);
     tracing::info!(node_id = %id, "node revoked");
     Ok(StatusCode::NO_CONTENT)
 }

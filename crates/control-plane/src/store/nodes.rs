@@ -354,24 +354,10 @@ impl Store {
     ) -> Result<(u64, Option<edgefn_proto::sync::DesiredState>)> {
         let now = now_ms();
         Self::record_status(&mut **tx, node_id, heartbeat).await?;
-        let row = sqlx::query(
-            "SELECT revision, document, applied_revision FROM node_desired WHERE node_id = $1",
-        )
-        .bind(node_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-        let Some(row) = row else { return Ok((0, None)) };
-        let revision: i64 = row.try_get("revision")?;
-        let stored_applied: i64 = row.try_get("applied_revision")?;
-        let applied = heartbeat.applied_revision;
-        if let Some(applied) = applied {
-            if applied as i64 > stored_applied {
-                sqlx::query("UPDATE node_desired SET applied_revision = $2 WHERE node_id = $1")
-                    .bind(node_id)
-                    .bind(applied as i64)
-                    .execute(&mut **tx)
-                    .await?;
-            }
+        let (revision, behind) = Self::ack_desired(tx, node_id, heartbeat.applied_revision).await?;
+        // Revisions start at 1: 0 means the node has no desired state, so no deployment
+        // lists it yet.
+        if revision > 0 && heartbeat.applied_revision.is_some() {
             for result in &heartbeat.results {
                 // Only a change of state is written: most heartbeats repeat the last one.
                 sqlx::query(
@@ -389,13 +375,7 @@ impl Store {
                 .await?;
             }
         }
-        if applied.is_some_and(|a| a as i64 >= revision) {
-            return Ok((revision as u64, None));
-        }
-        let mut state: edgefn_proto::sync::DesiredState =
-            parse_json(&row.try_get::<String, _>("document")?)?;
-        state.revision = revision as u64;
-        Ok((revision as u64, Some(state)))
+        Ok((revision, behind))
     }
 
     /// The benchmark's peer: the bare single-row UPDATE a heartbeat costs the database.

@@ -424,7 +424,7 @@ async fn nodes_register_heartbeat_and_go_offline(backend: Backend) {
 
     // A node that is not enrolled (the listener refuses its connection; here its token
     // gets this far) is not found; a node acts only for itself.
-    let (_, stranger) = app.state.nodes.issue_node_token("node_missing").unwrap();
+    let (_, stranger) = app.state.ca.issue_node_token("node_missing").unwrap();
     assert_eq!(app.node_as("node_missing", Some(&stranger), "POST", "/api/v1/nodes/node_missing/heartbeat", json!({ "node_id": "node_missing", "status": "online", "cpu_percent": 1.0, "mem_bytes": 1 })).await.status, 404);
     assert_eq!(
         app.node(

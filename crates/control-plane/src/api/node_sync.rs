@@ -24,6 +24,7 @@ pub fn node_router(state: AppState) -> Router {
     let node_sync = crate::sync::NodeSyncService {
         store: state.store.clone(),
         feed: state.feed.clone(),
+        revocations: state.revocations.clone(),
         // A fleet of thousands needs seconds to ack a deploy: resending after 1 s would
         // only add work. A lost notice costs at most this, or one heartbeat interval.
         resend: edgefn_proto::backoff::Backoff {
@@ -59,10 +60,10 @@ async fn node_guard(State(state): State<AppState>, mut request: Request, next: N
     };
     let gate = NodeGate {
         store: state.store.clone(),
-        feed: state.feed.clone(),
+        revocations: state.revocations.clone(),
     };
     let actor = format!("node:{}", peer.node_id);
-    if state.feed.is_revoked(&peer.node_id) {
+    if state.revocations.is_revoked(&peer.node_id) {
         gate.refuse(&actor, peer.addr, "the node is revoked").await;
         return ApiError::Unauthenticated("the node is revoked".into()).into_response();
     }
@@ -70,7 +71,7 @@ async fn node_guard(State(state): State<AppState>, mut request: Request, next: N
         && request.uri().path() == format!("/api/v1/nodes/{}/token", peer.node_id);
     if !exchange {
         let checked = bearer(request.headers())
-            .and_then(|token| state.nodes.node_of_token(token))
+            .and_then(|token| state.ca.node_of_token(token))
             .map_err(|e| e.to_string())
             .and_then(|node_id| {
                 if node_id == peer.node_id {
@@ -164,10 +165,7 @@ pub(super) async fn node_token(
     Path(id): Path<String>,
 ) -> ApiResult<Json<NodeToken>> {
     itself(&peer, &id)?;
-    let (claims, token) = state
-        .nodes
-        .issue_node_token(&id)
-        .map_err(ApiError::Internal)?;
+    let (claims, token) = state.ca.issue_node_token(&id).map_err(ApiError::Internal)?;
     let expires_at = claims.exp.saturating_mul(1000);
     state
         .store
@@ -186,7 +184,7 @@ pub(super) async fn renew_certificate(
 ) -> ApiResult<Json<NodeEnrolled>> {
     itself(&peer, &id)?;
     let issued = state
-        .nodes
+        .ca
         .sign_node_csr(&input.csr, &id)
         .map_err(|message| ApiError::field("csr", message))?;
     state
@@ -197,9 +195,9 @@ pub(super) async fn renew_certificate(
     Ok(Json(NodeEnrolled {
         node_id: id,
         certificate: issued.pem,
-        ca_certificate: state.nodes.ca_pem().to_string(),
+        ca_certificate: state.ca.ca_pem().to_string(),
         certificate_expires_at: issued.expires_at,
-        node_url: state.nodes.node_url.clone(),
+        node_url: state.ca.node_url.clone(),
     }))
 }
 
