@@ -620,7 +620,7 @@ pub async fn nodes(client: &Client, out: &Output, command: NodesCommand) -> anyh
                     vec![
                         i.function_id.clone(),
                         i.version.to_string(),
-                        i.state.clone(),
+                        i.state.as_str().to_string(),
                         or_dash(i.error.as_deref()),
                     ]
                 });

@@ -25,11 +25,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use edgefn_proto::api::{Deployment, Heartbeat, HeartbeatReply, NodeStatus, VersionCreated};
+use edgefn_proto::api::{Deployment, VersionCreated};
 use edgefn_proto::grpc::WatchRequest;
 use edgefn_proto::grpc::node_sync_client::NodeSyncClient;
 use edgefn_proto::identity::{BootstrapTokenCreated, EnrollNode, NodeEnrolled, NodeToken};
 use edgefn_proto::sync::{DesiredState, ItemResult, ItemState};
+use edgefn_proto::sync::{Heartbeat, HeartbeatReply, NodeStatus};
 use http_body_util::BodyExt as _;
 use tokio::sync::{Semaphore, mpsc};
 use tower::ServiceExt as _;

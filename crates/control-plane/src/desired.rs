@@ -109,7 +109,7 @@ pub fn compute(
 #[cfg(test)]
 mod tests {
     use edgefn_proto::GuestKind;
-    use edgefn_proto::api::FunctionSettings;
+    use edgefn_proto::sync::FunctionSettings;
 
     use super::*;
 

@@ -1,8 +1,9 @@
 //! Request validation: every failing field is reported at once, as the 400's `details`.
 
 use edgefn_proto::Selector;
-use edgefn_proto::api::{CreateFunction, FieldError, FunctionSettings, RouteInput, SettingsInput};
+use edgefn_proto::api::{CreateFunction, FieldError, RouteInput, SettingsInput};
 use edgefn_proto::router::{RouteSpec, RouteTable};
+use edgefn_proto::sync::FunctionSettings;
 
 /// Operator limits that bound what functions may ask for.
 #[derive(Clone, Copy, Debug)]

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::GuestKind;
-use crate::api::FunctionSettings;
 
 /// The newest desired-state format this build reads and writes. Format 2 added the
 /// project that owns each route's host (a node must match a request's host to its project
@@ -163,4 +162,114 @@ impl DesiredState {
         bytes.push(b'\n');
         bytes
     }
+}
+
+/// Validated settings, as stored and as sent to nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FunctionSettings {
+    pub entrypoint: Option<String>,
+    pub memory_pages: u64,
+    pub max_execution_ms: u64,
+    pub allowed_outbound_hosts: Vec<String>,
+    pub min_hot_instances: u32,
+    pub max_hot_instances: u32,
+    pub instance_reuse: u32,
+    pub env: BTreeMap<String, String>,
+    /// The quota tenant: always the function's project.
+    pub tenant: String,
+}
+
+/// A node's health as the control plane sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    Online,
+    Degraded,
+    Offline,
+    Syncing,
+}
+
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "online",
+            Self::Degraded => "degraded",
+            Self::Offline => "offline",
+            Self::Syncing => "syncing",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "online" => Some(Self::Online),
+            "degraded" => Some(Self::Degraded),
+            "offline" => Some(Self::Offline),
+            "syncing" => Some(Self::Syncing),
+            _ => None,
+        }
+    }
+}
+
+/// One function version a node holds, and its state there.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InventoryItem {
+    pub function_id: String,
+    pub version: u64,
+    pub state: ItemState,
+    /// Why the item failed on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /nodes/{id}/heartbeat`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub node_id: String,
+    pub status: NodeStatus,
+    pub cpu_percent: f64,
+    pub mem_bytes: u64,
+    #[serde(default)]
+    pub inventory: Vec<InventoryItem>,
+    /// The desired-state revision the node has applied (its ack).
+    #[serde(default)]
+    pub applied_revision: Option<u64>,
+    /// The result of each item of that revision.
+    #[serde(default)]
+    pub results: Vec<ItemResult>,
+    /// What the node did since its previous heartbeat.
+    #[serde(default)]
+    pub usage: NodeUsage,
+}
+
+/// A node's work between two heartbeats.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeUsage {
+    /// Functions that were invoked, with their invocation and error counts.
+    #[serde(default)]
+    pub functions: Vec<FunctionUsage>,
+    /// Tenants that spent guest time, in milliseconds.
+    #[serde(default)]
+    pub tenants: Vec<TenantUsage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FunctionUsage {
+    pub function_id: String,
+    pub invocations: u64,
+    pub errors: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TenantUsage {
+    pub tenant: String,
+    pub cpu_ms: u64,
+}
+
+/// The answer to a heartbeat: the node's desired state when it is behind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HeartbeatReply {
+    pub desired_revision: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_state: Option<DesiredState>,
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use edgefn_proto::GuestKind;
-use edgefn_proto::api::FunctionSettings;
+use edgefn_proto::sync::FunctionSettings;
 use edgefn_proto::sync::{DecodeError, DesiredFunction, DesiredRoute, DesiredState};
 
 fn golden(name: &str) -> PathBuf {

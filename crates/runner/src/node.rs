@@ -195,20 +195,21 @@ impl Node {
     }
 
     /// Every version the node has, with its state, for heartbeats.
-    pub fn inventory(&self) -> Vec<edgefn_proto::api::InventoryItem> {
+    pub fn inventory(&self) -> Vec<edgefn_proto::sync::InventoryItem> {
         let functions = self.functions();
         let mut items = Vec::new();
         for (id, versions) in functions.iter() {
             for (version, slot) in versions {
+                use edgefn_proto::sync::ItemState;
                 let (state, error) = match slot.state() {
-                    VersionState::Loading => ("in_progress", None),
-                    VersionState::Ready(_) => ("ready", None),
-                    VersionState::Failed(message) => ("failed", Some(message)),
+                    VersionState::Loading => (ItemState::InProgress, None),
+                    VersionState::Ready(_) => (ItemState::Ready, None),
+                    VersionState::Failed(message) => (ItemState::Failed, Some(message)),
                 };
-                items.push(edgefn_proto::api::InventoryItem {
+                items.push(edgefn_proto::sync::InventoryItem {
                     function_id: id.clone(),
                     version: *version,
-                    state: state.into(),
+                    state,
                     error,
                 });
             }

@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgefn_proto::api::{Heartbeat, HeartbeatReply, NodeStatus};
 use edgefn_proto::identity::EnrollNode;
 use edgefn_proto::sync::{DesiredState, ItemResult};
+use edgefn_proto::sync::{Heartbeat, HeartbeatReply, NodeStatus};
 use tokio::sync::watch;
 
 use crate::cp_http::{causes, read_json};

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use edgefn_proto::api::{FunctionUsage, NodeUsage, TenantUsage};
+use edgefn_proto::sync::{FunctionUsage, NodeUsage, TenantUsage};
 
 use crate::node::Node;
 

@@ -12,8 +12,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use edgefn_proto::api::{ErrorBody, Heartbeat, HeartbeatReply};
+use edgefn_proto::api::ErrorBody;
 use edgefn_proto::identity::{NodeEnrolled, NodeToken, RenewCertificate};
+use edgefn_proto::sync::{Heartbeat, HeartbeatReply};
 
 use super::{ApiError, ApiJson, ApiResult, AppState, MAX_JSON_BODY, not_found};
 use crate::auth::tokens::bearer;

@@ -3,10 +3,11 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, Request, State};
-use edgefn_proto::api::{ErrorBody, Node, NodeStatus};
+use edgefn_proto::api::{ErrorBody, Node};
 use edgefn_proto::identity::{
     BootstrapTokenCreated, CreateBootstrapToken, EnrollNode, NodeEnrolled,
 };
+use edgefn_proto::sync::NodeStatus;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! Deployments: deploy, undeploy, rollback targets (every node's desired state is
 //! recomputed in the same transaction, by `desired.rs`).
 
-use edgefn_proto::api::InventoryItem;
+use edgefn_proto::sync::InventoryItem;
 use sqlx::Row as _;
 
 use serde_json::json;
@@ -119,7 +119,7 @@ impl Store {
                 let state = parse_json::<Vec<InventoryItem>>(&inventory)?
                     .iter()
                     .find(|item| item.function_id == function_id && item.version == version)
-                    .and_then(|item| edgefn_proto::sync::ItemState::parse(&item.state))
+                    .map(|item| item.state)
                     .unwrap_or(edgefn_proto::sync::ItemState::Pending);
                 sqlx::query("INSERT INTO deployment_nodes (deployment_id, node_id, state, updated_at) VALUES ($1, $2, $3, $4)")
                     .bind(&id)

@@ -111,7 +111,7 @@ impl Store {
                 let kind: String = row.try_get("kind")?;
                 let version: i64 = row.try_get("version")?;
                 let project: String = row.try_get("project_id")?;
-                let mut settings: edgefn_proto::api::FunctionSettings =
+                let mut settings: edgefn_proto::sync::FunctionSettings =
                     parse_json(&row.try_get::<String, _>("settings")?)?;
                 // The quota tenant is the project, whatever an older version stored.
                 settings.tenant = project.clone();

@@ -1,7 +1,8 @@
 //! Functions and their versions.
 
 use edgefn_proto::GuestKind;
-use edgefn_proto::api::{Function, FunctionSettings, Version, VersionState};
+use edgefn_proto::api::{Function, Version, VersionState};
+use edgefn_proto::sync::FunctionSettings;
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use edgefn_proto::api::{Heartbeat, InventoryItem, Node, NodeStatus};
+use edgefn_proto::api::Node;
+use edgefn_proto::sync::{Heartbeat, InventoryItem, NodeStatus};
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 

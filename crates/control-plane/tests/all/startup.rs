@@ -187,9 +187,9 @@ async fn the_binary_serves_the_api_on_a_real_socket() {
 async fn the_sweeper_marks_silent_nodes_offline() {
     let app = crate::fixture::app(&crate::fixture::Backend::Sqlite).await;
     let id = app.enroll("edge", serde_json::json!({})).await.id;
-    let beat = edgefn_proto::api::Heartbeat {
+    let beat = edgefn_proto::sync::Heartbeat {
         node_id: id.clone(),
-        status: edgefn_proto::api::NodeStatus::Online,
+        status: edgefn_proto::sync::NodeStatus::Online,
         cpu_percent: 1.0,
         mem_bytes: 1,
         inventory: vec![],
@@ -205,11 +205,11 @@ async fn the_sweeper_marks_silent_nodes_offline() {
     );
     assert_eq!(
         app.store.get_node(&id).await.unwrap().status,
-        edgefn_proto::api::NodeStatus::Online
+        edgefn_proto::sync::NodeStatus::Online
     );
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     assert_eq!(
         app.store.get_node(&id).await.unwrap().status,
-        edgefn_proto::api::NodeStatus::Offline
+        edgefn_proto::sync::NodeStatus::Offline
     );
 }

@@ -13,7 +13,7 @@ fn function(id: &str, version: u64, sha256: &str, url: &str) -> DesiredFunction 
         kind: edgefn_proto::GuestKind::Component,
         artifact_url: url.into(),
         sha256: sha256.into(),
-        settings: edgefn_proto::api::FunctionSettings {
+        settings: edgefn_proto::sync::FunctionSettings {
             entrypoint: None,
             memory_pages: 16,
             max_execution_ms: 500,
