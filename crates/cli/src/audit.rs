@@ -68,8 +68,8 @@ pub async fn verify_offline(
     checkpoints: &str,
     s3_endpoint: Option<&str>,
 ) -> anyhow::Result<AuditVerification> {
-    use edgefn_control_plane::audit::checkpoint::CheckpointStore;
     use edgefn_control_plane::auth::tokens::Signer;
+    use edgefn_control_plane::checkpoints::CheckpointStore;
     edgefn_control_plane::install_crypto_providers();
     let store = edgefn_control_plane::store::Store::connect(database_url)
         .await

@@ -33,9 +33,9 @@ use edgefn_proto::identity::Role;
 
 pub use self::error::{ApiError, ApiJson};
 use crate::artifacts::Artifacts;
-use crate::audit::checkpoint::CheckpointStore;
 use crate::auth::{Auth, Principal};
 use crate::ca::NodeAuthority;
+use crate::checkpoints::CheckpointStore;
 use crate::store::{Store, StoreError};
 use crate::validate::Limits;
 

@@ -18,7 +18,7 @@ use object_store::signer::Signer as _;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 use sha2::Sha256;
 
-use crate::store::now_ms;
+use crate::clock::now_ms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {

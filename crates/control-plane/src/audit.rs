@@ -4,17 +4,19 @@
 //! Tamper evidence comes in three layers. The table is append-only (database triggers refuse
 //! UPDATE, DELETE and TRUNCATE). Each record's `hash` covers its fields and its
 //! predecessor's hash, so editing, deleting or reordering records breaks the chain at the
-//! first record touched. And signed checkpoints (`checkpoint`), written periodically outside
-//! the database, hold the hash of every record they cover: even a wholesale rewrite of the
+//! first record touched. And signed checkpoints (written by `crate::checkpoints`; their
+//! content is [`Checkpoint`] here), kept periodically outside the database, hold the hash
+//! of every record they cover: even a wholesale rewrite of the
 //! chain with recomputed hashes no longer matches them. [`verify`] walks the chain against
 //! the checkpoints and names the first record that does not match.
 //!
 //! Records are written by the store in the same transaction as the change they record
 //! (`Store::append_audit`), so a change and its record commit or roll back together.
 
-pub mod checkpoint;
+use std::collections::BTreeMap;
 
 use edgefn_proto::audit::{AuditRecord, AuditVerification};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 /// The predecessor of record 1.
@@ -188,7 +190,7 @@ pub fn record_hash(
 /// vouch for, and names the first record that does not match.
 pub fn verify(
     records: impl IntoIterator<Item = StoredRecord>,
-    checkpoints: &checkpoint::Vouched,
+    checkpoints: &Vouched,
 ) -> AuditVerification {
     let mut verifier = ChainVerifier::new(checkpoints);
     for record in records {
@@ -202,14 +204,14 @@ pub fn verify(
 /// [`verify`] one record at a time, so a log of any length is checked page by page in
 /// constant memory (besides the checkpoints' hashes).
 pub struct ChainVerifier<'a> {
-    checkpoints: &'a checkpoint::Vouched,
+    checkpoints: &'a Vouched,
     expected_seq: u64,
     prev_hash: String,
     read: u64,
 }
 
 impl<'a> ChainVerifier<'a> {
-    pub fn new(checkpoints: &'a checkpoint::Vouched) -> Self {
+    pub fn new(checkpoints: &'a Vouched) -> Self {
         Self {
             checkpoints,
             expected_seq: 1,
@@ -355,6 +357,65 @@ pub fn chain(entries: &[(i64, Entry)], mut seq: u64, mut prev: String) -> Vec<St
         prev = hash;
     }
     out
+}
+
+/// The signed content of one checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub iss: String,
+    pub aud: String,
+    /// Unix seconds.
+    pub iat: i64,
+    pub from_seq: u64,
+    pub seq: u64,
+    pub head_hash: String,
+    /// The hash of every record from `from_seq` to `seq`.
+    pub hashes: Vec<String>,
+}
+
+/// What the valid checkpoints vouch for: the hash of each record they cover.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Vouched {
+    hashes: BTreeMap<u64, String>,
+    /// Checkpoints that could not be trusted (bad signature, inconsistent content).
+    pub problems: Vec<String>,
+}
+
+impl Vouched {
+    /// The newest record any checkpoint covers (0: none).
+    pub fn through(&self) -> u64 {
+        self.hashes.keys().next_back().copied().unwrap_or(0)
+    }
+
+    pub fn hash_of(&self, seq: u64) -> Option<&str> {
+        self.hashes.get(&seq).map(String::as_str)
+    }
+
+    /// Adds a checkpoint whose signature held.
+    pub fn add(&mut self, name: &str, checkpoint: &Checkpoint) {
+        let count = checkpoint
+            .seq
+            .checked_sub(checkpoint.from_seq)
+            .map(|d| d + 1);
+        if count != Some(checkpoint.hashes.len() as u64)
+            || checkpoint.hashes.last() != Some(&checkpoint.head_hash)
+        {
+            self.problems
+                .push(format!("checkpoint {name} is inconsistent"));
+            return;
+        }
+        for (offset, hash) in checkpoint.hashes.iter().enumerate() {
+            let seq = checkpoint.from_seq + offset as u64;
+            match self.hashes.get(&seq) {
+                Some(other) if other != hash => self
+                    .problems
+                    .push(format!("checkpoints disagree about record {seq} ({name})")),
+                _ => {
+                    self.hashes.insert(seq, hash.clone());
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ pub mod artifacts;
 pub mod audit;
 pub mod auth;
 pub mod ca;
+pub mod checkpoints;
+pub mod clock;
 pub mod config;
 pub mod desired;
 pub mod domains;
@@ -318,7 +320,7 @@ pub async fn run(
             Artifacts::s3(&settings, public_url.clone()).await?
         }
     };
-    let checkpoints = audit::checkpoint::CheckpointStore::open(
+    let checkpoints = checkpoints::CheckpointStore::open(
         &args.audit_checkpoints.clone().unwrap_or_else(|| {
             args.data_dir
                 .join("audit-checkpoints")
@@ -355,7 +357,7 @@ pub async fn run(
         Duration::from_secs(args.node_offline_after_secs),
         Duration::from_secs(args.node_offline_after_secs.clamp(1, 10)),
     );
-    audit::checkpoint::spawn_checkpointer(
+    checkpoints::spawn_checkpointer(
         store.clone(),
         signer.clone(),
         checkpoints.clone(),
@@ -435,7 +437,7 @@ pub async fn run(
     api?;
     nodes?;
     // The records of the last moments, vouched for before the process goes.
-    if let Err(error) = audit::checkpoint::write_checkpoint(&store, &signer, &checkpoints).await {
+    if let Err(error) = checkpoints::write_checkpoint(&store, &signer, &checkpoints).await {
         tracing::error!(%error, "audit checkpoint at shutdown failed");
     }
     Ok(())

@@ -371,10 +371,8 @@ impl Node {
             };
             match self.runtime.load(spec).await {
                 Ok(function) => return Ok(function),
-                Err(RuntimeError::InvalidArtifact { reason })
-                    if attempt == 0 && reason.starts_with("sha256 mismatch") =>
-                {
-                    tracing::error!(function_id = %entry.id, version = entry.version, %reason, "cached artifact is corrupt; fetching again");
+                Err(error @ RuntimeError::Sha256Mismatch { .. }) if attempt == 0 => {
+                    tracing::error!(function_id = %entry.id, version = entry.version, %error, "cached artifact is corrupt; fetching again");
                     self.metrics.corrupt_artifacts.inc();
                     self.cache.remove(&entry.id, entry.version);
                 }
@@ -382,13 +380,10 @@ impl Node {
                     // Invalid bytes and compile limits fail the same way every time; an
                     // internal error (a full disk, say) may not.
                     // (A hash mismatch is the store's fault: retried like a failed fetch.)
-                    let compile = match &error {
-                        RuntimeError::InvalidArtifact { reason } => {
-                            !reason.starts_with("sha256 mismatch")
-                        }
-                        RuntimeError::InvalidSettings { .. } => true,
-                        _ => false,
-                    };
+                    let compile = matches!(
+                        error,
+                        RuntimeError::InvalidArtifact { .. } | RuntimeError::InvalidSettings { .. }
+                    );
                     return Err(LoadFailure {
                         message: error.to_string(),
                         compile,

@@ -3,33 +3,51 @@
 //! the body. A command module runs once, so every request gets a fresh instance (the
 //! pooling allocator keeps that cheap).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wasmtime::InstancePre;
+use wasmtime::{InstancePre, Store};
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::RuntimeError;
-use crate::function::{Function, InvokeContext};
-use crate::limits::CpuTimed;
+use crate::limits::{CpuTimed, GuestLimits};
+use crate::logging::GuestLogger;
 use crate::state::CgiState;
 
+/// What a CGI run needs of the function it runs (implemented by `Function`).
+pub(crate) trait CgiHost {
+    /// The function's configured environment variables.
+    fn env(&self) -> &[(String, String)];
+    fn logger(&self) -> GuestLogger;
+    fn new_limits(&self, deadline: Instant) -> GuestLimits;
+    fn new_store(&self, state: CgiState) -> Store<CgiState>;
+    /// What a Wasmtime error out of the guest means.
+    fn classify(&self, error: wasmtime::Error, limits: &GuestLimits) -> RuntimeError;
+    fn max_response_bytes(&self) -> usize;
+    /// The function's `max_execution_ms`.
+    fn time_limit(&self) -> Duration;
+    fn count_cold_start(&self);
+}
+
+/// Runs `request` through a fresh instance of the module; answers the response, the CPU
+/// time and that the instance was cold (always).
 pub(crate) async fn handle(
-    function: &Function,
+    function: &impl CgiHost,
     pre: &InstancePre<CgiState>,
     entrypoint: &str,
     request: http::Request<Bytes>,
-    context: &InvokeContext,
+    request_id: Option<Arc<str>>,
     deadline: Instant,
 ) -> Result<(http::Response<Bytes>, Duration, bool), RuntimeError> {
-    let max_response = function.inner.runtime.config.max_response_body_bytes as usize;
+    let max_response = function.max_response_bytes();
     let (parts, body) = request.into_parts();
-    let mut env = function.settings().env.clone();
+    let mut env = function.env().to_vec();
     env.extend(cgi_environment(&parts, body.len()));
     let stdout = MemoryOutputPipe::new(max_response);
     let logger = function.logger();
-    logger.set_request_id(context.request_id.clone());
+    logger.set_request_id(request_id);
     let state = CgiState::new(
         &env,
         body,
@@ -44,17 +62,13 @@ pub(crate) async fn handle(
         let start = instance.get_typed_func::<(), ()>(&mut store, entrypoint)?;
         start.call_async(&mut store, ()).await
     };
-    let limit = Duration::from_millis(function.settings().max_execution_ms);
+    let limit = function.time_limit();
     let (result, cpu_time) =
         match tokio::time::timeout_at(deadline.into(), CpuTimed::new(run)).await {
             Ok(outcome) => outcome,
             Err(_) => return Err(RuntimeError::Timeout { limit }),
         };
-    function
-        .inner
-        .pool
-        .cold_starts
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    function.count_cold_start();
     if let Err(error) = result {
         match error.downcast_ref::<I32Exit>() {
             Some(I32Exit(0)) => {}

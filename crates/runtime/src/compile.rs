@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt as _;
 use crate::RuntimeError;
 use crate::artifact::ArtifactKind;
 use crate::config::CompilerConfig;
-use crate::engine::{EngineSettings, wasmtime_config};
+use crate::wasmtime_config::{EngineSettings, wasmtime_config};
 
 /// Exit code of the worker for an artifact Wasmtime refused (invalid WebAssembly).
 const EXIT_INVALID: u8 = 2;

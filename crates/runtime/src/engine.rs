@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use wasmtime::component::{Component, Linker as ComponentLinker};
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig,
-};
+use wasmtime::{Engine, Linker, Module};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::artifact::{ArtifactKind, precompiled_path, sha256_hex};
@@ -19,77 +17,18 @@ use crate::config::{FunctionSettings, RuntimeConfig, WASM_PAGE};
 use crate::fs::write_atomically;
 use crate::function::{Code, Function, FunctionInner};
 use crate::limits::EPOCH_TICK;
-use crate::logging::LogBudget;
 use crate::outbound::OutboundPolicy;
 use crate::pool::{MemoryBudget, PoolRegistry, PoolShare, VersionPool};
+use crate::shared::RuntimeInner;
 use crate::state::{CgiState, ComponentState};
+use crate::wasmtime_config::{EngineSettings, wasmtime_config};
 use crate::{RuntimeError, compile};
-
-/// The engine settings that change generated code; the compile worker must use the same.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct EngineSettings {
-    pub(crate) max_memory_pages: u64,
-    pub(crate) fuel: bool,
-}
-
-/// Wasmtime configuration shared by the runtime and the compile worker. `pool_instances` is
-/// `None` in the worker, which only compiles and so needs no instance slots.
-pub(crate) fn wasmtime_config(settings: EngineSettings, pool: Option<(u32, usize)>) -> Config {
-    let mut config = Config::new();
-    // Deadlines: epochs cost one load and compare per loop header and function entry; fuel
-    // costs a counter update per basic block, so it is opt-in.
-    config.epoch_interruption(true);
-    config.consume_fuel(settings.fuel);
-    config.wasm_component_model(true);
-    config.parallel_compilation(true);
-    if let Some((instances, memory_keep_resident)) = pool {
-        let mut pool = PoolingAllocationConfig::new();
-        // One component instance per hot instance; Rust components have one memory and a
-        // handful of core instances and tables, so the totals below leave headroom.
-        pool.total_component_instances(instances);
-        pool.total_core_instances(instances.saturating_mul(8));
-        pool.total_memories(instances.saturating_mul(2));
-        pool.total_tables(instances.saturating_mul(4));
-        pool.total_stacks(instances);
-        pool.max_memory_size((settings.max_memory_pages * WASM_PAGE) as usize);
-        // Memory kept resident in each slot is zeroed with memset when an instance is
-        // destroyed, instead of being returned to the kernel; see
-        // `RuntimeConfig::pool_memory_keep_resident_bytes` for the measured trade-off.
-        pool.linear_memory_keep_resident(memory_keep_resident);
-        pool.table_keep_resident(memory_keep_resident.min(64 << 10));
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    }
-    config
-}
 
 /// The Wasmtime runtime of a node: one engine, linkers for both guest kinds, the node-wide
 /// memory budget, and the epoch ticker. Cheap to clone.
 #[derive(Clone)]
 pub struct Runtime {
     pub(crate) inner: Arc<RuntimeInner>,
-}
-
-pub(crate) struct RuntimeInner {
-    pub(crate) engine: Engine,
-    pub(crate) config: RuntimeConfig,
-    settings: EngineSettings,
-    engine_hash: String,
-    pub(crate) component_linker: ComponentLinker<ComponentState>,
-    pub(crate) module_linker: Linker<CgiState>,
-    pub(crate) budget: Arc<MemoryBudget>,
-    pub(crate) pools: PoolRegistry,
-    /// What all versions of one function share: their log budget and open outbound
-    /// connections (a new version does not get a fresh allowance of either).
-    per_function: Mutex<HashMap<String, PerFunction>>,
-    stop_ticker: Arc<AtomicBool>,
-    /// Compilations running at once (`CompilerConfig::max_concurrent`).
-    compilations: tokio::sync::Semaphore,
-}
-
-impl Drop for RuntimeInner {
-    fn drop(&mut self) {
-        self.stop_ticker.store(true, Ordering::Relaxed);
-    }
 }
 
 /// What to load: an artifact file and the settings of its version.
@@ -204,9 +143,10 @@ impl Runtime {
         if let Some(expected) = &spec.sha256
             && !expected.eq_ignore_ascii_case(&sha256)
         {
-            return Err(RuntimeError::invalid(format!(
-                "sha256 mismatch: expected {expected}, artifact has {sha256}"
-            )));
+            return Err(RuntimeError::Sha256Mismatch {
+                expected: expected.clone(),
+                actual: sha256,
+            });
         }
         let kind = ArtifactKind::detect(&bytes)?;
         let code = self
@@ -460,27 +400,6 @@ impl Runtime {
                 Ok(Code::Module { pre, entrypoint })
             }
         }
-    }
-}
-
-#[derive(Clone)]
-struct PerFunction {
-    log_budget: Arc<LogBudget>,
-    connections: Arc<tokio::sync::Semaphore>,
-}
-
-impl RuntimeInner {
-    fn per_function(&self, function_id: &str) -> PerFunction {
-        let mut shared = self.per_function.lock().unwrap_or_else(|e| e.into_inner());
-        shared
-            .entry(function_id.to_string())
-            .or_insert_with(|| PerFunction {
-                log_budget: Arc::new(LogBudget::new(self.config.log_records_per_second)),
-                connections: Arc::new(tokio::sync::Semaphore::new(
-                    self.config.outbound_connections_per_function.max(1),
-                )),
-            })
-            .clone()
     }
 }
 

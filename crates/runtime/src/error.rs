@@ -11,6 +11,10 @@ pub enum RuntimeError {
     /// WebAssembly, truncated, missing import, missing entrypoint, too large, ...).
     #[error("invalid artifact: {reason}")]
     InvalidArtifact { reason: String },
+    /// The artifact file is not the one the caller asked for: its SHA-256 differs (a
+    /// corrupt cache entry or a bad download, not a bad module — worth fetching again).
+    #[error("sha256 mismatch: expected {expected}, artifact has {actual}")]
+    Sha256Mismatch { expected: String, actual: String },
     /// The version's settings are out of range (`memory_pages`, limits, allowlist syntax).
     #[error("invalid settings: {reason}")]
     InvalidSettings { reason: String },
@@ -58,6 +62,7 @@ impl RuntimeError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidArtifact { .. } => "invalid_artifact",
+            Self::Sha256Mismatch { .. } => "sha256_mismatch",
             Self::InvalidSettings { .. } => "invalid_settings",
             Self::Timeout { .. } => "timeout",
             Self::MemoryLimit { .. } => "memory_limit",

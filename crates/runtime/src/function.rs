@@ -16,11 +16,11 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use crate::RuntimeError;
 use crate::artifact::ArtifactKind;
 use crate::config::{FunctionSettings, WASM_PAGE};
-use crate::engine::RuntimeInner;
 use crate::limits::{CpuTimed, GuestLimits, MemoryLimitExceeded};
 use crate::logging::{GuestLogger, LogBudget};
 use crate::outbound::OutboundPolicy;
 use crate::pool::{HotInstance, VersionPool};
+use crate::shared::RuntimeInner;
 use crate::state::{CgiState, ComponentState};
 
 /// Compiled, linked code of a version.
@@ -273,7 +273,15 @@ impl Function {
         let result = match &self.inner.code {
             Code::Component(_) => self.handle_component(request, &context, deadline).await,
             Code::Module { pre, entrypoint } => {
-                crate::cgi::handle(self, pre, entrypoint, request, &context, deadline).await
+                crate::cgi::handle(
+                    self,
+                    pre,
+                    entrypoint,
+                    request,
+                    context.request_id.clone(),
+                    deadline,
+                )
+                .await
             }
         };
         drop(permit);
@@ -354,6 +362,40 @@ impl Function {
                 message: format!("{error:#}"),
             },
         }
+    }
+}
+
+impl crate::cgi::CgiHost for Function {
+    fn env(&self) -> &[(String, String)] {
+        &self.inner.settings.env
+    }
+
+    fn logger(&self) -> GuestLogger {
+        Function::logger(self)
+    }
+
+    fn new_limits(&self, deadline: Instant) -> GuestLimits {
+        Function::new_limits(self, deadline)
+    }
+
+    fn new_store(&self, state: CgiState) -> Store<CgiState> {
+        Function::new_store(self, state)
+    }
+
+    fn classify(&self, error: wasmtime::Error, limits: &GuestLimits) -> RuntimeError {
+        Function::classify(self, error, limits)
+    }
+
+    fn max_response_bytes(&self) -> usize {
+        self.inner.runtime.config.max_response_body_bytes as usize
+    }
+
+    fn time_limit(&self) -> Duration {
+        self.limit()
+    }
+
+    fn count_cold_start(&self) {
+        self.inner.pool.cold_starts.fetch_add(1, Ordering::Relaxed);
     }
 }
 

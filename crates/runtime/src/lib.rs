@@ -42,7 +42,9 @@ mod limits;
 mod logging;
 pub mod outbound;
 mod pool;
+mod shared;
 mod state;
+mod wasmtime_config;
 
 pub use artifact::{ArtifactKind, sha256_hex};
 pub use cgi::is_hop_by_hop;

@@ -3,8 +3,8 @@
 
 use proptest::prelude::*;
 
-use super::checkpoint::{Checkpoint, Vouched};
 use super::*;
+use super::{Checkpoint, Vouched};
 
 fn entries(count: usize) -> Vec<(i64, Entry)> {
     (0..count)

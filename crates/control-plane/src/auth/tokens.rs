@@ -221,10 +221,7 @@ impl Signer {
 
     /// Checkpoints do not expire (they vouch for the past), and are checked by key and
     /// audience alone, so that a tool that verifies them needs only the key.
-    pub fn verify_checkpoint(
-        &self,
-        token: &str,
-    ) -> Result<crate::audit::checkpoint::Checkpoint, TokenError> {
+    pub fn verify_checkpoint(&self, token: &str) -> Result<crate::audit::Checkpoint, TokenError> {
         self.verify(token, CHECKPOINT_AUDIENCE, &["aud"])
     }
 
@@ -238,13 +235,13 @@ impl Signer {
         role: Option<Role>,
         ttl: std::time::Duration,
     ) -> Result<(ApiClaims, String), String> {
-        let now = crate::store::now_ms() / 1000;
+        let now = crate::clock::now_ms() / 1000;
         let claims = ApiClaims {
             iss: self.issuer.clone(),
             aud: API_AUDIENCE.into(),
             sub: user_id.into(),
             name: user.into(),
-            jti: crate::store::new_id("tok"),
+            jti: crate::clock::new_id("tok"),
             iat: now,
             nbf: now,
             exp: now.saturating_add(ttl.as_secs().min(i64::MAX as u64) as i64),
@@ -261,13 +258,13 @@ impl Signer {
         node_id: &str,
         ttl: std::time::Duration,
     ) -> Result<(NodeClaims, String), String> {
-        let now = crate::store::now_ms() / 1000;
+        let now = crate::clock::now_ms() / 1000;
         let claims = NodeClaims {
             iss: self.issuer.clone(),
             aud: NODE_AUDIENCE.into(),
             sub: format!("node:{node_id}"),
             node_id: node_id.into(),
-            jti: crate::store::new_id("ntok"),
+            jti: crate::clock::new_id("ntok"),
             iat: now,
             nbf: now,
             exp: now.saturating_add(ttl.as_secs().min(i64::MAX as u64) as i64),

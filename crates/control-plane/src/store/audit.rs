@@ -202,7 +202,7 @@ impl Store {
     /// length, in constant memory besides the checkpoints' hashes).
     pub async fn verify_audit_chain(
         &self,
-        vouched: &crate::audit::checkpoint::Vouched,
+        vouched: &crate::audit::Vouched,
     ) -> Result<edgefn_proto::audit::AuditVerification> {
         self.verify_audit_chain_in_pages(vouched, 5_000).await
     }
@@ -210,7 +210,7 @@ impl Store {
     /// [`Self::verify_audit_chain`] with `page` records read at a time.
     pub async fn verify_audit_chain_in_pages(
         &self,
-        vouched: &crate::audit::checkpoint::Vouched,
+        vouched: &crate::audit::Vouched,
         page_size: usize,
     ) -> Result<edgefn_proto::audit::AuditVerification> {
         let page_size = page_size.max(1);

@@ -5,8 +5,8 @@
 
 use std::sync::OnceLock;
 
-use edgefn_control_plane::audit::checkpoint::{CheckpointStore, write_checkpoint};
 use edgefn_control_plane::audit::{Entry, StoredRecord, chain, verify};
+use edgefn_control_plane::checkpoints::{CheckpointStore, write_checkpoint};
 use edgefn_control_plane::store::{AuditFilter, Store};
 use proptest::prelude::*;
 use serde_json::json;

@@ -8,80 +8,19 @@
 //! `--audit-checkpoint-secs`, and at shutdown) refuses to extend a chain that no longer
 //! links to the previous checkpoint.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::TryStreamExt as _;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
-use serde::{Deserialize, Serialize};
 
-use super::StoredRecord;
+use crate::audit::{Checkpoint, StoredRecord, Vouched};
 use crate::auth::tokens::{CHECKPOINT_AUDIENCE, Signer};
 use crate::store::Store;
 
 /// Records per checkpoint file: a long log is vouched for in files of bounded size.
 const RECORDS_PER_CHECKPOINT: usize = 10_000;
-
-/// The signed content of one checkpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Checkpoint {
-    pub iss: String,
-    pub aud: String,
-    /// Unix seconds.
-    pub iat: i64,
-    pub from_seq: u64,
-    pub seq: u64,
-    pub head_hash: String,
-    /// The hash of every record from `from_seq` to `seq`.
-    pub hashes: Vec<String>,
-}
-
-/// What the valid checkpoints vouch for: the hash of each record they cover.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Vouched {
-    hashes: BTreeMap<u64, String>,
-    /// Checkpoints that could not be trusted (bad signature, inconsistent content).
-    pub problems: Vec<String>,
-}
-
-impl Vouched {
-    /// The newest record any checkpoint covers (0: none).
-    pub fn through(&self) -> u64 {
-        self.hashes.keys().next_back().copied().unwrap_or(0)
-    }
-
-    pub fn hash_of(&self, seq: u64) -> Option<&str> {
-        self.hashes.get(&seq).map(String::as_str)
-    }
-
-    /// Adds a checkpoint whose signature held.
-    pub fn add(&mut self, name: &str, checkpoint: &Checkpoint) {
-        let count = checkpoint
-            .seq
-            .checked_sub(checkpoint.from_seq)
-            .map(|d| d + 1);
-        if count != Some(checkpoint.hashes.len() as u64)
-            || checkpoint.hashes.last() != Some(&checkpoint.head_hash)
-        {
-            self.problems
-                .push(format!("checkpoint {name} is inconsistent"));
-            return;
-        }
-        for (offset, hash) in checkpoint.hashes.iter().enumerate() {
-            let seq = checkpoint.from_seq + offset as u64;
-            match self.hashes.get(&seq) {
-                Some(other) if other != hash => self
-                    .problems
-                    .push(format!("checkpoints disagree about record {seq} ({name})")),
-                _ => {
-                    self.hashes.insert(seq, hash.clone());
-                }
-            }
-        }
-    }
-}
 
 /// Where checkpoints live.
 #[derive(Clone)]
@@ -230,7 +169,7 @@ pub async fn write_checkpoint(
     }
     let through = vouched.through();
     let mut prev = match through {
-        0 => super::GENESIS_HASH.to_string(),
+        0 => crate::audit::GENESIS_HASH.to_string(),
         seq => vouched.hash_of(seq).unwrap_or_default().to_string(),
     };
     let mut from = through + 1;
@@ -257,7 +196,7 @@ pub async fn write_checkpoint(
         let checkpoint = Checkpoint {
             iss: signer.issuer().to_string(),
             aud: CHECKPOINT_AUDIENCE.to_string(),
-            iat: crate::store::now_ms() / 1000,
+            iat: crate::clock::now_ms() / 1000,
             from_seq: from,
             seq: last.seq,
             head_hash: last.hash.clone(),

@@ -1,0 +1,43 @@
+//! The Wasmtime configuration of the runtime and of the compile worker, which must agree
+//! on everything that changes generated code.
+
+use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::config::WASM_PAGE;
+
+/// The engine settings that change generated code; the compile worker must use the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct EngineSettings {
+    pub(crate) max_memory_pages: u64,
+    pub(crate) fuel: bool,
+}
+
+/// Wasmtime configuration shared by the runtime and the compile worker. `pool_instances` is
+/// `None` in the worker, which only compiles and so needs no instance slots.
+pub(crate) fn wasmtime_config(settings: EngineSettings, pool: Option<(u32, usize)>) -> Config {
+    let mut config = Config::new();
+    // Deadlines: epochs cost one load and compare per loop header and function entry; fuel
+    // costs a counter update per basic block, so it is opt-in.
+    config.epoch_interruption(true);
+    config.consume_fuel(settings.fuel);
+    config.wasm_component_model(true);
+    config.parallel_compilation(true);
+    if let Some((instances, memory_keep_resident)) = pool {
+        let mut pool = PoolingAllocationConfig::new();
+        // One component instance per hot instance; Rust components have one memory and a
+        // handful of core instances and tables, so the totals below leave headroom.
+        pool.total_component_instances(instances);
+        pool.total_core_instances(instances.saturating_mul(8));
+        pool.total_memories(instances.saturating_mul(2));
+        pool.total_tables(instances.saturating_mul(4));
+        pool.total_stacks(instances);
+        pool.max_memory_size((settings.max_memory_pages * WASM_PAGE) as usize);
+        // Memory kept resident in each slot is zeroed with memset when an instance is
+        // destroyed, instead of being returned to the kernel; see
+        // `RuntimeConfig::pool_memory_keep_resident_bytes` for the measured trade-off.
+        pool.linear_memory_keep_resident(memory_keep_resident);
+        pool.table_keep_resident(memory_keep_resident.min(64 << 10));
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
