@@ -172,6 +172,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", public.merge(protected))
         .fallback(|| async { ApiError::not_found("endpoint") })
+        .layer(axum::middleware::map_response(error::json_errors))
         .with_state(state)
 }
 
@@ -181,14 +182,15 @@ pub use self::node_sync::node_router;
 /// types' derived schemas.
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &CommonResponses),
     security(("api_token" = [])),
     info(
         title = "edgefn control plane API",
         description = "Functions, versions, artifacts, routes, deployments, nodes, users, projects, tokens and the audit log. \
             Every endpoint but /openapi.json, /login, /uploads (presigned) and /nodes/register (a bootstrap token) needs \
             `Authorization: Bearer <token>`. The node endpoints (heartbeat, desired, node token, certificate) are served \
-            on the node listener, which requires mTLS with a node certificate."
+            on the node listener, which requires mTLS with a node certificate; they have a document of their own \
+            (node-openapi.json beside this one in the source)."
     ),
     paths(
         functions::create_function,
@@ -212,10 +214,6 @@ pub use self::node_sync::node_router;
         nodes::get_node,
         nodes::create_bootstrap_token,
         nodes::revoke_node,
-        node_sync::heartbeat,
-        node_sync::get_desired,
-        node_sync::node_token,
-        node_sync::renew_certificate,
         deployments::deploy,
         deployments::rollback,
         deployments::undeploy,
@@ -243,6 +241,73 @@ pub use self::node_sync::node_router;
     )
 )]
 pub struct ApiDoc;
+
+/// The OpenAPI document of the node listener (mTLS with a node certificate, then a node
+/// token): what a node calls.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    modifiers(&SecuritySchemes, &CommonResponses),
+    security(("node_token" = [])),
+    info(
+        title = "edgefn node listener API",
+        description = "Served on the control plane's node listener (`--node-listen`), which requires mTLS with a node \
+            certificate from the node CA; every call but the token itself needs `Authorization: Bearer <node token>`."
+    ),
+    paths(
+        node_sync::heartbeat,
+        node_sync::get_desired,
+        node_sync::node_token,
+        node_sync::renew_certificate,
+    )
+)]
+pub struct NodeApiDoc;
+
+/// Answers every operation can give, whether or not its handler names them: 400 when a
+/// path or query parameter or the body cannot be read (axum's rejections, in the API's
+/// JSON by `error::json_errors`), 404 when a path names nothing (or matches no endpoint).
+struct CommonResponses;
+
+impl utoipa::Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let takes_input = operation.parameters.as_ref().is_some_and(|p| !p.is_empty())
+                    || operation.request_body.is_some();
+                let responses = &mut operation.responses.responses;
+                if takes_input {
+                    responses.entry("400".into()).or_insert_with(|| {
+                        error("The request cannot be read: a parameter or the body is malformed")
+                            .into()
+                    });
+                }
+                if path.contains('{') {
+                    responses.entry("404".into()).or_insert_with(|| {
+                        error("Nothing by that name, or no endpoint for that path").into()
+                    });
+                }
+            }
+        }
+    }
+}
 
 /// The two kinds of bearer token in the document: API tokens (users) and node tokens
 /// (nodes, on the node listener, over mTLS with their certificate).

@@ -225,8 +225,10 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
-    #[serde(default)]
-    #[schema(value_type = Object)]
+    /// More about the error where there is more (`fields` of a failed validation, …);
+    /// absent otherwise.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    #[schema(value_type = Option<Object>)]
     pub details: serde_json::Value,
 }
 

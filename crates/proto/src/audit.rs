@@ -19,7 +19,7 @@ pub struct AuditRecord {
     pub target: String,
     /// Values before and after an update, a deployment's selector, version and nodes, the
     /// reason of a refusal, …
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub details: serde_json::Value,
     pub prev_hash: String,
     pub hash: String,

@@ -577,12 +577,22 @@ async fn the_openapi_document_is_served_and_current() {
         "/api/v1/functions",
         "/api/v1/functions/{id}/versions/{version}/complete",
         "/api/v1/routes/{id}",
-        "/api/v1/nodes/{id}/heartbeat",
         "/api/v1/tokens",
         "/api/v1/audit",
     ] {
         assert!(document["paths"].get(path).is_some(), "{path} missing");
     }
+    // The node listener's operations are in a document of their own: this listener
+    // answers them 404.
+    assert!(
+        document["paths"]
+            .get("/api/v1/nodes/{id}/heartbeat")
+            .is_none()
+    );
+    let nodes =
+        serde_json::to_value(<edgefn_control_plane::api::NodeApiDoc as utoipa::OpenApi>::openapi())
+            .unwrap();
+    assert!(nodes["paths"].get("/api/v1/nodes/{id}/heartbeat").is_some());
     assert!(
         document["components"]["schemas"]
             .get("CreateFunction")
@@ -597,6 +607,16 @@ async fn the_openapi_document_is_served_and_current() {
     assert!(
         current == pretty,
         "openapi.json is stale: run UPDATE_OPENAPI=1 cargo test -p edgefn-control-plane openapi"
+    );
+    let pretty = serde_json::to_string_pretty(&nodes).unwrap() + "\n";
+    let checked_in = checked_in.with_file_name("node-openapi.json");
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(&checked_in, &pretty).unwrap();
+    }
+    let current = std::fs::read_to_string(&checked_in).unwrap_or_default();
+    assert!(
+        current == pretty,
+        "node-openapi.json is stale: run UPDATE_OPENAPI=1 cargo test -p edgefn-control-plane openapi"
     );
 }
 
