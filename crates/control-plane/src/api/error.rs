@@ -192,10 +192,52 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-/// `axum::Json`, with rejections answered in the API's error shape.
-#[derive(axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// `axum::Json`, with rejections answered in the API's error shape, that takes only a JSON
+/// object: serde would also read a struct from an array (`[null, null]`), which no client
+/// means and the API's document does not allow.
 pub struct ApiJson<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let json = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(str::trim)
+            .is_some_and(|media| {
+                media.eq_ignore_ascii_case("application/json")
+                    || (media.starts_with("application/") && media.ends_with("+json"))
+            });
+        if !json {
+            return Err(Self::Rejection::BadRequest(
+                "expected a request with `Content-Type: application/json`".into(),
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge("request body too large".into())
+                } else {
+                    ApiError::BadRequest(rejection.body_text())
+                }
+            })?;
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::BadRequest(
+                "the body must be a JSON object".into(),
+            ));
+        }
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
+        Ok(Self(value))
+    }
+}
 
 /// Gives every error answer the API's JSON error body. Axum's own rejections (a path or
 /// query parameter that does not parse, a method not allowed, a body of the wrong type)

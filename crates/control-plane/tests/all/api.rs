@@ -824,3 +824,42 @@ async fn deploys_become_desired_states_that_nodes_pull_and_ack(backend: Backend)
         400
     );
 }
+
+/// Every error answer is the API's JSON error, whoever made it (a handler, or axum for a
+/// path or body it cannot read), and a body must be a JSON object: serde alone would read
+/// a struct from an array.
+#[tokio::test]
+async fn malformed_requests_get_the_json_error_shape() {
+    let app = app(&Backend::Sqlite).await;
+    let cases = [
+        ("POST", "/api/v1/tokens", "[null, null]", "application/json"),
+        ("POST", "/api/v1/nodes/tokens", "[null]", "application/json"),
+        ("POST", "/api/v1/projects", r#"{"name": "x"}"#, "text/plain"),
+        ("POST", "/api/v1/projects", "{", "application/json"),
+        (
+            "GET",
+            "/api/v1/audit?after=not-a-number",
+            "",
+            "application/json",
+        ),
+        (
+            "GET",
+            "/api/v1/functions/fn_x/versions/not-a-number",
+            "",
+            "application/json",
+        ),
+    ];
+    for (method, uri, body, content_type) in cases {
+        let reply = app.send(method, uri, body, content_type).await;
+        assert_eq!(reply.status, 400, "{method} {uri} {body}");
+        let error = reply.json();
+        assert!(
+            error["error"]["code"].is_string() && error["error"]["message"].is_string(),
+            "{method} {uri}: {error}"
+        );
+        assert!(error["error"].get("details").is_none(), "{error}");
+    }
+    let missing = app.get("/api/v1/no-such-endpoint").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json()["error"]["code"], "not_found");
+}
