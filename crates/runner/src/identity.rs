@@ -88,7 +88,7 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Writes `bytes` to `path` atomically, with `mode`, in a private directory.
-fn write_private(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     create_private_dir(path.parent().unwrap_or(Path::new(".")))?;
     edgefn_runtime::fs::write_atomically(path, bytes, Some(mode))
 }

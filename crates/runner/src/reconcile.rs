@@ -345,10 +345,7 @@ impl<N: Serving> Reconciler<N> {
     }
 
     fn persist(&self, state: &DesiredState) -> std::io::Result<()> {
-        if let Some(dir) = self.state_file.parent() {
-            crate::identity::create_private_dir(dir)?;
-        }
-        edgefn_runtime::fs::write_atomically(&self.state_file, &state.encode(), Some(0o600))
+        crate::identity::write_private(&self.state_file, &state.encode(), 0o600)
     }
 
     /// Loads again the applied items that failed (an artifact store that was down, a

@@ -61,7 +61,8 @@ pub struct SyncClient {
     reconciler: Reconciler<Arc<Node>>,
     /// The newest revision the push stream announced (and its state, when it came along).
     notices: watch::Receiver<Notice>,
-    notices_sender: Option<watch::Sender<Notice>>,
+    /// Cloned into each push stream; kept here so the channel outlives a replaced stream.
+    notices_sender: watch::Sender<Notice>,
     usage: crate::usage::UsageSampler,
     /// The push stream of the current node id and token.
     push: Option<((String, String), tokio::task::JoinHandle<()>)>,
@@ -99,7 +100,7 @@ impl SyncClient {
             credentials,
             session: None,
             notices,
-            notices_sender: Some(notices_sender),
+            notices_sender,
             usage: crate::usage::UsageSampler::new(),
             push: None,
             reported: UsageTotals::default(),
@@ -273,23 +274,13 @@ impl SyncClient {
         if let Some((_, task)) = self.push.take() {
             task.abort();
         }
-        // The stream owns the sender while it runs; a replaced stream's task ends with it,
-        // so a new one gets a fresh channel.
-        let notices = match self.notices_sender.take() {
-            Some(sender) => sender,
-            None => {
-                let (sender, receiver) = watch::channel(Notice::default());
-                self.notices = receiver;
-                sender
-            }
-        };
         let stream = crate::push::PushStream {
             url: credentials.identity.node_url.clone(),
             tls: credentials.grpc_tls(),
             token: session.token.clone(),
             node_id: key.0.clone(),
             applied: self.applied_revision().unwrap_or(0),
-            notices,
+            notices: self.notices_sender.clone(),
         };
         let task = tokio::spawn(stream.follow());
         self.push = Some((key, task));

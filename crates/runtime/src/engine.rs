@@ -118,7 +118,12 @@ impl Runtime {
 
     /// Guest log records of `function_id` dropped by the rate limit so far.
     pub fn dropped_logs(&self, function_id: &str) -> u64 {
-        self.inner.per_function(function_id).log_budget.dropped()
+        self.inner
+            .per_function
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(function_id)
+            .map_or(0, |shared| shared.log_budget.dropped())
     }
 
     /// Verifies, compiles (or loads the cached native code of) and pre-instantiates an

@@ -182,13 +182,20 @@ impl From<ArtifactError> for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+impl ApiError {
+    /// A request body axum could not take: too large (413) or unreadable (400).
+    fn body_rejection(status: StatusCode, text: String) -> Self {
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
             Self::PayloadTooLarge("request body too large".into())
         } else {
-            Self::BadRequest(rejection.body_text())
+            Self::BadRequest(text)
         }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        Self::body_rejection(rejection.status(), rejection.body_text())
     }
 }
 
@@ -223,11 +230,7 @@ where
         let bytes = axum::body::Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge("request body too large".into())
-                } else {
-                    ApiError::BadRequest(rejection.body_text())
-                }
+                ApiError::body_rejection(rejection.status(), rejection.body_text())
             })?;
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(ApiError::BadRequest(
