@@ -242,8 +242,14 @@ impl SyncClient {
         }
     }
 
-    /// Waits `delay`, or until the push stream announces a newer revision.
+    /// Waits `delay`, or until the push stream announces a newer revision. While a state is
+    /// being applied a notice waits its turn, so it does not cut the wait short: an unseen
+    /// notice would otherwise end every wait at once and turn retries into a storm.
     async fn pause(&mut self, delay: Duration) {
+        if self.reconciler.applying() {
+            tokio::time::sleep(delay).await;
+            return;
+        }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = self.notices.changed() => {}

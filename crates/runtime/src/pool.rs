@@ -4,7 +4,8 @@
 //! Each pool belongs to a tenant with a share of the node's instance slots
 //! ([`PoolShare`]). When an instantiation finds every slot taken, [`PoolRegistry::evict_for`]
 //! frees one: an idle instance of another tenant that holds more than its share first, any
-//! idle instance otherwise — so one tenant's idle instances never keep another's requests out.
+//! idle instance otherwise — so one tenant's idle instances never keep another's requests
+//! out. A tenant that already holds its share evicts only its own.
 //!
 //! The pool is a policy over pre-instantiated code: instances are created from the version's
 //! `ProxyPre`, serve up to `instance_reuse` requests, wait idle for at most `idle_timeout`,
@@ -108,6 +109,47 @@ impl Drop for HotInstance {
             .fetch_sub(self.accounted, Ordering::Relaxed);
         self.live.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// One pool as eviction sees it.
+struct Candidate<'a> {
+    tenant: &'a str,
+    /// The tenant's share of the node's slots.
+    slots: u32,
+    /// The pool's live instances, idle or busy.
+    live: usize,
+    oldest_idle: Option<Instant>,
+}
+
+/// The pool that gives up its least recently used idle instance so that `tenant` gets a
+/// slot. A tenant already holding its share takes only from itself: it can never cost
+/// another tenant an instance. Any other tenant takes first from a tenant over its share,
+/// then from anyone idle.
+fn victim(tenant: &str, pools: &[Candidate<'_>]) -> Option<usize> {
+    let mut held: HashMap<&str, (usize, u32)> = HashMap::new();
+    for pool in pools {
+        let entry = held.entry(pool.tenant).or_insert((0, 0));
+        entry.0 += pool.live;
+        entry.1 = entry.1.max(pool.slots);
+    }
+    let holds = |t: &str, more_than: fn(usize, usize) -> bool| {
+        held.get(t)
+            .is_some_and(|(live, slots)| more_than(*live, *slots as usize))
+    };
+    let oldest = |eligible: &dyn Fn(&Candidate<'_>) -> bool| {
+        pools
+            .iter()
+            .enumerate()
+            .filter(|(_, pool)| eligible(pool))
+            .filter_map(|(index, pool)| pool.oldest_idle.map(|at| (at, index)))
+            .min()
+            .map(|(_, index)| index)
+    };
+    if holds(tenant, |live, slots| live >= slots) {
+        return oldest(&|pool| pool.tenant == tenant);
+    }
+    oldest(&|pool| pool.tenant != tenant && holds(pool.tenant, |live, slots| live > slots))
+        .or_else(|| oldest(&|_| true))
 }
 
 /// Whose a pool's instances are, and how many instance slots that tenant is entitled to.
@@ -272,37 +314,67 @@ impl PoolRegistry {
         evicted
     }
 
-    /// Frees one instance slot for a new instance of `tenant`: destroys the least recently
-    /// used idle instance of a tenant over its share (not `tenant` itself), else the least
-    /// recently used idle instance of anyone. False when no instance is idle.
+    /// Frees one instance slot for a new instance of `tenant` (see [`victim`]). False when
+    /// no instance may be destroyed for it.
     pub(crate) fn evict_for(&self, tenant: &str) -> bool {
         let pools = self.live();
-        let mut held: HashMap<&str, (usize, u32)> = HashMap::new();
-        for pool in &pools {
-            let entry = held.entry(&pool.share.tenant).or_insert((0, 0));
-            entry.0 += pool.live.load(Ordering::Relaxed);
-            entry.1 = entry.1.max(pool.share.slots);
-        }
-        let over_share = |pool: &VersionPool| {
-            &*pool.share.tenant != tenant
-                && held
-                    .get(&*pool.share.tenant)
-                    .is_some_and(|(live, slots)| *live > *slots as usize)
-        };
-        let oldest = |only_over_share: bool| {
-            pools
-                .iter()
-                .filter(|p| !only_over_share || over_share(p))
-                .filter_map(|p| p.oldest_idle().map(|t| (t, p)))
-                .min_by_key(|(t, _)| *t)
-                .map(|(_, p)| p)
-        };
-        [true, false]
-            .into_iter()
-            .any(|only_over_share| oldest(only_over_share).is_some_and(|p| p.evict_oldest()))
+        let candidates: Vec<Candidate<'_>> = pools
+            .iter()
+            .map(|pool| Candidate {
+                tenant: &pool.share.tenant,
+                slots: pool.share.slots,
+                live: pool.live.load(Ordering::Relaxed),
+                oldest_idle: pool.oldest_idle(),
+            })
+            .collect();
+        victim(tenant, &candidates).is_some_and(|index| pools[index].evict_oldest())
     }
 
     pub(crate) fn expire_idle(&self, now: Instant) -> usize {
         self.live().iter().map(|p| p.expire_idle(now)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(tenant: &str, slots: u32, live: usize, idle_since_s: Option<u64>) -> Candidate<'_> {
+        let origin = Instant::now();
+        Candidate {
+            tenant,
+            slots,
+            live,
+            oldest_idle: idle_since_s.map(|s| origin + Duration::from_secs(s)),
+        }
+    }
+
+    #[test]
+    fn a_tenant_within_its_share_takes_from_one_over_its_share_first() {
+        let pools = [
+            pool("b", 4, 1, Some(0)),
+            pool("a", 4, 3, Some(5)),
+            pool("a", 4, 3, Some(9)),
+        ];
+        assert_eq!(victim("c", &pools), Some(1), "a holds 6 of its 4");
+        assert_eq!(victim("b", &pools), Some(1));
+    }
+
+    #[test]
+    fn a_tenant_within_its_share_takes_anyone_idle_when_none_is_over() {
+        let pools = [pool("a", 4, 2, Some(7)), pool("b", 4, 1, Some(3))];
+        assert_eq!(victim("c", &pools), Some(1), "the least recently used");
+    }
+
+    #[test]
+    fn a_tenant_at_its_share_takes_only_from_itself() {
+        let pools = [
+            pool("b", 4, 1, Some(0)),
+            pool("a", 4, 3, None),
+            pool("a", 4, 1, Some(9)),
+        ];
+        assert_eq!(victim("a", &pools), Some(2));
+        let busy = [pool("b", 4, 1, Some(0)), pool("a", 4, 4, None)];
+        assert_eq!(victim("a", &busy), None, "b's instance is not a's to take");
     }
 }

@@ -421,8 +421,9 @@ async fn idle_instances_of_a_project_over_its_share_make_room_for_another() {
              [[routes]]\npath = \"/busy{i}\"\nfunction = \"busy{i}\"\n\n"
         ));
     }
+    // b keeps no instance ready, so a fills every slot without taking one of b's.
     manifest.push_str(
-        "[[functions]]\nid = \"hello\"\nversion = 1\npath = \"{guests}/hello.wasm\"\ntenant = \"b\"\n\n\
+        "[[functions]]\nid = \"hello\"\nversion = 1\npath = \"{guests}/hello.wasm\"\ntenant = \"b\"\nmin_hot_instances = 0\n\n\
          [[routes]]\npath = \"/hello\"\nfunction = \"hello\"\n",
     );
     let runner = Runner::start(&manifest, &["--pool-instances", "8"]);
