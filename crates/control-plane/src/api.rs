@@ -11,6 +11,7 @@
 //! | `identity` | login, whoami, users, projects and members, API tokens |
 //! | `audit` | the audit log and its verification |
 //! | `node_sync` | the node listener: heartbeats, desired states, artifacts, node tokens, the push stream |
+//! | `openapi` | the OpenAPI documents, with the validators' rules |
 
 mod audit;
 mod deployments;
@@ -21,6 +22,7 @@ pub mod guard;
 mod identity;
 pub mod node_sync;
 mod nodes;
+pub mod openapi;
 mod routes;
 
 use std::sync::Arc;
@@ -32,6 +34,7 @@ use axum::routing::{delete, get, post, put};
 use edgefn_proto::identity::Role;
 
 pub use self::error::{ApiError, ApiJson};
+pub use self::openapi::{ApiDoc, NodeApiDoc};
 use crate::artifacts::Artifacts;
 use crate::auth::{Auth, Principal};
 use crate::ca::NodeAuthority;
@@ -76,13 +79,23 @@ pub fn router(state: AppState) -> Router {
     let uploads = Router::new()
         .route("/uploads/{function_id}/{version}", put(functions::upload))
         .layer(DefaultBodyLimit::max(state.max_artifact_bytes));
-    let public = Router::new()
-        .route("/openapi.json", get(openapi))
-        .route("/login", post(identity::login))
-        // Enrollment is authorized by its one-time bootstrap token, not a user's.
-        .route("/nodes/register", post(nodes::enroll))
-        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
-        .merge(uploads);
+    // Made once: the document holds this control plane's limits.
+    let document = bytes::Bytes::from(
+        serde_json::to_vec(&openapi::document(state.limits)).unwrap_or_default(),
+    );
+    let public =
+        Router::new()
+            .route(
+                "/openapi.json",
+                get(move || async move {
+                    ([(http::header::CONTENT_TYPE, "application/json")], document)
+                }),
+            )
+            .route("/login", post(identity::login))
+            // Enrollment is authorized by its one-time bootstrap token, not a user's.
+            .route("/nodes/register", post(nodes::enroll))
+            .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+            .merge(uploads);
     let protected = Router::new()
         .route(
             "/functions",
@@ -177,169 +190,6 @@ pub fn router(state: AppState) -> Router {
 }
 
 pub use self::node_sync::node_router;
-
-/// The OpenAPI document of this API, generated from the handlers' annotations and the
-/// types' derived schemas.
-#[derive(utoipa::OpenApi)]
-#[openapi(
-    modifiers(&SecuritySchemes, &CommonResponses),
-    security(("api_token" = [])),
-    info(
-        title = "edgefn control plane API",
-        description = "Functions, versions, artifacts, routes, deployments, nodes, users, projects, tokens and the audit log. \
-            Every endpoint but /openapi.json, /login, /uploads (presigned) and /nodes/register (a bootstrap token) needs \
-            `Authorization: Bearer <token>`. The node endpoints (heartbeat, desired, node token, certificate) are served \
-            on the node listener, which requires mTLS with a node certificate; they have a document of their own \
-            (node-openapi.json beside this one in the source)."
-    ),
-    paths(
-        functions::create_function,
-        functions::list_functions,
-        functions::get_function,
-        functions::delete_function,
-        functions::create_version,
-        functions::renew_upload_url,
-        functions::list_versions,
-        functions::get_version,
-        functions::upload,
-        functions::complete_version,
-        functions::download_artifact,
-        routes::create_route,
-        routes::list_routes,
-        routes::get_route,
-        routes::update_route,
-        routes::delete_route,
-        nodes::enroll,
-        nodes::list_nodes,
-        nodes::get_node,
-        nodes::create_bootstrap_token,
-        nodes::revoke_node,
-        deployments::deploy,
-        deployments::rollback,
-        deployments::undeploy,
-        deployments::get_deployment,
-        identity::login,
-        identity::whoami,
-        identity::create_user,
-        identity::list_users,
-        identity::create_project,
-        identity::list_projects,
-        identity::list_members,
-        identity::set_member,
-        identity::remove_member,
-        domains::create_domain,
-        domains::list_domains,
-        domains::verify_domain,
-        domains::delete_domain,
-        domains::get_quota,
-        domains::set_quota,
-        identity::create_token,
-        identity::list_tokens,
-        identity::revoke_token,
-        audit::list_audit,
-        audit::verify_audit
-    )
-)]
-pub struct ApiDoc;
-
-/// The OpenAPI document of the node listener (mTLS with a node certificate, then a node
-/// token): what a node calls.
-#[derive(utoipa::OpenApi)]
-#[openapi(
-    modifiers(&SecuritySchemes, &CommonResponses),
-    security(("node_token" = [])),
-    info(
-        title = "edgefn node listener API",
-        description = "Served on the control plane's node listener (`--node-listen`), which requires mTLS with a node \
-            certificate from the node CA; every call but the token itself needs `Authorization: Bearer <node token>`."
-    ),
-    paths(
-        node_sync::heartbeat,
-        node_sync::get_desired,
-        node_sync::node_token,
-        node_sync::renew_certificate,
-    )
-)]
-pub struct NodeApiDoc;
-
-/// Answers every operation can give, whether or not its handler names them: 400 when a
-/// path or query parameter or the body cannot be read (axum's rejections, in the API's
-/// JSON by `error::json_errors`), 404 when a path names nothing (or matches no endpoint).
-struct CommonResponses;
-
-impl utoipa::Modify for CommonResponses {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        let error = |description: &str| {
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("ErrorBody")))
-                        .build(),
-                )
-                .build()
-        };
-        for (path, item) in openapi.paths.paths.iter_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ];
-            for operation in operations.into_iter().flatten() {
-                let takes_input = operation.parameters.as_ref().is_some_and(|p| !p.is_empty())
-                    || operation.request_body.is_some();
-                let responses = &mut operation.responses.responses;
-                if takes_input {
-                    responses.entry("400".into()).or_insert_with(|| {
-                        error("The request cannot be read: a parameter or the body is malformed")
-                            .into()
-                    });
-                }
-                if path.contains('{') {
-                    responses.entry("404".into()).or_insert_with(|| {
-                        error("Nothing by that name, or no endpoint for that path").into()
-                    });
-                }
-            }
-        }
-    }
-}
-
-/// The two kinds of bearer token in the document: API tokens (users) and node tokens
-/// (nodes, on the node listener, over mTLS with their certificate).
-struct SecuritySchemes;
-
-impl utoipa::Modify for SecuritySchemes {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        let bearer = |description: &str| {
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .description(Some(description.to_string()))
-                    .build(),
-            )
-        };
-        components.add_security_scheme(
-            "api_token",
-            bearer("An API token: `edgefn login`, `edgefn tokens create`, the administrator's admin-token file, or an external OIDC issuer's token."),
-        );
-        components.add_security_scheme(
-            "node_token",
-            bearer("A node token (`POST /nodes/{id}/token`), on the node listener, over mTLS with the node's certificate."),
-        );
-    }
-}
-
-async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json(<ApiDoc as utoipa::OpenApi>::openapi())
-}
 
 fn not_found(what: &'static str) -> impl Fn(StoreError) -> ApiError {
     move |error| match error {

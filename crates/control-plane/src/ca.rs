@@ -33,6 +33,19 @@ pub struct Issued {
     pub expires_at: i64,
 }
 
+/// Why a CSR got no certificate: the node's fault (its CSR; 400) or the CA's (500).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CsrError {
+    #[error("the CSR is larger than {MAX_CSR_BYTES} bytes")]
+    TooLarge,
+    #[error("the CSR is not a valid, self-signed PKCS #10 request: {0}")]
+    Invalid(String),
+    /// The CA could not sign (no randomness, a signing failure): never the node's doing.
+    #[error("cannot sign the certificate: {0}")]
+    Signing(String),
+}
+
 /// Node tokens remembered once verified (bounded; emptied when full).
 const MAX_VERIFIED_TOKENS: usize = 100_000;
 
@@ -153,19 +166,19 @@ impl NodeAuthority {
 
     /// A certificate for `node_id` over the key of `csr_pem` (whose signature proves the
     /// node holds it). Everything else the CSR asks for is ignored: the CA decides.
-    pub fn sign_node_csr(&self, csr_pem: &str, node_id: &str) -> Result<Issued, String> {
+    pub fn sign_node_csr(&self, csr_pem: &str, node_id: &str) -> Result<Issued, CsrError> {
         if csr_pem.len() > MAX_CSR_BYTES {
-            return Err(format!("the CSR is larger than {MAX_CSR_BYTES} bytes"));
+            return Err(CsrError::TooLarge);
         }
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| format!("the CSR is not a valid, self-signed PKCS #10 request: {e}"))?;
+            .map_err(|e| CsrError::Invalid(e.to_string()))?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, node_id);
         params.distinguished_name = name;
         let uri = node_uri(node_id)
             .try_into()
-            .map_err(|e| format!("invalid node id: {e}"))?;
+            .map_err(|e| CsrError::Signing(format!("invalid node id: {e}")))?;
         params.subject_alt_names = vec![SanType::URI(uri)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -175,12 +188,12 @@ impl NodeAuthority {
         // A little backdating absorbs clock skew between this machine and the node.
         params.not_before = offset(now, Duration::from_secs(300), false);
         params.not_after = offset(now, self.cert_ttl, true);
-        let serial = random_serial()?;
+        let serial = random_serial().map_err(CsrError::Signing)?;
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         csr.params = params;
         let cert = csr
             .signed_by(&self.issuer)
-            .map_err(|e| format!("cannot sign the certificate: {e}"))?;
+            .map_err(|e| CsrError::Signing(e.to_string()))?;
         Ok(Issued {
             pem: cert.pem(),
             serial: hex::encode(serial),

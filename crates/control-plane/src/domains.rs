@@ -50,9 +50,13 @@ fn within(name: &str, parent: &str) -> bool {
 
 impl DomainName {
     /// Parses a claim: at least two labels of letters, digits and '-' (not at either end
-    /// of a label), at most 253 bytes, not a numeric address.
+    /// of a label), the last starting with a letter (as every top-level domain does, so a
+    /// numeric address is never a name), at most 253 characters in all.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let lower = text.trim().to_ascii_lowercase();
+        if text.len() > 253 {
+            return Err("must be 1-253 characters".into());
+        }
+        let lower = text.to_ascii_lowercase();
         let (rest, wildcard) = match lower.strip_prefix("*.") {
             Some(rest) => (rest, true),
             None => (lower.as_str(), false),
@@ -82,9 +86,11 @@ impl DomainName {
         }
         if labels
             .last()
-            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+            .is_some_and(|tld| !tld.starts_with(|c: char| c.is_ascii_alphabetic()))
         {
-            return Err("must be a name, not an address".into());
+            return Err(
+                "must be a name, not an address: the last label starts with a letter".into(),
+            );
         }
         Ok(Self {
             base: base.to_string(),

@@ -47,7 +47,7 @@ pub fn node(
     labels: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), Vec<FieldError>> {
     let mut problems = Problems::default();
-    if name.is_empty() || name.len() > 253 {
+    if name.is_empty() || name.chars().count() > 253 {
         problems.add("name", "must be 1-253 characters");
     }
     for (key, value) in labels {
@@ -59,7 +59,7 @@ pub fn node(
         {
             problems.add("labels", format!("invalid label key {key:?}"));
         }
-        if value.len() > 253 {
+        if value.chars().count() > 253 {
             problems.add(
                 "labels",
                 format!("label {key:?} is longer than 253 characters"),
@@ -92,7 +92,7 @@ pub const MAX_USER_NAME: usize = 253;
 pub fn user(input: &edgefn_proto::identity::CreateUser) -> Result<(), Vec<FieldError>> {
     let mut problems = Problems::default();
     if input.name.is_empty()
-        || input.name.len() > MAX_USER_NAME
+        || input.name.chars().count() > MAX_USER_NAME
         || input
             .name
             .chars()
@@ -102,7 +102,8 @@ pub fn user(input: &edgefn_proto::identity::CreateUser) -> Result<(), Vec<FieldE
     }
     if let Some(password) = &input.password {
         use crate::auth::password::{MAX_PASSWORD_LEN, MIN_PASSWORD_LEN};
-        if password.chars().count() < MIN_PASSWORD_LEN || password.len() > MAX_PASSWORD_LEN {
+        let length = password.chars().count();
+        if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&length) {
             problems.add(
                 "password",
                 format!("must be {MIN_PASSWORD_LEN}-{MAX_PASSWORD_LEN} characters"),
@@ -116,7 +117,10 @@ pub fn user(input: &edgefn_proto::identity::CreateUser) -> Result<(), Vec<FieldE
                 "a user of an external issuer signs in there, not with a password",
             );
         }
-        if issuer.is_empty() || issuer.len() > 2048 || issuer.chars().any(char::is_control) {
+        if issuer.is_empty()
+            || issuer.chars().count() > 2048
+            || issuer.chars().any(char::is_control)
+        {
             problems.add("issuer", "must be the issuer's `iss`, 1-2048 characters");
         }
     }
@@ -147,22 +151,30 @@ fn check_range(
     value.max(0)
 }
 
-/// Checks one `allowed_outbound_hosts` entry: `host`, `host:port` or `*.domain`.
+/// Checks one `allowed_outbound_hosts` entry: `host`, `host:port` or `*.domain`, at most
+/// 253 characters; a host is dot-separated labels of letters, digits and '-', a port 1-5
+/// digits up to 65535.
 pub fn valid_outbound_host(entry: &str) -> bool {
     let (host, port) = match entry.rsplit_once(':') {
         Some((host, port)) => (host, Some(port)),
         None => (entry, None),
     };
-    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+    let valid_port = |port: &str| {
+        (1..=5).contains(&port.len())
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok()
+    };
+    if port.is_some_and(|p| !valid_port(p)) {
         return false;
     }
     let name = host.strip_prefix("*.").unwrap_or(host);
-    !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && !name.contains("..")
+    entry.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 pub fn settings(
@@ -173,7 +185,7 @@ pub fn settings(
 ) -> FunctionSettings {
     if let Some(entrypoint) = &input.entrypoint
         && (entrypoint.is_empty()
-            || entrypoint.len() > 256
+            || entrypoint.chars().count() > 256
             || entrypoint
                 .chars()
                 .any(|c| c.is_control() || c.is_whitespace()))

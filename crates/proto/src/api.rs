@@ -1,6 +1,7 @@
 //! Requests and responses of the control plane's REST API (`/api/v1`), shared with the CLI.
 //! Numbers that users type are signed in requests, so that `-1` reaches validation and is
-//! answered with a field error instead of a parse error.
+//! answered with a field error instead of a parse error; they are read by
+//! [`crate::integer`], which takes `3.0` for 3 as JSON Schema does.
 
 use std::collections::BTreeMap;
 
@@ -26,17 +27,37 @@ pub struct CreateFunction {
 pub struct SettingsInput {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::integer::option"
+    )]
     pub memory_pages: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::integer::option"
+    )]
     pub max_execution_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_outbound_hosts: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::integer::option"
+    )]
     pub min_hot_instances: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::integer::option"
+    )]
     pub max_hot_instances: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::integer::option"
+    )]
     pub instance_reuse: Option<i64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -122,11 +143,11 @@ pub struct RouteInput {
     pub host: String,
     pub path: String,
     pub function_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::integer::option")]
     pub version: Option<i64>,
     #[serde(default)]
     pub methods: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::integer::exact")]
     pub priority: i64,
     #[serde(default)]
     pub pop_selector: String,
@@ -150,6 +171,7 @@ pub struct Route {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
+    #[serde(deserialize_with = "crate::integer::exact")]
     pub version: i64,
     #[serde(default)]
     pub pop_selector: String,
@@ -167,7 +189,7 @@ fn all_strategy() -> String {
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     /// Default: the version deployed before the current one.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::integer::option")]
     pub to_version: Option<i64>,
 }
 

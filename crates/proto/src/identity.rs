@@ -254,7 +254,6 @@ pub fn node_id_of_uri(uri: &str) -> Option<&str> {
 
 /// Parses a lifetime: a number followed by `s`, `m`, `h` or `d` (`90m`, `12h`, `30d`).
 pub fn parse_ttl(text: &str) -> Result<std::time::Duration, String> {
-    let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| format!("{text:?} needs a unit: s, m, h or d"))?;

@@ -7,6 +7,7 @@ pub mod artifact;
 pub mod audit;
 pub mod backoff;
 pub mod identity;
+pub mod integer;
 pub mod router;
 pub mod selector;
 pub mod sync;

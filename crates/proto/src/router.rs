@@ -95,6 +95,12 @@ impl HostPattern {
                 "host names hold letters, digits, '-' and '.' only",
             ));
         }
+        if name.starts_with('.') {
+            return Err(error(offset, "empty label"));
+        }
+        if name.ends_with('.') {
+            return Err(error(offset + name.len() - 1, "empty label"));
+        }
         if let Some(position) = name.find("..") {
             return Err(error(offset + position, "empty label"));
         }

@@ -1,8 +1,10 @@
 //! Test harness shared by edgefn's crates: builds the example guests in `examples/` with
-//! cargo (once per test process) and hands out the paths of their `.wasm` files.
+//! cargo (once per test process) and hands out the paths of their `.wasm` files; gives
+//! each test a PostgreSQL schema of its own (`postgres`) and the real S3 server (`s3`).
 #![forbid(unsafe_code)]
 
 pub mod postgres;
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

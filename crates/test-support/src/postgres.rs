@@ -38,23 +38,18 @@ impl Drop for TestSchema {
 }
 
 /// A new schema named `schema` (emptied first) on the PostgreSQL server tests use:
-/// `EDGEFN_TEST_POSTGRES_URL` (set by `.ci/run`, which then requires it), or this machine's
-/// default. `None` (the caller skips, and says so) only when the variable is unset and the
-/// default server does not answer.
-pub async fn test_schema(schema: &str) -> Option<TestSchema> {
-    let (url, required) = match std::env::var("EDGEFN_TEST_POSTGRES_URL") {
-        Ok(url) => (url, true),
-        Err(_) => (DEFAULT_POSTGRES.to_string(), false),
-    };
+/// `EDGEFN_TEST_POSTGRES_URL`, or this machine's default. The PostgreSQL suites never skip.
+///
+/// # Panics
+/// When the server does not answer, saying which one and how to name another.
+pub async fn test_schema(schema: &str) -> TestSchema {
+    let url =
+        std::env::var("EDGEFN_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES.to_string());
     sqlx::any::install_default_drivers();
     let pool = match sqlx::AnyPool::connect(&url).await {
         Ok(pool) => pool,
-        Err(error) if !required => {
-            eprintln!("skipping the PostgreSQL case: {url} is unavailable ({error})");
-            return None;
-        }
         Err(error) => panic!(
-            "PostgreSQL at {url} is required (EDGEFN_TEST_POSTGRES_URL) but unavailable: {error}"
+            "the PostgreSQL suites need a server: {url} is unavailable ({error}); start it, or name another with EDGEFN_TEST_POSTGRES_URL"
         ),
     };
     for statement in [
@@ -68,11 +63,11 @@ pub async fn test_schema(schema: &str) -> Option<TestSchema> {
     }
     pool.close().await;
     let separator = if url.contains('?') { '&' } else { '?' };
-    Some(TestSchema {
+    TestSchema {
         url: format!("{url}{separator}options=-c%20search_path%3D{schema}"),
         base_url: url,
         schema: schema.to_string(),
-    })
+    }
 }
 
 /// A unique schema name with `prefix`.

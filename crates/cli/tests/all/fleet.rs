@@ -16,9 +16,7 @@ macro_rules! on_both_backends {
         }
         mod postgres {
             $(#[test] fn $name() {
-                if let Some(backend) = crate::Backend::postgres() {
-                    super::$name(&backend)
-                }
+                super::$name(&crate::Backend::postgres())
             })*
         }
     };

@@ -208,16 +208,14 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// A fresh PostgreSQL schema, or `None` (skipped, and said so) without a server.
-    pub fn postgres() -> Option<Self> {
+    /// A fresh PostgreSQL schema.
+    pub fn postgres() -> Self {
         let name = edgefn_test_support::postgres::unique_schema_name("edgefn_fleet");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        runtime
-            .block_on(edgefn_test_support::postgres::test_schema(&name))
-            .map(Self::Postgres)
+        Self::Postgres(runtime.block_on(edgefn_test_support::postgres::test_schema(&name)))
     }
 }
 

@@ -25,8 +25,10 @@ pub(super) struct AuditQuery {
     since: Option<i64>,
     until: Option<i64>,
     /// Records after this sequence number (the last `seq` of the previous page).
-    after: Option<u64>,
+    #[param(minimum = 0)]
+    after: Option<i64>,
     /// At most this many (default 100, at most 1,000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -45,13 +47,17 @@ pub(super) async fn list_audit(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::field("limit", "must be between 1 and 1000"));
     }
+    let after = query.after.unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::field("after", "must not be negative"));
+    }
     let filter = AuditFilter {
         project: query.project,
         actor: query.actor,
         action: query.action,
         since: query.since,
         until: query.until,
-        after_seq: query.after.unwrap_or(0),
+        after_seq: after as u64,
         limit,
     };
     let records = state.store.list_audit(&filter).await?;

@@ -163,6 +163,16 @@ impl From<crate::auth::Denied> for ApiError {
     }
 }
 
+impl From<crate::ca::CsrError> for ApiError {
+    fn from(error: crate::ca::CsrError) -> Self {
+        use crate::ca::CsrError;
+        match error {
+            CsrError::TooLarge | CsrError::Invalid(_) => Self::field("csr", error.to_string()),
+            CsrError::Signing(_) => Self::Internal(error.to_string()),
+        }
+    }
+}
+
 impl From<Vec<FieldError>> for ApiError {
     fn from(fields: Vec<FieldError>) -> Self {
         Self::Validation(fields)

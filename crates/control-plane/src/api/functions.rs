@@ -34,7 +34,7 @@ async fn version_created(
     })
 }
 
-#[utoipa::path(post, path = "/api/v1/functions", request_body = CreateFunction, responses((status = 201, body = VersionCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/functions", request_body = CreateFunction, responses((status = 201, body = VersionCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub(super) async fn create_function(
     State(state): State<AppState>,
     principal: Principal,
@@ -44,10 +44,7 @@ pub(super) async fn create_function(
         validate::create_function(&input, state.limits).map_err(ApiError::Validation)?;
     principal.require(Role::Developer, &project)?;
     if !state.store.project_exists(&project).await? {
-        return Err(ApiError::field(
-            "project",
-            format!("no project {project:?}"),
-        ));
+        return Err(ApiError::NotFound(format!("no project {project:?}")));
     }
     let (function, version) = state
         .store
@@ -297,9 +294,10 @@ pub(super) async fn complete_version(
         .await
     {
         Ok(bytes) => bytes,
+        // The request is well formed; the version is not in a state to complete.
         Err(crate::artifacts::ArtifactError::NotFound) => {
-            return Err(ApiError::BadRequest(
-                "nothing was uploaded for this version yet".into(),
+            return Err(ApiError::Conflict(
+                "nothing was uploaded for this version yet: PUT the artifact to its upload_url first".into(),
             ));
         }
         Err(too_large @ crate::artifacts::ArtifactError::TooLarge { .. }) => {

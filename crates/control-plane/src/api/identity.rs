@@ -19,7 +19,7 @@ use crate::auth::{Principal, password};
 use crate::validate;
 
 /// Longest lifetime of a token, whoever asks.
-const MAX_TOKEN_DAYS: u64 = 366;
+pub(super) const MAX_TOKEN_DAYS: u64 = 366;
 
 /// Issues a token for a user (`(id, name)`), limited to `(project, role)`, and records it
 /// (hashed).
@@ -263,7 +263,7 @@ pub(super) async fn create_token(
     ApiJson(input): ApiJson<CreateToken>,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
     let mut ttl = validate::ttl("ttl", input.ttl.as_deref(), "30d", MAX_TOKEN_DAYS * 86_400)?;
-    if input.description.len() > 200 {
+    if input.description.chars().count() > 200 {
         return Err(ApiError::field("description", "at most 200 characters"));
     }
     let role = match (&input.project, input.role) {

@@ -184,10 +184,7 @@ pub(super) async fn renew_certificate(
     ApiJson(input): ApiJson<RenewCertificate>,
 ) -> ApiResult<Json<NodeEnrolled>> {
     itself(&peer, &id)?;
-    let issued = state
-        .ca
-        .sign_node_csr(&input.csr, &id)
-        .map_err(|message| ApiError::field("csr", message))?;
+    let issued = state.ca.sign_node_csr(&input.csr, &id)?;
     state
         .store
         .renew_node_certificate(&id, &issued.serial, issued.expires_at)

@@ -19,6 +19,9 @@ use crate::auth::tokens::{bearer, random_hex, secret_hash};
 use crate::store::{Enrollment, StoreError, new_id, now_ms};
 use crate::validate;
 
+/// Longest lifetime of a bootstrap token.
+pub(super) const MAX_BOOTSTRAP_DAYS: u64 = 30;
+
 /// Bootstrap tokens start with this, so they are told apart from JWTs at a glance.
 const BOOTSTRAP_PREFIX: &str = "edgefn-bootstrap-";
 
@@ -61,10 +64,7 @@ pub(super) async fn enroll(
         return Err(ApiError::Unauthenticated(reason.into()));
     }
     let node_id = new_id("node");
-    let issued = state
-        .ca
-        .sign_node_csr(&input.csr, &node_id)
-        .map_err(|message| ApiError::field("csr", message))?;
+    let issued = state.ca.sign_node_csr(&input.csr, &node_id)?;
     let enrollment = Enrollment {
         node_id: &node_id,
         name: &input.name,
@@ -113,7 +113,12 @@ pub(super) async fn create_bootstrap_token(
     super::ApiJson(input): super::ApiJson<CreateBootstrapToken>,
 ) -> ApiResult<(StatusCode, Json<BootstrapTokenCreated>)> {
     principal.require_admin()?;
-    let ttl = validate::ttl("ttl", input.ttl.as_deref(), "1h", 30 * 86_400)?;
+    let ttl = validate::ttl(
+        "ttl",
+        input.ttl.as_deref(),
+        "1h",
+        MAX_BOOTSTRAP_DAYS * 86_400,
+    )?;
     let id = new_id("bt");
     let token = format!(
         "{BOOTSTRAP_PREFIX}{}",

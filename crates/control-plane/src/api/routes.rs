@@ -43,19 +43,15 @@ async fn valid_route(
                 &state.store.platform_domain(),
                 &verified,
             )
-            .map_err(|message| {
-                if input.host == "*" {
-                    ApiError::Forbidden(message)
-                } else {
-                    ApiError::field("host", message)
-                }
-            })?;
+            // A well-formed host the project may not route (another project's, or not
+            // verified yet) is a matter of permission, not of the request's shape.
+            .map_err(ApiError::Forbidden)?;
             Ok(input)
         }
-        Err(StoreError::NotFound) => Err(ApiError::field(
-            "function_id",
-            format!("no function {:?}", input.function_id),
-        )),
+        Err(StoreError::NotFound) => Err(ApiError::NotFound(format!(
+            "no function {:?}",
+            input.function_id
+        ))),
         Err(other) => Err(other.into()),
     }
 }
@@ -76,7 +72,7 @@ async fn route_for(
     Ok(route)
 }
 
-#[utoipa::path(post, path = "/api/v1/routes", request_body = RouteInput, responses((status = 201, body = Route), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/routes", request_body = RouteInput, responses((status = 201, body = Route), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn create_route(
     State(state): State<AppState>,
     principal: Principal,

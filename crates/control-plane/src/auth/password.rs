@@ -3,7 +3,7 @@
 
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 
-/// Passwords shorter than this are refused when set.
+/// Passwords shorter than this (in characters) are refused when set.
 pub const MIN_PASSWORD_LEN: usize = 12;
 /// Longer ones are refused before hashing (hashing is deliberately slow).
 pub const MAX_PASSWORD_LEN: usize = 1024;
@@ -27,7 +27,7 @@ pub fn verify(password: &str, stored: Option<&str>) -> bool {
         Some(stored) => (stored, true),
         None => (dummy.as_str(), false),
     };
-    if password.len() > MAX_PASSWORD_LEN {
+    if password.chars().count() > MAX_PASSWORD_LEN {
         return false;
     }
     let Ok(parsed) = PasswordHash::new(candidate) else {

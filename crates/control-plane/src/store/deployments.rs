@@ -68,7 +68,13 @@ impl Store {
                 .map(|row| row.try_get("state"))
                 .transpose()?;
         match state.as_deref() {
-            None => return Err(StoreError::NotFound),
+            // The function exists (its caller checked): the request names a version it
+            // does not have, which is a conflict with its state, not a missing resource.
+            None => {
+                return Err(StoreError::Conflict(format!(
+                    "the function has no version {version}"
+                )));
+            }
             Some("ready") => {}
             Some(other) => {
                 return Err(StoreError::Conflict(format!(

@@ -1,5 +1,5 @@
 //! The artifact-store suite, run against the local directory and a real S3-compatible
-//! server (SeaweedFS started by `.ci/run`; see `scripts/s3-test-server.sh`).
+//! server (SeaweedFS: `.ci/run`'s, or one the harness starts; `scripts/s3-test-server.sh`).
 
 use std::time::Duration;
 
@@ -14,23 +14,16 @@ pub enum Kind {
     S3(S3Settings),
 }
 
-/// The S3 server of `EDGEFN_TEST_S3_*`, or `None` (the suite says so) when run by hand
-/// without one. `.ci/run` always sets them.
-pub fn s3_settings() -> Option<S3Settings> {
-    let var = |name: &str| std::env::var(name).ok();
-    let Some(endpoint) = var("EDGEFN_TEST_S3_ENDPOINT") else {
-        eprintln!(
-            "skipping the S3 suite: EDGEFN_TEST_S3_ENDPOINT is not set (eval \"$(bash scripts/s3-test-server.sh)\")"
-        );
-        return None;
-    };
-    Some(S3Settings {
-        bucket: var("EDGEFN_TEST_S3_BUCKET").unwrap_or_else(|| "edgefn-test".into()),
-        endpoint: Some(endpoint),
-        access_key_id: var("EDGEFN_TEST_S3_ACCESS_KEY"),
-        secret_access_key: var("EDGEFN_TEST_S3_SECRET_KEY"),
+/// The real S3 server: `.ci/run`'s, or one the harness starts (`edgefn_test_support::s3`).
+pub fn s3_settings() -> S3Settings {
+    let server = edgefn_test_support::s3::server();
+    S3Settings {
+        bucket: server.bucket,
+        endpoint: Some(server.endpoint),
+        access_key_id: Some(server.access_key_id),
+        secret_access_key: Some(server.secret_access_key),
         region: Some("us-east-1".into()),
-    })
+    }
 }
 
 pub async fn open(kind: &Kind) -> Artifacts {
@@ -184,7 +177,7 @@ macro_rules! on_every_store {
         }
         mod s3 {
             $(#[tokio::test] async fn $name() {
-                if let Some(settings) = super::s3_settings() { super::$name(super::Kind::S3(settings)).await }
+                super::$name(super::Kind::S3(super::s3_settings())).await
             })*
         }
     };

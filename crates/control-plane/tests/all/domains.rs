@@ -160,7 +160,7 @@ async fn a_project_cannot_take_another_projects_hosts(backend: Backend) {
     let any = route(&eve, "*", &evil_fn, 2_147_483_647).await;
     assert_eq!(any.status, 403, "{:?}", any.json());
     let squat = route(&eve, "shop.example.com", &evil_fn, 0).await;
-    assert_eq!(squat.status, 400, "{:?}", squat.json());
+    assert_eq!(squat.status, 403, "{:?}", squat.json());
     assert!(squat.body.windows(18).any(|w| w == b"edgefn domains add"));
     for over in [
         "*.example.com",
@@ -178,7 +178,7 @@ async fn a_project_cannot_take_another_projects_hosts(backend: Backend) {
             .await;
         assert_eq!(claimed.status, 409, "{over}: {:?}", claimed.json());
         let wildcard = route(&eve, over, &evil_fn, 0).await;
-        assert_eq!(wildcard.status, 400, "{over}");
+        assert_eq!(wildcard.status, 403, "{over}");
     }
     // The platform domain is nobody's to claim.
     let platform = app

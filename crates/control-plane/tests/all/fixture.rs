@@ -24,20 +24,20 @@ pub enum Backend {
     },
 }
 
-/// A fresh schema in the PostgreSQL test database (`None`: skipped, and said so).
-pub async fn postgres() -> Option<Backend> {
+/// A fresh schema in the PostgreSQL test database.
+pub async fn postgres() -> Backend {
     let name = edgefn_test_support::postgres::unique_schema_name("edgefn_test");
     postgres_schema(&name).await
 }
 
 /// Like [`postgres`], in a schema of a given name, emptied first (for fixtures that live as
 /// long as the test process and so are never dropped).
-pub async fn postgres_schema(schema: &str) -> Option<Backend> {
-    let schema = edgefn_test_support::postgres::test_schema(schema).await?;
-    Some(Backend::Postgres {
+pub async fn postgres_schema(schema: &str) -> Backend {
+    let schema = edgefn_test_support::postgres::test_schema(schema).await;
+    Backend::Postgres {
         url: schema.url.clone(),
         _schema: Arc::new(schema),
-    })
+    }
 }
 
 pub struct App {
@@ -433,7 +433,7 @@ macro_rules! on_every_backend {
         }
         mod postgres {
             $(#[tokio::test] async fn $name() {
-                if let Some(backend) = $crate::fixture::postgres().await { super::$name(backend).await }
+                super::$name($crate::fixture::postgres().await).await
             })*
         }
     };

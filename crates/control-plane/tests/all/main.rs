@@ -6,6 +6,7 @@ mod artifacts;
 mod audit;
 mod authz;
 mod concurrency;
+mod conformance;
 mod domains;
 mod fixture;
 mod mtls;

@@ -23,12 +23,11 @@ fn shared() -> &'static (tokio::runtime::Runtime, Vec<App>) {
             .unwrap();
         let apps = rt.block_on(async {
             let mut apps = vec![app(&Backend::Sqlite).await];
-            if let Some(pg) = postgres_schema("edgefn_test_properties").await {
-                apps.push(app(&pg).await);
-                // The schema must outlive every case: never drop its guard (the next run
-                // empties the schema before using it).
-                std::mem::forget(pg);
-            }
+            let pg = postgres_schema("edgefn_test_properties").await;
+            apps.push(app(&pg).await);
+            // The schema must outlive every case: never drop its guard (the next run
+            // empties the schema before using it).
+            std::mem::forget(pg);
             apps
         });
         (rt, apps)

@@ -76,43 +76,65 @@ async fn a_schema_newer_than_the_binary_is_refused() {
     assert!(error.contains("newer than this binary"), "{error}");
 }
 
+/// The control-plane binary on 127.0.0.1 port 0 with its data in `dir`; killed on drop.
+pub struct Binary {
+    child: std::process::Child,
+    /// `host:port` of the developer API, as the binary announced it.
+    pub address: String,
+}
+
+impl Binary {
+    pub fn start(dir: &std::path::Path) -> Self {
+        use std::io::BufRead as _;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_edgefn-control-plane"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--node-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .env_remove("EDGEFN_DATABASE_URL")
+            .env_remove("EDGEFN_ARTIFACTS")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (lines, listening) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("\"listening\"") && line.contains("\"api\"") {
+                    let _ = lines.send(line);
+                }
+            }
+        });
+        let line = listening
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the control plane announces its address");
+        let address = serde_json::from_str::<serde_json::Value>(&line).unwrap()["address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        Self { child, address }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test]
 async fn the_binary_serves_the_api_on_a_real_socket() {
-    use std::io::BufRead as _;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edgefn-control-plane"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--node-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .env_remove("EDGEFN_DATABASE_URL")
-        .env_remove("EDGEFN_ARTIFACTS")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (lines, listening) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("\"listening\"") && line.contains("\"api\"") {
-                let _ = lines.send(line);
-            }
-        }
-    });
-    let line = listening
-        .recv_timeout(std::time::Duration::from_secs(60))
-        .expect("the control plane announces its address");
-    let address = serde_json::from_str::<serde_json::Value>(&line).unwrap()["address"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let binary = Binary::start(dir.path());
+    let address = binary.address.clone();
     let client = reqwest::Client::new();
     let anonymous = client
         .post(format!("http://{address}/api/v1/functions"))
@@ -179,8 +201,7 @@ async fn the_binary_serves_the_api_on_a_real_socket() {
         std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    child.kill().unwrap();
-    let _ = child.wait();
+    drop(binary);
 }
 
 #[tokio::test]

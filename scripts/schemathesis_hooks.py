@@ -1,0 +1,48 @@
+"""schemathesis hooks for edgefn's API conformance test (loaded through SCHEMATHESIS_HOOKS).
+
+They teach schemathesis what the OpenAPI document states in words because JSON Schema has
+no keyword for it; nothing here loosens a check.
+- `edgefn-selector`: a POP selector is a small grammar (crates/proto/src/selector.rs), not a
+  pattern; valid ones are generated from that grammar.
+- `application/wasm`: artifact bytes are sent as they are.
+- `min_hot_instances` is at most `max_hot_instances` (default 16): a rule between two
+  fields, which the document says in the field's description.
+"""
+
+import schemathesis
+from hypothesis import strategies as st
+
+IDENTIFIER = st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True)
+STRING = st.from_regex(r"[a-z0-9 .-]{0,8}", fullmatch=True).map(lambda s: f"'{s}'")
+LABEL = st.one_of(IDENTIFIER, IDENTIFIER.map(lambda i: f"labels.{i}"), STRING.map(lambda s: f"labels[{s}]"))
+PRIMARY = st.one_of(
+    st.sampled_from(["true", "false"]),
+    LABEL.map(lambda l: f"has({l})"),
+    st.tuples(LABEL, st.sampled_from(["==", "!="]), STRING).map(" ".join),
+    st.tuples(LABEL, st.lists(STRING, min_size=1, max_size=3)).map(lambda t: f"{t[0]} in [{', '.join(t[1])}]"),
+)
+SELECTOR = st.recursive(
+    PRIMARY,
+    lambda inner: st.one_of(
+        inner.map(lambda e: f"!{e}"),
+        inner.map(lambda e: f"({e})"),
+        st.tuples(inner, st.sampled_from(["&&", "||"]), inner).map(" ".join),
+    ),
+    max_leaves=6,
+)
+schemathesis.openapi.format("edgefn-selector", st.one_of(st.just(""), SELECTOR))
+
+
+@schemathesis.serializer("application/wasm")
+def wasm(ctx, value):
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+@schemathesis.hook
+def filter_body(ctx, body):
+    if not isinstance(body, dict):
+        return True
+    low, high = body.get("min_hot_instances"), body.get("max_hot_instances")
+    if isinstance(low, (int, float)) and not isinstance(low, bool):
+        return low <= (high if isinstance(high, (int, float)) and not isinstance(high, bool) else 16)
+    return True
