@@ -310,7 +310,11 @@ fn constrain(document: &mut Value, limits: Limits) {
         json!({ "items": { "pattern": METHOD } }),
     );
     field("RouteInput", "version", json!({ "minimum": 1 }));
-    field("RouteInput", "priority", range_i32());
+    field(
+        "RouteInput",
+        "priority",
+        json!({ "minimum": i32::MIN, "maximum": i32::MAX }),
+    );
     let selector = json!({
         "format": "edgefn-selector",
         "maxLength": edgefn_proto::selector::MAX_LEN,
@@ -458,10 +462,6 @@ fn flatten_into(schema: &mut Value, part: &Value) {
     if let Some(description) = description {
         schema["description"] = description;
     }
-}
-
-fn range_i32() -> Value {
-    json!({ "minimum": i32::MIN, "maximum": i32::MAX })
 }
 
 /// Adds `rules` to the schema `target`; a rule of `null` removes that keyword.

@@ -3,8 +3,6 @@
 //! certificate with another node's token — each refused and audited with the peer address
 //! and the reason — and the valid case, served. A revoked node's open push stream closes.
 
-use std::io::BufRead as _;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,19 +62,12 @@ impl Ca {
 }
 
 struct ControlPlane {
-    child: Child,
+    _binary: crate::startup::Binary,
     api: String,
     nodes: String,
     admin: String,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl ControlPlane {
@@ -85,50 +76,23 @@ impl ControlPlane {
         let (cert_file, key_file) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
         std::fs::write(&cert_file, &ca.cert_pem).unwrap();
         std::fs::write(&key_file, ca_key).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_edgefn-control-plane"))
-            .args(["--listen", "127.0.0.1:0", "--node-listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--node-ca-cert")
-            .arg(&cert_file)
-            .arg("--node-ca-key")
-            .arg(&key_file)
-            .env_remove("EDGEFN_DATABASE_URL")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (lines, listening) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Ok(value) = serde_json::from_str::<Value>(&line)
-                    && value["message"] == "listening"
-                {
-                    let _ = lines.send((
-                        value["listener"].as_str().unwrap_or("").to_string(),
-                        value["address"].as_str().unwrap_or("").to_string(),
-                    ));
-                }
-            }
-        });
-        let (mut api, mut nodes) = (String::new(), String::new());
-        while api.is_empty() || nodes.is_empty() {
-            let (name, address) = listening.recv_timeout(Duration::from_secs(60)).unwrap();
-            match name.as_str() {
-                "api" => api = format!("http://{address}"),
-                _ => nodes = format!("https://{address}"),
-            }
-        }
+        let binary = crate::startup::Binary::start_with(
+            &dir.path().join("data"),
+            &[
+                "--node-ca-cert".as_ref(),
+                cert_file.as_os_str(),
+                "--node-ca-key".as_ref(),
+                key_file.as_os_str(),
+            ],
+        );
+        let api = format!("http://{}", binary.address);
+        let nodes = format!("https://{}", binary.nodes);
         let admin = std::fs::read_to_string(dir.path().join("data/admin-token"))
             .unwrap()
             .trim()
             .to_string();
         Self {
-            child,
+            _binary: binary,
             api,
             nodes,
             admin,

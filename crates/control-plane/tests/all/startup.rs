@@ -2,22 +2,22 @@
 
 use std::process::Command;
 
+/// The control-plane binary on 127.0.0.1 port 0 with its data in `data_dir`, the
+/// environment's database and artifact store left out.
+fn command(data_dir: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_edgefn-control-plane"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--node-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("EDGEFN_DATABASE_URL")
+        .env_remove("EDGEFN_ARTIFACTS");
+    command
+}
+
 fn start(args: &[&str]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_edgefn-control-plane"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--node-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .args(args)
-        .env_remove("EDGEFN_DATABASE_URL")
-        .env_remove("EDGEFN_ARTIFACTS")
-        .output()
-        .unwrap();
+    let output = command(dir.path()).args(args).output().unwrap();
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -81,22 +81,20 @@ pub struct Binary {
     child: std::process::Child,
     /// `host:port` of the developer API, as the binary announced it.
     pub address: String,
+    /// `host:port` of the node listener.
+    pub nodes: String,
 }
 
 impl Binary {
     pub fn start(dir: &std::path::Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// Started with `args` besides the listeners and the data directory.
+    pub fn start_with(dir: &std::path::Path, args: &[&std::ffi::OsStr]) -> Self {
         use std::io::BufRead as _;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_edgefn-control-plane"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--node-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(dir)
-            .env_remove("EDGEFN_DATABASE_URL")
-            .env_remove("EDGEFN_ARTIFACTS")
+        let mut child = command(dir)
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -107,19 +105,31 @@ impl Binary {
                 .lines()
                 .map_while(Result::ok)
             {
-                if line.contains("\"listening\"") && line.contains("\"api\"") {
-                    let _ = lines.send(line);
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
+                    && value["message"] == "listening"
+                {
+                    let _ = lines.send((
+                        value["listener"].as_str().unwrap_or("").to_string(),
+                        value["address"].as_str().unwrap_or("").to_string(),
+                    ));
                 }
             }
         });
-        let line = listening
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("the control plane announces its address");
-        let address = serde_json::from_str::<serde_json::Value>(&line).unwrap()["address"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        Self { child, address }
+        let (mut address, mut nodes) = (String::new(), String::new());
+        while address.is_empty() || nodes.is_empty() {
+            let (listener, bound) = listening
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the control plane announces its addresses");
+            match listener.as_str() {
+                "api" => address = bound,
+                _ => nodes = bound,
+            }
+        }
+        Self {
+            child,
+            address,
+            nodes,
+        }
     }
 }
 
