@@ -127,7 +127,7 @@ mod tests {
                 allowed_outbound_hosts: vec![],
                 min_hot_instances: 0,
                 max_hot_instances: 1,
-                instance_reuse: 1,
+                instance_reuse: Some(1),
                 env: BTreeMap::new(),
                 tenant: "default".into(),
             },

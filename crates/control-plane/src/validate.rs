@@ -231,13 +231,11 @@ pub fn settings(
             "must be between 0 and max_hot_instances",
         );
     }
-    let reuse = check_range(
-        problems,
-        "instance_reuse",
-        input.instance_reuse,
-        1000,
-        1_000_000_000,
-    );
+    // Unset: the node decides from the guest's toolchain (reuse where it is known to be
+    // safe, a fresh instance per request otherwise).
+    let reuse = input
+        .instance_reuse
+        .map(|given| check_range(problems, "instance_reuse", Some(given), 1, 1_000_000_000) as u32);
     for name in input.env.keys() {
         if name.is_empty() || name.contains('=') || name.contains('\0') {
             problems.add("env", format!("invalid variable name {name:?}"));
@@ -253,7 +251,7 @@ pub fn settings(
         allowed_outbound_hosts: input.allowed_outbound_hosts.clone(),
         min_hot_instances: min_hot.clamp(0, u32::MAX as i64) as u32,
         max_hot_instances: max_hot as u32,
-        instance_reuse: reuse as u32,
+        instance_reuse: reuse,
         env: input.env.clone(),
         tenant,
     }

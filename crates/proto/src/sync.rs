@@ -185,7 +185,10 @@ pub struct FunctionSettings {
     pub allowed_outbound_hosts: Vec<String>,
     pub min_hot_instances: u32,
     pub max_hot_instances: u32,
-    pub instance_reuse: u32,
+    /// Absent: as many as the guest's toolchain tolerates (a fresh instance per request
+    /// for toolchains not known to tolerate reuse); a number is the developer's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_reuse: Option<u32>,
     pub env: BTreeMap<String, String>,
     /// The quota tenant: always the function's project.
     pub tenant: String,

@@ -33,7 +33,7 @@ fn sample() -> DesiredState {
                 allowed_outbound_hosts: vec!["api.example.com".into()],
                 min_hot_instances: 1,
                 max_hot_instances: 16,
-                instance_reuse: 1000,
+                instance_reuse: Some(1000),
                 env: BTreeMap::from([("GREETING".into(), "hi".into())]),
                 tenant: "default".into(),
             },

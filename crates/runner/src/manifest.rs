@@ -134,7 +134,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<NodeSpec, ManifestEr
             env: f.env.into_iter().collect(),
             min_hot_instances: f.min_hot_instances.unwrap_or(defaults.min_hot_instances),
             max_hot_instances: f.max_hot_instances.unwrap_or(defaults.max_hot_instances),
-            instance_reuse: f.instance_reuse.unwrap_or(defaults.instance_reuse),
+            instance_reuse: f.instance_reuse.or(defaults.instance_reuse),
             idle_timeout: f
                 .idle_timeout_ms
                 .map_or(defaults.idle_timeout, Duration::from_millis),
@@ -145,7 +145,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<NodeSpec, ManifestEr
         if settings.max_execution_ms == 0 {
             return Err(fail("max_execution_ms must be positive"));
         }
-        if settings.instance_reuse == 0 {
+        if settings.instance_reuse == Some(0) {
             return Err(fail(
                 "instance_reuse must be positive (1 = fresh instance per request)",
             ));

@@ -96,7 +96,7 @@ fn entry_of(function: &DesiredFunction) -> Result<FunctionEntry, ConvertError> {
             .collect(),
         min_hot_instances: given.min_hot_instances,
         max_hot_instances: given.max_hot_instances.max(1),
-        instance_reuse: given.instance_reuse.max(1),
+        instance_reuse: given.instance_reuse.map(|reuse| reuse.max(1)),
         ..edgefn_runtime::FunctionSettings::default()
     };
     Ok(FunctionEntry {

@@ -122,7 +122,7 @@ fn hello_in(dir: &Path) -> PathBuf {
 
 fn settings(reuse: u32, min_hot: u32) -> FunctionSettings {
     FunctionSettings {
-        instance_reuse: reuse,
+        instance_reuse: Some(reuse),
         min_hot_instances: min_hot,
         ..FunctionSettings::default()
     }

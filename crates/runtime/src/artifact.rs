@@ -1,5 +1,5 @@
-//! Recognising an artifact: its kind from the bytes, its SHA-256, and where its
-//! precompiled native code lives.
+//! Recognising an artifact: its kind from the bytes, the toolchain that made it, its
+//! SHA-256, and where its precompiled native code lives.
 
 use std::path::{Path, PathBuf};
 
@@ -47,6 +47,102 @@ impl ArtifactKind {
             "component" => Some(Self::Component),
             "module" => Some(Self::Module),
             _ => None,
+        }
+    }
+}
+
+/// The toolchain that made a component, read from its `producers` and `component-name`
+/// sections (what compilers and `wit-component` record; a guest may strip them, and is then
+/// [`Toolchain::Other`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Toolchain {
+    /// Rust (`wit-bindgen`, `wasip2`, the Spin SDK): no module names a language other than
+    /// Rust, and rustc or wit-bindgen-rust is named (a stripped release build keeps only the
+    /// latter).
+    Rust,
+    /// JavaScript through `componentize-js` (StarlingMonkey).
+    ComponentizeJs,
+    /// Python through `componentize-py` (CPython linked as `libpython*.so`).
+    ComponentizePy,
+    /// Anything else, or nothing recorded.
+    Other,
+}
+
+impl Toolchain {
+    /// Reads the toolchain from a component's custom sections (modules are [`Self::Other`]).
+    pub fn detect(bytes: &[u8]) -> Self {
+        use wasmparser::{ComponentName, KnownCustom, Payload};
+        let mut processed_by = Vec::new();
+        let mut languages_other_than_rust = false;
+        let mut modules_with_language = 0usize;
+        let mut links_libpython = false;
+        for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+            let Ok(Payload::CustomSection(section)) = payload else {
+                continue;
+            };
+            match section.as_known() {
+                KnownCustom::Producers(producers) => {
+                    for field in producers.into_iter().flatten() {
+                        let values: Vec<&str> =
+                            field.values.into_iter().flatten().map(|v| v.name).collect();
+                        match field.name {
+                            "processed-by" => processed_by.extend(values),
+                            "language" => {
+                                modules_with_language += 1;
+                                languages_other_than_rust |= values.iter().any(|l| *l != "Rust");
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                KnownCustom::ComponentName(names) => {
+                    for name in names.into_iter().flatten() {
+                        if let ComponentName::CoreModules(map) | ComponentName::CoreInstances(map) =
+                            name
+                        {
+                            links_libpython |= map
+                                .into_iter()
+                                .flatten()
+                                .any(|naming| naming.name.starts_with("libpython"));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if processed_by.contains(&"ComponentizeJS") {
+            Self::ComponentizeJs
+        } else if links_libpython
+            && (processed_by.contains(&"componentize-py")
+                || processed_by.contains(&"component-init-transform"))
+        {
+            Self::ComponentizePy
+        } else if (modules_with_language > 0
+            || processed_by.contains(&"wit-bindgen-rust")
+            || processed_by.contains(&"rustc"))
+            && !languages_other_than_rust
+        {
+            Self::Rust
+        } else {
+            Self::Other
+        }
+    }
+
+    /// Whether an instance of this toolchain's components answers correctly after its first
+    /// request. Each entry is tested with its toolchain's example guest
+    /// (`tests/all/toolchains.rs`); componentize-js keeps per-request state in the instance
+    /// (a second request hangs: "FetchEvent#respondWith can't be called twice"), and what we
+    /// have not tested gets a fresh instance per request, as `wasmtime serve` and Spin give.
+    pub fn tolerates_reuse(self) -> bool {
+        matches!(self, Self::Rust | Self::ComponentizePy)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rust => "rust",
+            Self::ComponentizeJs => "componentize-js",
+            Self::ComponentizePy => "componentize-py",
+            Self::Other => "other",
         }
     }
 }

@@ -119,6 +119,12 @@ impl Default for CompilerConfig {
     }
 }
 
+/// Requests a reused instance serves before it is recycled, when the function does not say:
+/// a reused instance answers in ~1/10 of the time of a fresh one (see bench/RESULTS.md);
+/// state may carry over between requests of the *same* version only, as with Workers
+/// isolates. Functions that must not share state set 1.
+pub const DEFAULT_INSTANCE_REUSE: u32 = 1000;
+
 /// Per-version settings, with the names of the control plane's API.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FunctionSettings {
@@ -139,7 +145,10 @@ pub struct FunctionSettings {
     /// Instances of this version that may run at once; more requests wait.
     pub max_hot_instances: u32,
     /// Requests one instance may serve before it is recycled (1 = fresh per request).
-    pub instance_reuse: u32,
+    /// `None`: [`DEFAULT_INSTANCE_REUSE`] for components of a toolchain known to tolerate
+    /// reuse ([`crate::Toolchain::tolerates_reuse`]), a fresh instance per request for the
+    /// rest. A number is the developer's explicit choice and is used as given.
+    pub instance_reuse: Option<u32>,
     /// Idle instances above `min_hot_instances` are destroyed after this long.
     pub idle_timeout: Duration,
 }
@@ -154,11 +163,7 @@ impl Default for FunctionSettings {
             env: Vec::new(),
             min_hot_instances: 1,
             max_hot_instances: 16,
-            // A reused instance answers in ~1/10 of the time of a fresh one (see
-            // bench/RESULTS.md); state may carry over between requests of the *same*
-            // version only, as with Workers isolates. Functions that must not share state
-            // set 1.
-            instance_reuse: 1000,
+            instance_reuse: None,
             idle_timeout: Duration::from_secs(300),
         }
     }

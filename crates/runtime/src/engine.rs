@@ -12,8 +12,8 @@ use wasmtime::component::{Component, Linker as ComponentLinker};
 use wasmtime::{Engine, Linker, Module};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::artifact::{ArtifactKind, precompiled_path, sha256_hex};
-use crate::config::{FunctionSettings, RuntimeConfig, WASM_PAGE};
+use crate::artifact::{ArtifactKind, Toolchain, precompiled_path, sha256_hex};
+use crate::config::{DEFAULT_INSTANCE_REUSE, FunctionSettings, RuntimeConfig, WASM_PAGE};
 use crate::fs::write_atomically;
 use crate::function::{Code, Function, FunctionInner};
 use crate::limits::EPOCH_TICK;
@@ -154,6 +154,17 @@ impl Runtime {
             });
         }
         let kind = ArtifactKind::detect(&bytes)?;
+        let toolchain = match kind {
+            ArtifactKind::Component => Toolchain::detect(&bytes),
+            ArtifactKind::Module => Toolchain::Other,
+        };
+        let instance_reuse = settings
+            .instance_reuse
+            .unwrap_or(if toolchain.tolerates_reuse() {
+                DEFAULT_INSTANCE_REUSE
+            } else {
+                1
+            });
         let code = self
             .compile_cached(&spec.artifact, &sha256, kind, bytes)
             .await?;
@@ -172,12 +183,15 @@ impl Runtime {
                 id: spec.function_id.as_str().into(),
                 version: spec.version,
                 kind,
+                toolchain,
+                instance_reuse,
                 sha256,
                 settings: spec.settings.clone(),
                 code,
                 pool,
                 outbound: Arc::new(outbound),
                 log_budget: shared.log_budget,
+                refilling: AtomicBool::new(false),
             }),
         };
         function.prewarm().await?;
@@ -202,7 +216,7 @@ impl Runtime {
         if settings.min_hot_instances > settings.max_hot_instances {
             problems.push("min_hot_instances must not exceed max_hot_instances".to_string());
         }
-        if settings.instance_reuse == 0 {
+        if settings.instance_reuse == Some(0) {
             problems.push(
                 "instance_reuse must be positive (1 = fresh instance per request)".to_string(),
             );

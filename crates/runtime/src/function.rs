@@ -3,7 +3,7 @@
 //! instance may serve again.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,7 +14,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use crate::RuntimeError;
-use crate::artifact::ArtifactKind;
+use crate::artifact::{ArtifactKind, Toolchain};
 use crate::config::{FunctionSettings, WASM_PAGE};
 use crate::limits::{CpuTimed, GuestLimits, MemoryLimitExceeded};
 use crate::logging::{GuestLogger, LogBudget};
@@ -43,12 +43,17 @@ pub(crate) struct FunctionInner {
     pub(crate) id: Arc<str>,
     pub(crate) version: u64,
     pub(crate) kind: ArtifactKind,
+    pub(crate) toolchain: Toolchain,
+    /// Requests one instance serves: the setting, or what the toolchain tolerates.
+    pub(crate) instance_reuse: u32,
     pub(crate) sha256: String,
     pub(crate) settings: FunctionSettings,
     pub(crate) code: Code,
     pub(crate) pool: Arc<VersionPool>,
     pub(crate) outbound: Arc<OutboundPolicy>,
     pub(crate) log_budget: Arc<LogBudget>,
+    /// A replacement for a retired instance is being made in the background.
+    pub(crate) refilling: AtomicBool,
 }
 
 impl Drop for FunctionInner {
@@ -88,6 +93,8 @@ pub struct PoolStats {
     pub idle_memory_bytes: u64,
     pub cold_starts: u64,
     pub evictions: u64,
+    /// Requests that failed on an instance that had served before (it was dropped).
+    pub reused_instance_failures: u64,
 }
 
 impl Function {
@@ -112,6 +119,16 @@ impl Function {
         &self.inner.settings
     }
 
+    /// The toolchain that made the artifact, as far as its custom sections tell.
+    pub fn toolchain(&self) -> Toolchain {
+        self.inner.toolchain
+    }
+
+    /// Requests one instance serves before it is recycled (1: a fresh instance each).
+    pub fn instance_reuse(&self) -> u32 {
+        self.inner.instance_reuse
+    }
+
     pub fn pool_stats(&self) -> PoolStats {
         let pool = &self.inner.pool;
         PoolStats {
@@ -121,6 +138,7 @@ impl Function {
             idle_memory_bytes: pool.idle_memory(),
             cold_starts: pool.cold_starts.load(Ordering::Relaxed),
             evictions: pool.evictions.load(Ordering::Relaxed),
+            reused_instance_failures: pool.reused_instance_failures.load(Ordering::Relaxed),
         }
     }
 
@@ -319,23 +337,83 @@ impl Function {
             Ok((result, cpu)) => (result, cpu),
             // The guest was waiting (on I/O or for its response to be read) past its deadline.
             Err(_) => {
-                return Err(RuntimeError::Timeout {
+                let error = RuntimeError::Timeout {
                     limit: self.limit(),
-                });
+                };
+                self.retired(instance.uses, Some(&error));
+                return Err(error);
             }
         };
         instance.store.data().logger.set_request_id(None);
-        let response = result.map_err(|error| match error {
-            CallError::Guest(error) => self.classify(error, &instance.store.data().limits),
-            CallError::Runtime(error) => error,
-        })?;
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                let error = match error {
+                    CallError::Guest(error) => self.classify(error, &instance.store.data().limits),
+                    CallError::Runtime(error) => error,
+                };
+                self.retired(instance.uses, Some(&error));
+                return Err(error);
+            }
+        };
         instance.uses += 1;
         instance.account_memory();
-        if instance.uses < self.inner.settings.instance_reuse {
+        if instance.uses < self.inner.instance_reuse {
             self.inner.pool.put_idle(instance);
             self.inner.runtime.pools.enforce(&self.inner.runtime.budget);
+        } else {
+            drop(instance);
+            self.retired(self.inner.instance_reuse, None);
         }
         Ok((response, cpu_time, cold_start))
+    }
+
+    /// An instance left the pool after serving `uses` requests (`failure`: the last one
+    /// failed). A failure after earlier successes is what instance reuse can cause and a
+    /// fresh instance would not: it is counted and logged so that an operator can see it.
+    /// Then a fresh instance is made in the background, so that the next request does not
+    /// pay for instantiation — a pool of fresh instances costs what reuse saves only when
+    /// the node is busy.
+    fn retired(&self, uses: u32, failure: Option<&RuntimeError>) {
+        if let Some(error) = failure
+            && uses > 0
+        {
+            self.inner
+                .pool
+                .reused_instance_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                function = %self.inner.id,
+                version = self.inner.version,
+                toolchain = self.inner.toolchain.as_str(),
+                served_before = uses,
+                %error,
+                "a reused instance failed; it was dropped (set instance_reuse to 1 if this function keeps per-request state in its instance)"
+            );
+        }
+        self.refill();
+    }
+
+    /// Makes one idle instance in the background when fewer than `min_hot_instances` are
+    /// idle and no refill is under way; never evicts (a busy node serves on demand instead).
+    fn refill(&self) {
+        let keep = self.inner.settings.min_hot_instances as usize;
+        if self.inner.pool.idle_count() >= keep || self.inner.refilling.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let function = self.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + function.limit();
+            if let Ok(instance) = function.instantiate(deadline, false).await
+                && function.inner.pool.idle_count() < keep
+            {
+                function.inner.pool.put_idle(instance);
+                let runtime = &function.inner.runtime;
+                runtime.pools.enforce(&runtime.budget);
+            }
+            function.inner.refilling.store(false, Ordering::Release);
+        });
     }
 
     /// Maps an error out of Wasmtime to what happened, using what the limiter and the epoch

@@ -46,10 +46,12 @@ mod shared;
 mod state;
 mod wasmtime_config;
 
-pub use artifact::{ArtifactKind, sha256_hex};
+pub use artifact::{ArtifactKind, Toolchain, sha256_hex};
 pub use cgi::is_hop_by_hop;
 pub use compile::compile_worker_main;
-pub use config::{CompilerConfig, FunctionSettings, RuntimeConfig, WASM_PAGE};
+pub use config::{
+    CompilerConfig, DEFAULT_INSTANCE_REUSE, FunctionSettings, RuntimeConfig, WASM_PAGE,
+};
 pub use engine::{LoadSpec, Runtime};
 pub use error::RuntimeError;
 pub use function::{Function, Invocation, InvokeContext, PoolStats};

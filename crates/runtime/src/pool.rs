@@ -179,6 +179,7 @@ pub(crate) struct VersionPool {
     pub(crate) idle_timeout: Duration,
     pub(crate) cold_starts: AtomicU64,
     pub(crate) evictions: AtomicU64,
+    pub(crate) reused_instance_failures: AtomicU64,
     share: PoolShare,
     /// Live instances, idle or busy.
     live: Arc<AtomicUsize>,
@@ -198,6 +199,7 @@ impl VersionPool {
             idle_timeout,
             cold_starts: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            reused_instance_failures: AtomicU64::new(0),
             share,
             live: Arc::new(AtomicUsize::new(0)),
         }

@@ -68,8 +68,17 @@ pub const COMPONENT_GUESTS: &[&str] = &[
     "hello", "echo", "cpu", "spin", "memhog", "sandbox", "fetch", "logflood",
 ];
 
-/// The built `.wasm` of example guest `name` (`cgi` is the preview 1 module).
+/// Guests built by the toolchains users use for other languages, each by its own
+/// `examples/{name}/build.sh` (which installs its pinned compiler): `js` with
+/// componentize-js, `python` with componentize-py.
+pub const TOOLCHAIN_GUESTS: &[&str] = &["js", "python"];
+
+/// The built `.wasm` of example guest `name` (`cgi` is the preview 1 module; `js` and
+/// `python` are [`TOOLCHAIN_GUESTS`]).
 pub fn guest_wasm(name: &str) -> PathBuf {
+    if TOOLCHAIN_GUESTS.contains(&name) {
+        return toolchain_guest(name);
+    }
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         build("wasm32-wasip2", COMPONENT_GUESTS);
@@ -86,6 +95,71 @@ pub fn guest_wasm(name: &str) -> PathBuf {
         .join(format!("{name}.wasm"));
     assert!(path.exists(), "no guest named {name} at {}", path.display());
     path
+}
+
+/// Builds `examples/{name}` with its `build.sh`, once per set of inputs: the output is kept
+/// beside the Rust guests under a name that carries the hash of the example's files and the
+/// shared WIT, so an unchanged example is not rebuilt (the toolchains take 10–20 s).
+fn toolchain_guest(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
+        return path.clone();
+    }
+    let examples = workspace_root().join("examples");
+    let inputs = [examples.join(name), examples.join("wit")];
+    let path = guests_target_dir()
+        .join("toolchains")
+        .join(format!("{name}-{}.wasm", inputs_hash(&inputs)));
+    if !path.exists() {
+        let status = Command::new("bash")
+            .arg(examples.join(name).join("build.sh"))
+            .arg(&path)
+            .status()
+            .expect("run bash to build a toolchain guest");
+        assert!(
+            status.success() && path.exists(),
+            "building example guest {name} with examples/{name}/build.sh failed (it needs \
+             node/npm for js, python3 for python, and the package registries)"
+        );
+    }
+    built.push((name.to_string(), path.clone()));
+    path
+}
+
+/// A short hash of the files under `roots` (names and contents), skipping installed
+/// dependencies.
+fn inputs_hash(roots: &[PathBuf]) -> String {
+    fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            if name == "node_modules" || name == "__pycache__" {
+                continue;
+            }
+            if path.is_dir() {
+                walk(&path, files);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for root in roots {
+        walk(root, &mut files);
+    }
+    files.sort();
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    for file in files {
+        hasher.update(file.to_string_lossy().as_bytes());
+        hasher.update([0]);
+        hasher.update(std::fs::read(&file).unwrap_or_default());
+    }
+    hex::encode(&hasher.finalize()[..8])
 }
 
 /// Copies guest `name` into `dir` as `{name}.wasm` (tests load artifacts from their own cache

@@ -20,7 +20,7 @@ fn function(id: &str, version: u64, sha256: &str, url: &str) -> DesiredFunction 
             allowed_outbound_hosts: vec!["api.example.com".into()],
             min_hot_instances: 1,
             max_hot_instances: 4,
-            instance_reuse: 10,
+            instance_reuse: Some(10),
             env: [("K".to_string(), "V".to_string())].into(),
             tenant: "acme".into(),
         },

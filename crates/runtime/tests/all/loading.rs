@@ -141,7 +141,7 @@ async fn refuses_out_of_range_settings_with_every_problem() {
     let settings = FunctionSettings {
         memory_pages: 0,
         max_execution_ms: 0,
-        instance_reuse: 0,
+        instance_reuse: Some(0),
         ..FunctionSettings::default()
     };
     match fixture.load("hello", settings).await {

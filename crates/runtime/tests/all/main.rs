@@ -5,6 +5,7 @@ mod guests;
 mod limits;
 mod loading;
 mod pools;
+mod toolchains;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};

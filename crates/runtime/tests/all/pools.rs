@@ -19,7 +19,7 @@ fn block_on<F: Future>(future: F) -> F::Output {
 fn lazy(reuse: u32) -> FunctionSettings {
     FunctionSettings {
         min_hot_instances: 0,
-        instance_reuse: reuse,
+        instance_reuse: Some(reuse),
         ..FunctionSettings::default()
     }
 }
@@ -256,4 +256,29 @@ async fn a_destroyed_instance_leaves_nothing_for_the_next_one_in_its_slot() {
             "a new instance saw {seen} copies of a destroyed instance's secret"
         );
     }
+}
+
+/// With a fresh instance per request, the pool makes the next one in the background: a
+/// request after a short pause finds it ready (no cold start), as long as min_hot_instances
+/// asks for one to be kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_instances_are_made_ahead_of_the_next_request() {
+    let fixture = Fixture::new();
+    let settings = FunctionSettings {
+        min_hot_instances: 1,
+        instance_reuse: Some(1),
+        ..FunctionSettings::default()
+    };
+    let hello = fixture.load("hello", settings).await.unwrap();
+    for i in 0..5 {
+        let invocation = call(&hello, "/").await.unwrap();
+        assert!(!invocation.cold_start, "request {i} waited for an instance");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while hello.pool_stats().idle_instances == 0 {
+            assert!(Instant::now() < deadline, "no instance was made ahead");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // Load's check instance (kept, min_hot 1) and one made after each request.
+    assert_eq!(hello.pool_stats().cold_starts, 1 + 5);
 }
