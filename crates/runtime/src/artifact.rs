@@ -72,7 +72,8 @@ impl Toolchain {
     /// Reads the toolchain from a component's custom sections (modules are [`Self::Other`]).
     pub fn detect(bytes: &[u8]) -> Self {
         use wasmparser::{ComponentName, KnownCustom, Payload};
-        let mut processed_by = Vec::new();
+        // Flags, not lists: what a hostile artifact records costs no memory here.
+        let (mut by_componentize_js, mut by_component_init, mut by_rust) = (false, false, false);
         let mut languages_other_than_rust = false;
         let mut modules_with_language = 0usize;
         let mut links_libpython = false;
@@ -83,13 +84,19 @@ impl Toolchain {
             match section.as_known() {
                 KnownCustom::Producers(producers) => {
                     for field in producers.into_iter().flatten() {
-                        let values: Vec<&str> =
-                            field.values.into_iter().flatten().map(|v| v.name).collect();
+                        let mut values = field.values.into_iter().flatten().map(|v| v.name);
                         match field.name {
-                            "processed-by" => processed_by.extend(values),
+                            "processed-by" => {
+                                for tool in values {
+                                    by_componentize_js |= tool == "ComponentizeJS";
+                                    by_component_init |= tool == "componentize-py"
+                                        || tool == "component-init-transform";
+                                    by_rust |= tool == "wit-bindgen-rust" || tool == "rustc";
+                                }
+                            }
                             "language" => {
                                 modules_with_language += 1;
-                                languages_other_than_rust |= values.iter().any(|l| *l != "Rust");
+                                languages_other_than_rust |= values.any(|l| l != "Rust");
                             }
                             _ => {}
                         }
@@ -110,18 +117,11 @@ impl Toolchain {
                 _ => {}
             }
         }
-        if processed_by.contains(&"ComponentizeJS") {
+        if by_componentize_js {
             Self::ComponentizeJs
-        } else if links_libpython
-            && (processed_by.contains(&"componentize-py")
-                || processed_by.contains(&"component-init-transform"))
-        {
+        } else if links_libpython && by_component_init {
             Self::ComponentizePy
-        } else if (modules_with_language > 0
-            || processed_by.contains(&"wit-bindgen-rust")
-            || processed_by.contains(&"rustc"))
-            && !languages_other_than_rust
-        {
+        } else if (modules_with_language > 0 || by_rust) && !languages_other_than_rust {
             Self::Rust
         } else {
             Self::Other
