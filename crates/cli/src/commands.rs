@@ -43,6 +43,13 @@ pub struct CreateArgs {
     pub name: String,
     #[arg(long)]
     pub project: Option<String>,
+    #[command(flatten)]
+    pub settings: SettingsFlags,
+}
+
+/// A function's settings as flags (`functions create`, `deploy`).
+#[derive(Debug, Default, Args)]
+pub struct SettingsFlags {
     /// Export to call (default: the wasi:http handler, or `_start` for preview 1 modules).
     #[arg(long)]
     pub entrypoint: Option<String>,
@@ -62,9 +69,67 @@ pub struct CreateArgs {
     pub min_hot_instances: Option<i64>,
     #[arg(long)]
     pub max_hot_instances: Option<i64>,
-    /// Requests one instance serves before it is recycled (1 = fresh per request).
+    /// Requests one instance serves before it is recycled (1 = fresh per request;
+    /// default: as many as the guest's toolchain tolerates).
     #[arg(long)]
     pub instance_reuse: Option<i64>,
+}
+
+impl SettingsFlags {
+    fn any(&self) -> bool {
+        self.entrypoint.is_some()
+            || self.memory_pages.is_some()
+            || self.max_execution_ms.is_some()
+            || !self.allowed_outbound_hosts.is_empty()
+            || !self.env.is_empty()
+            || self.min_hot_instances.is_some()
+            || self.max_hot_instances.is_some()
+            || self.instance_reuse.is_some()
+    }
+
+    /// The flags as settings; what they leave out takes its default.
+    fn input(self) -> SettingsInput {
+        SettingsInput {
+            entrypoint: self.entrypoint,
+            memory_pages: self.memory_pages,
+            max_execution_ms: self.max_execution_ms,
+            allowed_outbound_hosts: self.allowed_outbound_hosts,
+            min_hot_instances: self.min_hot_instances,
+            max_hot_instances: self.max_hot_instances,
+            instance_reuse: self.instance_reuse,
+            env: self.env.into_iter().collect(),
+        }
+    }
+
+    /// `current` with the flags given applied over it (hosts and variables are added).
+    fn over(self, current: &edgefn_proto::sync::FunctionSettings) -> SettingsInput {
+        let mut env = current.env.clone();
+        env.extend(self.env);
+        let mut hosts = current.allowed_outbound_hosts.clone();
+        for host in self.allowed_outbound_hosts {
+            if !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        }
+        SettingsInput {
+            entrypoint: self.entrypoint.or_else(|| current.entrypoint.clone()),
+            memory_pages: self.memory_pages.or(Some(current.memory_pages as i64)),
+            max_execution_ms: self
+                .max_execution_ms
+                .or(Some(current.max_execution_ms as i64)),
+            allowed_outbound_hosts: hosts,
+            min_hot_instances: self
+                .min_hot_instances
+                .or(Some(i64::from(current.min_hot_instances))),
+            max_hot_instances: self
+                .max_hot_instances
+                .or(Some(i64::from(current.max_hot_instances))),
+            instance_reuse: self
+                .instance_reuse
+                .or(current.instance_reuse.map(i64::from)),
+            env,
+        }
+    }
 }
 
 fn key_value(text: &str) -> Result<(String, String), String> {
@@ -75,14 +140,22 @@ fn key_value(text: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {
-    /// Function id or name.
+    /// Function id or name; a name that does not exist yet is created (with the settings
+    /// flags).
     pub function: String,
+    /// Project of a function created by this deploy (default `default`).
+    #[arg(long)]
+    pub project: Option<String>,
     /// The WebAssembly component or module to upload.
     #[arg(long)]
     pub wasm: PathBuf,
     /// Which nodes run it, e.g. `region == 'tokyo'` (default: every node).
     #[arg(long, default_value = "")]
     pub selector: String,
+    /// Settings of the new version (and the function's from now on); what is left out
+    /// stays as the function has it (hosts and variables given are added).
+    #[command(flatten)]
+    pub settings: SettingsFlags,
     #[command(flatten)]
     pub wait: WaitArgs,
 }
@@ -184,11 +257,20 @@ pub enum DeploymentsCommand {
 
 /// The function `reference` names: by id, else by name.
 pub async fn resolve(client: &Client, reference: &str) -> anyhow::Result<Function> {
+    find(client, reference).await?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no function with id or name {reference:?}; create it with `edgefn functions create {reference}` (or `edgefn deploy {reference} --wasm PATH`)"
+        )
+    })
+}
+
+/// Like [`resolve`], `None` when nothing has that id or name.
+async fn find(client: &Client, reference: &str) -> anyhow::Result<Option<Function>> {
     match client
         .get::<Function>(&format!("/functions/{reference}"))
         .await
     {
-        Ok(function) => return Ok(function),
+        Ok(function) => return Ok(Some(function)),
         Err(error)
             if error
                 .downcast_ref::<ApiFailure>()
@@ -198,13 +280,11 @@ pub async fn resolve(client: &Client, reference: &str) -> anyhow::Result<Functio
     let functions: Vec<Function> = client.get("/functions").await?;
     let mut named = functions.into_iter().filter(|f| f.name == reference);
     match (named.next(), named.next()) {
-        (Some(function), None) => Ok(function),
+        (Some(function), None) => Ok(Some(function)),
         (Some(_), Some(_)) => anyhow::bail!(
             "several functions are named {reference:?} (in different projects); use the id"
         ),
-        (None, _) => anyhow::bail!(
-            "no function with id or name {reference:?}; create it with `edgefn functions create {reference}`"
-        ),
+        (None, _) => Ok(None),
     }
 }
 
@@ -218,16 +298,7 @@ pub async fn functions(
             let body = CreateFunction {
                 name: args.name.clone(),
                 project: args.project,
-                settings: SettingsInput {
-                    entrypoint: args.entrypoint,
-                    memory_pages: args.memory_pages,
-                    max_execution_ms: args.max_execution_ms,
-                    allowed_outbound_hosts: args.allowed_outbound_hosts,
-                    min_hot_instances: args.min_hot_instances,
-                    max_hot_instances: args.max_hot_instances,
-                    instance_reuse: args.instance_reuse,
-                    env: args.env.into_iter().collect(),
-                },
+                settings: args.settings.input(),
             };
             let created: VersionCreated = client.post("/functions", &body).await?;
             out.item(&created, || {
@@ -300,9 +371,23 @@ pub async fn functions(
     Ok(())
 }
 
-/// The version to upload into: the newest one still waiting for its artifact (so a failed
-/// upload can be retried), or a new one.
-async fn version_to_upload(client: &Client, function: &Function) -> anyhow::Result<VersionCreated> {
+/// The version to upload into: with `settings`, a new one that has them; else the newest
+/// one still waiting for its artifact (so a failed upload can be retried), or a new one.
+async fn version_to_upload(
+    client: &Client,
+    function: &Function,
+    settings: Option<SettingsInput>,
+) -> anyhow::Result<VersionCreated> {
+    if let Some(settings) = settings {
+        return client
+            .post(
+                &format!("/functions/{}/versions", function.id),
+                &edgefn_proto::api::CreateVersion {
+                    settings: Some(settings),
+                },
+            )
+            .await;
+    }
     let versions: Vec<Version> = client
         .get(&format!("/functions/{}/versions", function.id))
         .await?;
@@ -332,9 +417,10 @@ pub async fn upload_version(
     client: &Client,
     function: &Function,
     bytes: Vec<u8>,
+    settings: Option<SettingsInput>,
     quiet: bool,
 ) -> anyhow::Result<Version> {
-    let created = version_to_upload(client, function).await?;
+    let created = version_to_upload(client, function, settings).await?;
     let bar = if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         indicatif::ProgressBar::hidden()
     } else {
@@ -372,8 +458,40 @@ pub async fn deploy(client: &Client, out: &Output, args: DeployArgs) -> anyhow::
         .map_err(|e| anyhow::anyhow!("--selector {:?}: {e}", args.selector))?;
     let bytes = std::fs::read(&args.wasm)
         .with_context(|| format!("cannot read {}", args.wasm.display()))?;
-    let function = resolve(client, &args.function).await?;
-    let version = upload_version(client, &function, bytes, out.json).await?;
+    let (function, settings) = match find(client, &args.function).await? {
+        Some(function) => {
+            let settings = args
+                .settings
+                .any()
+                .then(|| args.settings.over(&function.settings));
+            (function, settings)
+        }
+        // First deploy of a name: create the function, as `wrangler deploy` and `spin
+        // deploy` do; its version 1 carries the settings flags.
+        None => {
+            let created: VersionCreated = client
+                .post(
+                    "/functions",
+                    &CreateFunction {
+                        name: args.function.clone(),
+                        project: args.project.clone(),
+                        settings: args.settings.input(),
+                    },
+                )
+                .await?;
+            if !out.json {
+                println!(
+                    "Created function {} ({}).",
+                    args.function, created.function_id
+                );
+            }
+            let function: Function = client
+                .get(&format!("/functions/{}", created.function_id))
+                .await?;
+            (function, None)
+        }
+    };
+    let version = upload_version(client, &function, bytes, settings, out.json).await?;
     let deployment: Deployment = client
         .post(
             &format!("/functions/{}/deploy", function.id),

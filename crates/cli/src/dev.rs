@@ -85,7 +85,7 @@ pub async fn run(args: DevArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let cp_url = format!("{scheme}://{}", args.listen);
     let api_cert = args.dir.join("control-plane").join("api-tls.crt");
     let api_ca = args.tls.then_some(api_cert.as_path());
-    let cp_args = edgefn_control_plane::config::ControlPlaneArgs::try_parse_from(
+    let mut cp_args = edgefn_control_plane::config::ControlPlaneArgs::try_parse_from(
         [
             "edgefn-control-plane".to_string(),
             "--listen".into(),
@@ -100,6 +100,8 @@ pub async fn run(args: DevArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         .into_iter()
         .chain(args.tls.then(|| "--tls-self-signed".to_string())),
     )?;
+    // The runners' compile worker (this binary) compiles once for all of them.
+    cp_args.compile_worker = std::env::current_exe().ok();
     tasks.spawn(named(
         "control plane",
         edgefn_control_plane::run(cp_args, until_stopped(stopped.clone())),
@@ -346,7 +348,7 @@ async fn deploy_hello(client: &Client, bytes: Vec<u8>) -> anyhow::Result<Deploym
     let version = match existing {
         Some(version) => version.version,
         None => {
-            crate::commands::upload_version(client, &function, bytes, true)
+            crate::commands::upload_version(client, &function, bytes, None, true)
                 .await?
                 .version
         }

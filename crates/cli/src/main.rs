@@ -15,15 +15,18 @@ fn main() -> ExitCode {
         Some("compile-worker") => edgefn_runtime::compile_worker_main(&raw[2..]),
         Some("control-plane") => {
             let argv = std::iter::once("edgefn control-plane".to_string()).chain(rest);
-            let args = match edgefn_control_plane::config::ControlPlaneArgs::parse_from_with_config(
-                argv,
-            ) {
-                Ok(args) => args,
-                Err(error) => match error.downcast::<clap::Error>() {
-                    Ok(clap_error) => clap_error.exit(),
-                    Err(error) => return fail(&error),
-                },
-            };
+            let mut args =
+                match edgefn_control_plane::config::ControlPlaneArgs::parse_from_with_config(argv) {
+                    Ok(args) => args,
+                    Err(error) => match error.downcast::<clap::Error>() {
+                        Ok(clap_error) => clap_error.exit(),
+                        Err(error) => return fail(&error),
+                    },
+                };
+            // This binary is a compile worker too: compile for the fleet with it.
+            if args.compile_worker.is_none() {
+                args.compile_worker = std::env::current_exe().ok();
+            }
             json_logs();
             block_on(edgefn_control_plane::run(
                 args,

@@ -95,6 +95,7 @@ async fn measure(label: &str, url: &str, nodes: usize) {
         checkpoints: None,
         logins: Default::default(),
         dns: None,
+        precompiler: None,
     };
     let app = node_router(state);
     let api = run_for(ids.clone(), move |(id, token)| {

@@ -143,6 +143,7 @@ fn main() {
             checkpoints: None,
             logins: Default::default(),
             dns: None,
+            precompiler: None,
         };
         let (quiet, _) = run(&state, &nodes, false).await;
         let (flooded, logins) = run(&state, &nodes, true).await;

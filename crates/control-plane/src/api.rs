@@ -67,6 +67,9 @@ pub struct AppState {
     /// Checks the DNS proof of domain claims (`None`: no resolver; administrators can
     /// still mark domains verified).
     pub dns: Option<Arc<crate::domains::dns::DnsVerifier>>,
+    /// Compiles artifacts once for the fleet (`None`: no compile worker configured; nodes
+    /// compile for themselves).
+    pub precompiler: Option<Arc<crate::precompile::Precompiler>>,
 }
 
 type ApiResult<T> = Result<T, ApiError>;

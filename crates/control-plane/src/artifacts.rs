@@ -302,6 +302,12 @@ impl Artifacts {
         }
     }
 
+    /// Writes (or replaces) an object.
+    pub async fn put(&self, path: &ObjectPath, bytes: Bytes) -> Result<(), ArtifactError> {
+        self.store.put(path, PutPayload::from(bytes)).await?;
+        Ok(())
+    }
+
     /// Stores an accepted artifact under its hash, unless an identical one is there.
     pub async fn store_artifact(&self, sha256: &str, bytes: Bytes) -> Result<(), ArtifactError> {
         let path = artifact_path(sha256);

@@ -241,6 +241,29 @@ impl NodeAuthority {
         Ok(config)
     }
 
+    /// The public key nodes check precompiled code's attestations with (SPKI PEM).
+    pub fn signing_key_pem(&self) -> &str {
+        self.signer.public_pem()
+    }
+
+    /// Signs that `native_sha256` is this control plane's compilation of `wasm_sha256` for
+    /// `engine_hash` ([`edgefn_proto::sync::PrecompiledClaims`]).
+    pub fn attest_precompiled(
+        &self,
+        wasm_sha256: &str,
+        engine_hash: &str,
+        native_sha256: &str,
+    ) -> Result<String, String> {
+        self.signer.sign(&edgefn_proto::sync::PrecompiledClaims {
+            iss: self.signer.issuer().to_string(),
+            aud: edgefn_proto::sync::PRECOMPILED_AUDIENCE.to_string(),
+            wasm_sha256: wasm_sha256.to_string(),
+            engine_hash: engine_hash.to_string(),
+            native_sha256: native_sha256.to_string(),
+            iat: crate::clock::now_ms() / 1000,
+        })
+    }
+
     /// A node token for `node_id`.
     pub fn issue_node_token(&self, node_id: &str) -> Result<(NodeClaims, String), String> {
         self.signer.issue_node(node_id, self.token_ttl)

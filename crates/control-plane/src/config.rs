@@ -41,6 +41,24 @@ pub struct ControlPlaneArgs {
     /// Largest `max_execution_ms` a function may ask for.
     #[arg(long, env = "EDGEFN_MAX_EXECUTION_MS", default_value_t = 60_000)]
     pub max_execution_ms: u64,
+    /// Program that compiles artifacts once for the fleet, run as `PROGRAM compile-worker …`
+    /// (`edgefn` or `edgefn-compile-worker` of the nodes' release); `edgefn control-plane`
+    /// uses its own binary. Without one, every node compiles for itself.
+    #[arg(long, env = "EDGEFN_COMPILE_WORKER")]
+    pub compile_worker: Option<PathBuf>,
+    /// Wall-clock limit of one compilation for the fleet (CPU: one second more).
+    #[arg(long, env = "EDGEFN_COMPILE_TIMEOUT_SECS", default_value_t = 300)]
+    pub compile_timeout_secs: u64,
+    /// Address-space limit of the compile worker, in bytes.
+    #[arg(long, env = "EDGEFN_COMPILE_MAX_MEMORY_BYTES", default_value_t = 16 << 30)]
+    pub compile_max_memory_bytes: u64,
+    /// Size limit of the compile worker's incremental cache in `{data_dir}/compile-cache`
+    /// (a second function of the same toolchain compiles mostly from it); 0 turns it off.
+    #[arg(long, env = "EDGEFN_COMPILE_CACHE_BYTES", default_value_t = 2 << 30)]
+    pub compile_cache_bytes: u64,
+    /// Compilations at once on this replica.
+    #[arg(long, env = "EDGEFN_MAX_CONCURRENT_COMPILES", default_value_t = 1)]
+    pub max_concurrent_compiles: usize,
     /// Largest artifact accepted, in bytes.
     #[arg(long, env = "EDGEFN_MAX_ARTIFACT_BYTES", default_value_t = 50 << 20)]
     pub max_artifact_bytes: usize,

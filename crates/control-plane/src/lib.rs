@@ -21,6 +21,7 @@ pub mod config;
 pub mod desired;
 pub mod domains;
 pub mod listener;
+pub mod precompile;
 pub mod revocations;
 pub mod store;
 pub mod sync;
@@ -373,9 +374,29 @@ pub async fn run(
         store.clone(),
         Duration::from_millis(args.sync_poll_ms.max(10)),
     );
+    let artifacts = Arc::new(artifacts);
+    let precompiler = args.compile_worker.as_ref().map(|program| {
+        precompile::Precompiler::new(
+            precompile::PrecompileConfig {
+                program: program.clone(),
+                timeout: Duration::from_secs(args.compile_timeout_secs.max(1)),
+                max_memory_bytes: args.compile_max_memory_bytes,
+                max_concurrent: args.max_concurrent_compiles,
+                incremental_cache: (args.compile_cache_bytes > 0).then(|| {
+                    (
+                        args.data_dir.join("compile-cache"),
+                        args.compile_cache_bytes,
+                    )
+                }),
+            },
+            store.clone(),
+            artifacts.clone(),
+            nodes.clone(),
+        )
+    });
     let state = AppState {
         store: store.clone(),
-        artifacts: Arc::new(artifacts),
+        artifacts,
         limits: validate::Limits {
             max_memory_pages: args.max_memory_pages,
             max_execution_ms: args.max_execution_ms,
@@ -389,6 +410,7 @@ pub async fn run(
         checkpoints: Some(checkpoints.clone()),
         logins: Default::default(),
         dns,
+        precompiler,
     };
     // The one fixed format tools and tests read the bound addresses from.
     for (name, bound) in [("api", address), ("nodes", node_address)] {

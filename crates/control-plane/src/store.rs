@@ -284,6 +284,7 @@ mod domains;
 mod functions;
 mod identity;
 mod nodes;
+mod precompiled;
 mod routes;
 
 pub use audit::{AuditFilter, REFUSALS_PER_SECOND};
@@ -292,3 +293,4 @@ pub use desired::{ArtifactUrl, Targeted};
 pub use domains::MAX_DOMAINS_PER_PROJECT;
 pub use identity::{TokenPrincipal, UserRecord};
 pub use nodes::{Enrollment, NodeCredentials};
+pub use precompiled::{EngineProfile, Precompiled};

@@ -239,6 +239,11 @@ pub struct RenewCertificate {
 pub struct NodeToken {
     pub token: String,
     pub expires_at: i64,
+    /// The control plane's public key (SPKI PEM), which signs precompiled code
+    /// ([`crate::sync::PrecompiledClaims`]). Delivered over the node's mTLS connection, so
+    /// the node trusts it as far as it trusts the node CA.
+    #[serde(default)]
+    pub signing_key: String,
 }
 
 /// The URI a node certificate names its node by.

@@ -288,3 +288,38 @@ pub struct HeartbeatReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_state: Option<DesiredState>,
 }
+
+/// The audience of a precompiled-code attestation: a token of another kind signed by the
+/// same key never passes for one.
+pub const PRECOMPILED_AUDIENCE: &str = "edgefn-precompiled";
+
+/// Header of `GET /precompiled/{sha256}/{engine_hash}` that carries the attestation (an
+/// ES256 JWT of [`PrecompiledClaims`], signed with the control plane's key).
+pub const ATTESTATION_HEADER: &str = "x-edgefn-attestation";
+
+/// What the control plane vouches for when it hands a node native code: these bytes
+/// (`native_sha256`) are what its compiler made of this artifact (`wasm_sha256`) for this
+/// engine (`engine_hash`). A node maps native code only after the signature and all three
+/// hashes check out; anything else it compiles itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrecompiledClaims {
+    pub iss: String,
+    pub aud: String,
+    pub wasm_sha256: String,
+    pub engine_hash: String,
+    pub native_sha256: String,
+    /// Unix seconds.
+    pub iat: i64,
+}
+
+/// The engine a node compiles for, named in its requests for precompiled code.
+#[derive(
+    Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, utoipa::IntoParams,
+)]
+pub struct EngineQuery {
+    /// The node's largest linear memory in pages (part of the generated code).
+    pub max_memory_pages: u64,
+    /// Whether the node meters fuel (part of the generated code).
+    #[serde(default)]
+    pub fuel: bool,
+}

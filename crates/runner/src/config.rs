@@ -137,6 +137,11 @@ pub struct RunnerArgs {
     /// Compilations of new artifacts at once (default: half the cores, at least one).
     #[arg(long, env = "EDGEFN_COMPILE_WORKERS")]
     pub compile_workers: Option<usize>,
+    /// Size limit of Cranelift's incremental compilation cache in `{state_dir}/compile-cache`,
+    /// which lets a second function built with the same toolchain compile mostly from the
+    /// first one's pieces; 0 turns it off.
+    #[arg(long, env = "EDGEFN_COMPILE_CACHE_BYTES", default_value_t = 1 << 30)]
+    pub compile_cache_bytes: u64,
     /// Open outbound connections of one function (all its instances) on this node; more
     /// fail with `connection-limit-reached` in the guest.
     #[arg(

@@ -23,6 +23,23 @@ pub enum FetchError {
 pub struct Authorized {
     pub client: reqwest::Client,
     pub token: String,
+    /// The node listener's base URL (`https://host:port`).
+    pub node_url: String,
+    /// The control plane's public key (SPKI PEM), which signs precompiled code.
+    pub signing_key: String,
+}
+
+/// The control plane's answer to a request for precompiled code.
+pub enum PrecompiledReply {
+    /// The code and its attestation, not yet checked.
+    Code {
+        native: Vec<u8>,
+        attestation: String,
+        signing_key: String,
+    },
+    /// None to give (no control plane, no compiler there, another engine, a failed
+    /// compilation, or still compiling at the deadline): the node compiles it.
+    Unavailable(String),
 }
 
 pub struct Fetcher {
@@ -105,6 +122,99 @@ impl Fetcher {
                 Ok(bytes.to_vec())
             }
         }
+    }
+
+    /// Asks the control plane for the native code of `sha256` for this node's `engine`,
+    /// waiting while it compiles (as its `Retry-After` says), at most until `deadline`.
+    pub async fn fetch_precompiled(
+        &self,
+        sha256: &str,
+        engine: &edgefn_runtime::EngineIdentity,
+        deadline: Instant,
+    ) -> PrecompiledReply {
+        let Some(auth) = self.authorized.load_full() else {
+            return PrecompiledReply::Unavailable("no control plane".into());
+        };
+        let url = format!(
+            "{}/api/v1/precompiled/{sha256}/{}?max_memory_pages={}&fuel={}",
+            auth.node_url, engine.hash, engine.max_memory_pages, engine.fuel
+        );
+        // Native code is several times the size of its WebAssembly.
+        let limit = self.max_bytes.saturating_mul(8);
+        let mut failures = 0u32;
+        loop {
+            let wait = match self.precompiled_once(&auth, &url, limit).await {
+                Ok(Some(reply)) => return reply,
+                // Still compiling.
+                Ok(None) => Duration::from_millis(500),
+                Err(error) => {
+                    failures += 1;
+                    if failures >= self.backoff.attempts.max(1) {
+                        return PrecompiledReply::Unavailable(error);
+                    }
+                    self.backoff.delay(failures)
+                }
+            };
+            if Instant::now() + wait >= deadline {
+                return PrecompiledReply::Unavailable(
+                    "the control plane was still compiling at the deadline".into(),
+                );
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One request: `Ok(None)` while the control plane compiles.
+    async fn precompiled_once(
+        &self,
+        auth: &Authorized,
+        url: &str,
+        limit: u64,
+    ) -> Result<Option<PrecompiledReply>, String> {
+        let response = auth
+            .client
+            .get(url)
+            .bearer_auth(&auth.token)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        match response.status() {
+            reqwest::StatusCode::OK => {}
+            reqwest::StatusCode::ACCEPTED => return Ok(None),
+            status if status.is_client_error() => {
+                let body = response.text().await.unwrap_or_default();
+                let message = serde_json::from_str::<edgefn_proto::api::ErrorBody>(&body)
+                    .map(|b| b.error.message)
+                    .unwrap_or_else(|_| status.to_string());
+                return Ok(Some(PrecompiledReply::Unavailable(message)));
+            }
+            status => return Err(format!("GET {url}: status {status}")),
+        }
+        let attestation = response
+            .headers()
+            .get(edgefn_proto::sync::ATTESTATION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        if response.content_length().is_some_and(|len| len > limit) {
+            return Ok(Some(PrecompiledReply::Unavailable(format!(
+                "precompiled code larger than {limit} bytes"
+            ))));
+        }
+        let native = response
+            .bytes()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if native.len() as u64 > limit {
+            return Ok(Some(PrecompiledReply::Unavailable(format!(
+                "precompiled code larger than {limit} bytes"
+            ))));
+        }
+        Ok(Some(PrecompiledReply::Code {
+            native: native.to_vec(),
+            attestation,
+            signing_key: auth.signing_key.clone(),
+        }))
     }
 
     /// Fetches with retries: up to `backoff.attempts` tries, never past `deadline`. A local

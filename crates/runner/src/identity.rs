@@ -292,6 +292,8 @@ fn url_host(url: &str) -> Option<String> {
 pub(crate) struct Session {
     pub(crate) http: reqwest::Client,
     pub(crate) token: String,
+    /// The control plane's public key for precompiled code (SPKI PEM).
+    pub(crate) signing_key: String,
     token_issued_at: i64,
     token_expires_at: i64,
 }
@@ -315,6 +317,7 @@ impl Session {
         Ok(Self {
             http,
             token: token.token,
+            signing_key: token.signing_key,
             token_issued_at: now_ms(),
             token_expires_at: token.expires_at,
         })
@@ -337,6 +340,7 @@ mod tests {
         let session = |issued: i64, expires: i64| Session {
             http: reqwest::Client::new(),
             token: String::new(),
+            signing_key: String::new(),
             token_issued_at: issued,
             token_expires_at: expires,
         };

@@ -26,6 +26,7 @@ mod logs;
 mod manifest;
 mod metrics;
 mod node;
+mod precompiled;
 mod push;
 mod quotas;
 mod reconcile;
@@ -227,6 +228,9 @@ pub async fn run(
             .compile_workers
             .unwrap_or(defaults.max_concurrent)
             .max(1),
+        incremental_cache: (args.compile_cache_bytes > 0)
+            .then(|| args.state_dir.join("compile-cache")),
+        incremental_cache_bytes: args.compile_cache_bytes,
         ..defaults
     };
     let runtime = Runtime::new(runtime_config)?;

@@ -22,6 +22,14 @@ pub struct ErrorLabels {
     pub error_code: String,
 }
 
+/// What became of a request for the control plane's precompiled code: `downloaded`
+/// (verified and installed), `refused` (signature or hashes did not hold: never mapped),
+/// `unavailable` (the control plane had none; compiled here).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PrecompiledLabels {
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QuotaLabels {
     pub tenant: String,
@@ -50,6 +58,8 @@ pub struct Metrics {
     pub hot_instances: Family<FunctionLabels, Gauge>,
     pub idle_instances: Family<FunctionLabels, Gauge>,
     pub instance_evictions: Family<FunctionLabels, Counter>,
+    pub reused_instance_failures: Family<FunctionLabels, Counter>,
+    pub precompiled: Family<PrecompiledLabels, Counter>,
     pub guest_logs_dropped: Family<FunctionLabels, Counter>,
     pub quota_rejections: Family<QuotaLabels, Counter>,
     pub functions_ready: Gauge,
@@ -83,6 +93,8 @@ impl Metrics {
             hot_instances: Family::default(),
             idle_instances: Family::default(),
             instance_evictions: Family::default(),
+            reused_instance_failures: Family::default(),
+            precompiled: Family::default(),
             guest_logs_dropped: Family::default(),
             quota_rejections: Family::default(),
             functions_ready: Gauge::default(),
@@ -144,6 +156,16 @@ impl Metrics {
             "wasm_instance_evictions",
             "Idle instances destroyed by idle expiry, memory pressure or another tenant's need for a slot",
             metrics.instance_evictions.clone(),
+        );
+        registry.register(
+            "wasm_reused_instance_failures",
+            "Requests that failed on a reused instance (the instance was dropped; a guest that fails this way should not be reused)",
+            metrics.reused_instance_failures.clone(),
+        );
+        registry.register(
+            "wasm_precompiled_code",
+            "Requests for the control plane's precompiled code, by outcome",
+            metrics.precompiled.clone(),
         );
         registry.register(
             "wasm_guest_logs_dropped",

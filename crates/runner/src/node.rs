@@ -355,6 +355,12 @@ impl Node {
                     })?,
             };
             self.cache.touch(&entry.id, entry.version);
+            if matches!(entry.source, crate::spec::ArtifactSource::Url(_))
+                && !self.runtime.has_precompiled(&path, &sha256)
+            {
+                self.precompiled_from_control_plane(entry, &path, &sha256)
+                    .await;
+            }
             let spec = LoadSpec {
                 function_id: entry.id.clone(),
                 version: entry.version,
@@ -397,6 +403,65 @@ impl Node {
         })
     }
 
+    /// Gets the control plane's native code for the artifact, if it has (or is making)
+    /// some for this node's engine, and installs it once its attestation holds. Whatever
+    /// goes wrong, the load compiles here instead.
+    async fn precompiled_from_control_plane(
+        &self,
+        entry: &FunctionEntry,
+        path: &std::path::Path,
+        sha256: &str,
+    ) {
+        use crate::fetch::PrecompiledReply;
+        use crate::metrics::PrecompiledLabels;
+        let engine = self.runtime.engine_identity();
+        let size = std::fs::metadata(path).map_or(0, |m| m.len());
+        let deadline = Instant::now() + self.runtime.compile_time_limit(size);
+        let started = Instant::now();
+        let outcome = match self
+            .fetcher
+            .fetch_precompiled(sha256, &engine, deadline)
+            .await
+        {
+            PrecompiledReply::Unavailable(reason) => {
+                tracing::info!(function_id = %entry.id, version = entry.version, %reason, "no precompiled code from the control plane; compiling here");
+                "unavailable"
+            }
+            PrecompiledReply::Code {
+                native,
+                attestation,
+                signing_key,
+            } => {
+                let checked = crate::precompiled::verify(
+                    &attestation,
+                    &signing_key,
+                    sha256,
+                    &engine.hash,
+                    &native,
+                )
+                .and_then(|native_sha| {
+                    self.runtime
+                        .install_precompiled(path, sha256, &native, &native_sha)
+                        .map_err(|e| e.to_string())
+                });
+                match checked {
+                    Ok(()) => {
+                        tracing::info!(function_id = %entry.id, version = entry.version, bytes = native.len(), wait_ms = started.elapsed().as_millis() as u64, "precompiled code from the control plane verified");
+                        "downloaded"
+                    }
+                    Err(reason) => {
+                        tracing::error!(function_id = %entry.id, version = entry.version, %reason, "precompiled code from the control plane refused; compiling here");
+                        "refused"
+                    }
+                }
+            }
+        };
+        self.metrics
+            .precompiled
+            .get_or_create(&PrecompiledLabels { outcome })
+            .inc();
+    }
+
     async fn fetch_into_cache(
         &self,
         entry: &FunctionEntry,
@@ -434,7 +499,7 @@ impl Node {
         let metrics = &self.metrics;
         let mut ready = 0;
         let mut dropped_logs: HashMap<&str, u64> = HashMap::new();
-        let mut per_function: HashMap<String, (i64, i64, u64)> = HashMap::new();
+        let mut per_function: HashMap<String, (i64, i64, u64, u64)> = HashMap::new();
         let functions = self.functions.load();
         for (id, versions) in functions.iter() {
             for slot in versions.values() {
@@ -445,12 +510,13 @@ impl Node {
                     totals.0 += stats.busy_instances as i64;
                     totals.1 += stats.idle_instances as i64;
                     totals.2 += stats.evictions;
+                    totals.3 += stats.reused_instance_failures;
                     dropped_logs.insert(id, self.runtime.dropped_logs(id));
                 }
             }
         }
         metrics.functions_ready.set(ready);
-        for (id, (busy, idle, evictions)) in per_function {
+        for (id, (busy, idle, evictions, reused_failures)) in per_function {
             let labels = FunctionLabels {
                 function_id: id.clone(),
             };
@@ -461,6 +527,12 @@ impl Node {
                 "instance_evictions",
                 &id,
                 evictions,
+            );
+            metrics.advance(
+                &metrics.reused_instance_failures.get_or_create(&labels),
+                "reused_instance_failures",
+                &id,
+                reused_failures,
             );
         }
         for (id, dropped) in dropped_logs {

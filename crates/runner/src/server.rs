@@ -394,6 +394,18 @@ async fn route_and_invoke(
             Some(function_id.clone()),
         )
     };
+    // The reason stays in the node's log line and inventory (`edgefn deployments show`
+    // names it); the caller learns that the function failed, not how.
+    let failed = |reason: String| {
+        let mut outcome = Outcome::refused(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "function_failed",
+            "function failed to load on this node",
+            Some(function_id.clone()),
+        );
+        outcome.error_message = Some(reason);
+        outcome
+    };
     let Some(slot) = node.slot(&target) else {
         return unavailable("function is not deployed on this node");
     };
@@ -407,15 +419,27 @@ async fn route_and_invoke(
             // A miss: wait for the load in progress, or start one again if the last failed
             // (e.g. the artifact source was down), at most until this request's deadline.
             node.metrics.cache_misses.inc();
-            if matches!(state, VersionState::Failed(_)) && !node.retry_failed(&slot) {
-                return unavailable("function failed to load on this node");
+            if let VersionState::Failed(reason) = &state
+                && !node.retry_failed(&slot)
+            {
+                return failed(reason.clone());
             }
             match slot.settled(deadline).await {
                 Some(VersionState::Ready(function)) => function,
-                Some(VersionState::Failed(_)) => {
-                    return unavailable("function failed to load on this node");
+                Some(VersionState::Failed(reason)) => return failed(reason),
+                _ => {
+                    let mut outcome = Outcome::refused(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "function_loading",
+                        "function is still loading on this node; try again",
+                        Some(function_id),
+                    );
+                    outcome
+                        .response
+                        .headers_mut()
+                        .insert(http::header::RETRY_AFTER, HeaderValue::from(1));
+                    return outcome;
                 }
-                _ => return unavailable("function is not available yet"),
             }
         }
     };

@@ -163,8 +163,12 @@ impl SyncClient {
             };
             self.session = Some(Session::open(&credentials, http).await?);
         }
-        let (http, token) = match &self.session {
-            Some(session) => (session.http.clone(), session.token.clone()),
+        let (http, token, signing_key) = match &self.session {
+            Some(session) => (
+                session.http.clone(),
+                session.token.clone(),
+                session.signing_key.clone(),
+            ),
             None => return Err("no session".into()),
         };
         if credentials.needs_renewal() {
@@ -190,6 +194,8 @@ impl SyncClient {
         self.node.fetcher.authorize(crate::fetch::Authorized {
             client: http.clone(),
             token: token.clone(),
+            node_url: node_url.clone(),
+            signing_key,
         });
         Ok((node_url, credentials.identity.node_id, http, token))
     }

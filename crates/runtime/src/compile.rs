@@ -6,6 +6,8 @@
 //! CPU time with rlimits and is killed at the wall-clock limit; the parent only ever
 //! receives bytes, which Wasmtime checks again when it loads them.
 
+mod incremental;
+
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
@@ -29,20 +31,33 @@ pub(crate) async fn precompile(
     kind: ArtifactKind,
     bytes: Vec<u8>,
 ) -> Result<Vec<u8>, RuntimeError> {
+    let (timeout, max_memory_bytes) = compiler.limits_for(bytes.len() as u64);
     match &compiler.worker_program {
-        Some(program) => precompile_in_worker(compiler, program, settings, kind, bytes).await,
+        Some(program) => {
+            let limits = WorkerLimits {
+                timeout,
+                max_memory_bytes,
+            };
+            precompile_in_worker(compiler, program, limits, settings, kind, bytes).await
+        }
         None => {
             let engine = engine.clone();
             let work = tokio::task::spawn_blocking(move || compile(&engine, kind, &bytes));
-            match tokio::time::timeout(compiler.timeout, work).await {
+            match tokio::time::timeout(timeout, work).await {
                 Ok(Ok(result)) => result,
                 Ok(Err(join)) => Err(RuntimeError::internal(format!(
                     "compiler thread failed: {join}"
                 ))),
-                Err(_) => Err(too_slow(compiler.timeout)),
+                Err(_) => Err(too_slow(timeout)),
             }
         }
     }
+}
+
+/// The limits of one compilation, scaled to its artifact.
+struct WorkerLimits {
+    timeout: Duration,
+    max_memory_bytes: u64,
 }
 
 fn too_slow(limit: Duration) -> RuntimeError {
@@ -66,19 +81,30 @@ fn compile(
 async fn precompile_in_worker(
     compiler: &CompilerConfig,
     program: &std::path::Path,
+    limits: WorkerLimits,
     settings: EngineSettings,
     kind: ArtifactKind,
     bytes: Vec<u8>,
 ) -> Result<Vec<u8>, RuntimeError> {
-    let cpu_seconds = compiler.timeout.as_secs().max(1) + 1;
+    let WorkerLimits {
+        timeout,
+        max_memory_bytes,
+    } = limits;
+    let cpu_seconds = timeout.as_secs().max(1) + 1;
     let mut child = tokio::process::Command::new(program)
         .args(&compiler.worker_args)
         .arg("compile-worker")
         .arg(kind.as_str())
         .arg(settings.max_memory_pages.to_string())
         .arg(if settings.fuel { "fuel" } else { "no-fuel" })
-        .arg(compiler.max_memory_bytes.to_string())
+        .arg(max_memory_bytes.to_string())
         .arg(cpu_seconds.to_string())
+        .args(compiler.incremental_cache.iter().flat_map(|dir| {
+            [
+                dir.as_os_str().to_owned(),
+                compiler.incremental_cache_bytes.to_string().into(),
+            ]
+        }))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -103,12 +129,12 @@ async fn precompile_in_worker(
         let (_, output) = tokio::join!(feed, child.wait_with_output());
         output
     };
-    let output = match tokio::time::timeout(compiler.timeout, run).await {
+    let output = match tokio::time::timeout(timeout, run).await {
         Ok(output) => {
             output.map_err(|e| RuntimeError::internal(format!("compile worker failed: {e}")))?
         }
         // Dropping the future kills the child (kill_on_drop).
-        Err(_) => return Err(too_slow(compiler.timeout)),
+        Err(_) => return Err(too_slow(timeout)),
     };
     let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
     match output.status.code() {
@@ -119,7 +145,7 @@ async fn precompile_in_worker(
         ))),
         _ => Err(RuntimeError::invalid(format!(
             "compilation exceeded its limits ({} of address space, {cpu_seconds} s of CPU): {}",
-            human_bytes(compiler.max_memory_bytes),
+            human_bytes(max_memory_bytes),
             if stderr.is_empty() {
                 output.status.to_string()
             } else {
@@ -138,15 +164,59 @@ fn human_bytes(bytes: u64) -> String {
 }
 
 /// Entry point of the compile worker: `compile-worker KIND MAX_MEMORY_PAGES FUEL
-/// MAX_MEMORY_BYTES CPU_SECONDS`, WebAssembly on stdin, native code on stdout, errors on
-/// stderr. A binary that embeds the runtime dispatches its hidden subcommand here.
+/// MAX_MEMORY_BYTES CPU_SECONDS [CACHE_DIR CACHE_BYTES]` (the last two: Cranelift's
+/// incremental cache), WebAssembly on stdin, native code on stdout, errors on
+/// stderr; or `compile-worker engine-hash MAX_MEMORY_PAGES FUEL`, the hash of the code it
+/// makes for those settings on stdout (what a control plane compares with a node's). A
+/// binary that embeds the runtime dispatches its hidden subcommand here.
 pub fn compile_worker_main(args: &[String]) -> ExitCode {
     use std::io::{Read as _, Write as _};
-    let [kind, pages, fuel, max_memory, cpu_seconds] = args else {
-        eprintln!(
-            "usage: compile-worker KIND MAX_MEMORY_PAGES fuel|no-fuel MAX_MEMORY_BYTES CPU_SECONDS"
-        );
-        return ExitCode::from(EXIT_USAGE);
+    if let [mode, pages, fuel] = args
+        && mode == "engine-hash"
+    {
+        let Ok(max_memory_pages) = pages.parse::<u64>() else {
+            eprintln!("compile-worker: invalid arguments {args:?}");
+            return ExitCode::from(EXIT_USAGE);
+        };
+        let settings = EngineSettings {
+            max_memory_pages,
+            fuel: fuel == "fuel",
+        };
+        return match wasmtime::Engine::new(&wasmtime_config(settings, None)) {
+            Ok(engine) => {
+                println!("{}", crate::wasmtime_config::engine_hash(&engine));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("compile-worker: cannot create engine: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let (kind, pages, fuel, max_memory, cpu_seconds, cache) = match args {
+        [kind, pages, fuel, max_memory, cpu_seconds] => {
+            (kind, pages, fuel, max_memory, cpu_seconds, None)
+        }
+        [kind, pages, fuel, max_memory, cpu_seconds, dir, bytes] => {
+            let Ok(bytes) = bytes.parse::<u64>() else {
+                eprintln!("compile-worker: invalid cache size {bytes:?}");
+                return ExitCode::from(EXIT_USAGE);
+            };
+            (
+                kind,
+                pages,
+                fuel,
+                max_memory,
+                cpu_seconds,
+                Some((dir, bytes)),
+            )
+        }
+        _ => {
+            eprintln!(
+                "usage: compile-worker KIND MAX_MEMORY_PAGES fuel|no-fuel MAX_MEMORY_BYTES CPU_SECONDS [CACHE_DIR CACHE_BYTES]"
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
     };
     let (Some(kind), Ok(max_memory_pages), Ok(max_memory), Ok(cpu_seconds)) = (
         ArtifactKind::parse(kind),
@@ -168,7 +238,19 @@ pub fn compile_worker_main(args: &[String]) -> ExitCode {
         max_memory_pages,
         fuel: fuel == "fuel",
     };
-    let engine = match wasmtime::Engine::new(&wasmtime_config(settings, None)) {
+    let mut config = wasmtime_config(settings, None);
+    if let Some((dir, max_bytes)) = cache {
+        // A cache that cannot be opened costs a full compilation, nothing more.
+        match incremental::DiskCacheStore::open(std::path::Path::new(dir), max_bytes) {
+            Ok(store) => {
+                if let Err(e) = config.enable_incremental_compilation(std::sync::Arc::new(store)) {
+                    eprintln!("compile-worker: incremental cache not used: {e:#}");
+                }
+            }
+            Err(e) => eprintln!("compile-worker: incremental cache {dir} not used: {e}"),
+        }
+    }
+    let engine = match wasmtime::Engine::new(&config) {
         Ok(engine) => engine,
         Err(e) => {
             eprintln!("compile-worker: cannot create engine: {e:#}");

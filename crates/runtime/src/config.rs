@@ -96,14 +96,44 @@ pub struct CompilerConfig {
     pub worker_program: Option<PathBuf>,
     /// Arguments placed before the worker's own (e.g. a hidden subcommand).
     pub worker_args: Vec<String>,
-    /// Wall-clock limit for one compilation (default 30 s).
+    /// Wall-clock limit for compiling a small artifact (default 30 s); larger ones get
+    /// [`CompilerConfig::TIME_PER_MIB`] more per MiB (see [`CompilerConfig::limits_for`]).
     pub timeout: Duration,
-    /// Address-space limit of the worker process (default 4 GiB).
+    /// Address-space limit of the worker process for a small artifact (default 4 GiB),
+    /// plus [`CompilerConfig::MEMORY_PER_MIB`] per MiB.
     pub max_memory_bytes: u64,
     /// Compilations at once (default half the cores, at least one): compiling a large
     /// component takes a core for seconds, and requests of the functions already loaded
     /// need the rest. Others wait their turn (their wait counts in the wall-clock limit).
     pub max_concurrent: usize,
+    /// Directory of Cranelift's incremental compilation cache, shared by the workers
+    /// (`None`: off). Functions that embed the same engine (every JavaScript or Python
+    /// function of a toolchain) then compile mostly from it.
+    pub incremental_cache: Option<PathBuf>,
+    /// The cache's size limit in bytes (trimmed, oldest use first, when a worker starts).
+    pub incremental_cache_bytes: u64,
+}
+
+impl CompilerConfig {
+    /// Extra wall-clock time per MiB of artifact. Measured (bench/RESULTS.md): Cranelift
+    /// needs about 1.2 s of CPU (0.6 s of wall clock on 2 cores) per MiB of a
+    /// componentize-js component; 3 s leaves room for a busy node.
+    pub const TIME_PER_MIB: Duration = Duration::from_secs(3);
+    /// Extra address space per MiB of artifact (Cranelift's peak grows with function count).
+    pub const MEMORY_PER_MIB: u64 = 128 << 20;
+
+    /// The limits for compiling an artifact of `artifact_bytes`: the configured ones for
+    /// artifacts up to 1 MiB, growing with size, so that a 20 MiB Python component gets
+    /// 90 s and 6.5 GiB by default while a tiny hostile module still gets only 30 s.
+    pub fn limits_for(&self, artifact_bytes: u64) -> (Duration, u64) {
+        let extra_mib = u32::try_from((artifact_bytes >> 20).saturating_sub(1)).unwrap_or(u32::MAX);
+        (
+            self.timeout
+                .saturating_add(Self::TIME_PER_MIB.saturating_mul(extra_mib)),
+            self.max_memory_bytes
+                .saturating_add(Self::MEMORY_PER_MIB.saturating_mul(u64::from(extra_mib))),
+        )
+    }
 }
 
 impl Default for CompilerConfig {
@@ -115,6 +145,8 @@ impl Default for CompilerConfig {
             max_memory_bytes: 4 << 30,
             max_concurrent: (std::thread::available_parallelism().map_or(2, |n| n.get()) / 2)
                 .max(1),
+            incremental_cache: None,
+            incremental_cache_bytes: 1 << 30,
         }
     }
 }

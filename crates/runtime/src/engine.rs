@@ -2,7 +2,6 @@
 //! loading an artifact into a runnable [`Function`].
 
 use std::collections::HashMap;
-use std::hash::{Hash as _, Hasher as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +20,7 @@ use crate::outbound::OutboundPolicy;
 use crate::pool::{MemoryBudget, PoolRegistry, PoolShare, VersionPool};
 use crate::shared::RuntimeInner;
 use crate::state::{CgiState, ComponentState};
-use crate::wasmtime_config::{EngineSettings, wasmtime_config};
+use crate::wasmtime_config::{EngineSettings, engine_hash, wasmtime_config};
 use crate::{RuntimeError, compile};
 
 /// The Wasmtime runtime of a node: one engine, linkers for both guest kinds, the node-wide
@@ -45,6 +44,16 @@ pub struct LoadSpec {
     pub share: PoolShare,
 }
 
+/// What a compiler must match to make native code this runtime maps: the engine hash and
+/// the settings that went into it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineIdentity {
+    /// See `wasmtime_config::engine_hash`.
+    pub hash: String,
+    pub max_memory_pages: u64,
+    pub fuel: bool,
+}
+
 impl Runtime {
     /// Creates the engine and starts the epoch ticker and the idle sweeper. Must be called
     /// inside a Tokio runtime.
@@ -59,9 +68,7 @@ impl Runtime {
         );
         let engine = Engine::new(&wasmtime_config(settings, Some(pool)))
             .map_err(|e| RuntimeError::internal(format!("failed to create engine: {e:#}")))?;
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        let engine_hash = format!("{:016x}", hasher.finish());
+        let engine_hash = engine_hash(&engine);
 
         let mut component_linker = ComponentLinker::<ComponentState>::new(&engine);
         let mut module_linker = Linker::<CgiState>::new(&engine);
@@ -104,6 +111,52 @@ impl Runtime {
     /// The engine, for embedders that need to share it (benchmarks).
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// The name of the native code this engine accepts (see [`EngineIdentity`]).
+    pub fn engine_identity(&self) -> EngineIdentity {
+        EngineIdentity {
+            hash: self.inner.engine_hash.clone(),
+            max_memory_pages: self.inner.settings.max_memory_pages,
+            fuel: self.inner.settings.fuel,
+        }
+    }
+
+    /// The wall-clock limit for compiling an artifact of `artifact_bytes` here: how long
+    /// waiting for someone else's compilation of it is worth.
+    pub fn compile_time_limit(&self, artifact_bytes: u64) -> std::time::Duration {
+        self.inner.config.compiler.limits_for(artifact_bytes).0
+    }
+
+    /// Whether intact-looking native code for this artifact is in the precompiled cache
+    /// (its hash is checked again when it is loaded).
+    pub fn has_precompiled(&self, artifact: &Path, sha256: &str) -> bool {
+        let native = precompiled_path(artifact, sha256, &self.inner.engine_hash);
+        native.is_file() && sidecar_path(&native).is_file()
+    }
+
+    /// Puts native code made elsewhere (a control plane's compiler, whose signature the
+    /// caller has checked) into the precompiled cache, after checking that it is the code
+    /// the signature names. [`Runtime::load`] then maps it instead of compiling; if Wasmtime
+    /// refuses it there, it is deleted and the artifact compiled here.
+    pub fn install_precompiled(
+        &self,
+        artifact: &Path,
+        sha256: &str,
+        native: &[u8],
+        native_sha256: &str,
+    ) -> Result<(), RuntimeError> {
+        let actual = sha256_hex(native);
+        if !actual.eq_ignore_ascii_case(native_sha256) {
+            return Err(RuntimeError::Sha256Mismatch {
+                expected: native_sha256.to_string(),
+                actual,
+            });
+        }
+        let path = precompiled_path(artifact, sha256, &self.inner.engine_hash);
+        write_atomically(&path, native, None)
+            .and_then(|()| write_atomically(&sidecar_path(&path), actual.as_bytes(), None))
+            .map_err(|e| RuntimeError::internal(format!("cannot write {}: {e}", path.display())))
     }
 
     /// Linear memory held by hot instances across the node, in bytes.

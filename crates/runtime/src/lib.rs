@@ -52,7 +52,7 @@ pub use compile::compile_worker_main;
 pub use config::{
     CompilerConfig, DEFAULT_INSTANCE_REUSE, FunctionSettings, RuntimeConfig, WASM_PAGE,
 };
-pub use engine::{LoadSpec, Runtime};
+pub use engine::{EngineIdentity, LoadSpec, Runtime};
 pub use error::RuntimeError;
 pub use function::{Function, Invocation, InvokeContext, PoolStats};
 pub use limits::EPOCH_TICK;

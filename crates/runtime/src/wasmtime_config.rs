@@ -12,6 +12,18 @@ pub(crate) struct EngineSettings {
     pub(crate) fuel: bool,
 }
 
+/// What names the code an engine produces and accepts: a hash of Wasmtime's compatibility
+/// key (version, target and CPU features, settings that change code). Precompiled code is
+/// filed and requested under it; a control plane compiles for a node only when its own
+/// compiler's hash for the node's settings is the node's.
+pub(crate) fn engine_hash(engine: &wasmtime::Engine) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    // SipHash with fixed keys: the same in every process of this build.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
 /// Wasmtime configuration shared by the runtime and the compile worker. `pool_instances` is
 /// `None` in the worker, which only compiles and so needs no instance slots.
 pub(crate) fn wasmtime_config(settings: EngineSettings, pool: Option<(u32, usize)>) -> Config {

@@ -309,6 +309,61 @@ fn a_tampered_artifact_is_refused_and_the_old_version_kept(backend: &Backend) {
     assert!(fleet.tokyo_serves(ECHO_BODY));
 }
 
+/// The control plane compiles a version once for every node of the same engine; each node
+/// maps that code only after its signature and hashes hold, and code altered in the store
+/// is refused (and compiled on the node instead), never run.
+#[test]
+fn code_is_compiled_once_for_the_fleet_and_altered_code_never_runs() {
+    const DOWNLOADED: &str = r#"wasm_precompiled_code_total{outcome="downloaded"}"#;
+    const REFUSED: &str = r#"wasm_precompiled_code_total{outcome="refused"}"#;
+    let fleet = Fleet::start(&Backend::Sqlite, &[]);
+    fleet.deploy(&guest("hello"));
+    assert!(fleet.tokyo_serves(HELLO_BODY));
+    for runner in &fleet.tokyo {
+        assert_eq!(
+            runner.metric(DOWNLOADED),
+            1.0,
+            "{} compiled for itself",
+            runner.name
+        );
+        assert_eq!(runner.metric(REFUSED), 0.0);
+    }
+    // One compilation for both nodes: one native object in the store.
+    let engines = fleet.cp.data_dir.join("artifacts/precompiled");
+    let stored: Vec<_> = std::fs::read_dir(&engines)
+        .unwrap()
+        .flat_map(|engine| std::fs::read_dir(engine.unwrap().path()).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+
+    // Alter the stored native code, then deploy the same bytes to osaka too.
+    tamper(&stored[0]);
+    fleet
+        .cp
+        .cli(&[
+            "deploy",
+            "hello",
+            "--wasm",
+            &guest("hello"),
+            "--selector",
+            "region == 'tokyo' || region == 'osaka'",
+            "--wait",
+            "--json",
+        ])
+        .ok();
+    assert_eq!(
+        fleet.osaka.metric(REFUSED),
+        1.0,
+        "the altered code was refused"
+    );
+    assert_eq!(fleet.osaka.metric(DOWNLOADED), 0.0);
+    let (status, body) = fleet.osaka.get("/");
+    assert_eq!(status, 200);
+    assert!(body.contains(HELLO_BODY), "{body}");
+    assert!(fleet.tokyo_serves(HELLO_BODY));
+}
+
 fn tamper(path: &Path) {
     let mut bytes = std::fs::read(path).unwrap();
     let last = bytes.len() - 1;

@@ -457,6 +457,24 @@ impl Runner {
     pub fn get(&self, path: &str) -> (u16, String) {
         get(&format!("http://{}{path}", self.http))
     }
+
+    /// The value of one sample of the runner's `/metrics` (`name{labels}` as exposed), or
+    /// 0 when it has none.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let admin = self
+            .process
+            .stdout()
+            .lines()
+            .rev()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|v| v["message"] == "listening" && v["listener"] == "admin")
+            .find_map(|v| v["address"].as_str().map(str::to_string))
+            .expect("the runner logged its admin address");
+        let (_, text) = get(&format!("http://{admin}/metrics"));
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
 }
 
 /// The example guests' `.wasm` files.

@@ -49,7 +49,32 @@ async fn deploy_version(
         .await
         .map_err(not_found("version"))?;
     state.feed.poke();
+    precompile_ahead(state, id, version as u64).await;
     Ok(deployment)
+}
+
+/// Starts compiling a deployed version for every engine the fleet has asked code for, so
+/// that it is ready (or under way) when the nodes ask. Best effort: a node that asks
+/// first starts the compilation itself.
+async fn precompile_ahead(state: &AppState, function_id: &str, version: u64) {
+    let Some(precompiler) = &state.precompiler else {
+        return;
+    };
+    let found = state.store.get_version(function_id, version).await;
+    let (
+        Ok(edgefn_proto::api::Version {
+            sha256: Some(sha256),
+            kind: Some(kind),
+            ..
+        }),
+        Ok(profiles),
+    ) = (found, state.store.precompile_profiles().await)
+    else {
+        return;
+    };
+    for profile in profiles {
+        precompiler.request(&sha256, kind, profile);
+    }
 }
 
 #[utoipa::path(post, path = "/api/v1/functions/{id}/deploy", params(("id" = String, Path)), request_body = DeployRequest, responses((status = 201, body = Deployment), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]

@@ -123,16 +123,33 @@ pub(super) async fn delete_function(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/api/v1/functions/{id}/versions", params(("id" = String, Path)), responses((status = 201, body = VersionCreated), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/functions/{id}/versions", params(("id" = String, Path)), request_body(content = Option<edgefn_proto::api::CreateVersion>, description = "optional: settings of the new version"), responses((status = 201, body = VersionCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn create_version(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<VersionCreated>)> {
-    function_for(&state, &principal, &id, Role::Developer).await?;
+    let function = function_for(&state, &principal, &id, Role::Developer).await?;
+    let input: edgefn_proto::api::CreateVersion = if body.iter().all(u8::is_ascii_whitespace) {
+        Default::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
+    };
+    let settings = match &input.settings {
+        Some(given) => {
+            let mut problems = validate::Problems::default();
+            let settings =
+                validate::settings(given, &function.project, state.limits, &mut problems);
+            problems.into_result(()).map_err(ApiError::Validation)?;
+            Some(settings)
+        }
+        None => None,
+    };
     let version = state
         .store
-        .create_version(&principal.actor(), &id)
+        .create_version(&principal.actor(), &id, settings.as_ref())
         .await
         .map_err(not_found("function"))?;
     Ok((

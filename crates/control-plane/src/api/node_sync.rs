@@ -40,6 +40,10 @@ pub fn node_router(state: AppState) -> Router {
         .route("/nodes/{id}/token", post(node_token))
         .route("/nodes/{id}/certificate", post(renew_certificate))
         .route("/artifacts/{sha256}", get(download_artifact))
+        .route(
+            "/precompiled/{sha256}/{engine_hash}",
+            get(download_precompiled),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY));
     Router::new()
         .nest("/api/v1", api)
@@ -172,7 +176,11 @@ pub(super) async fn node_token(
         .store
         .record_node_token(&id, &claims.jti, expires_at)
         .await?;
-    Ok(Json(NodeToken { token, expires_at }))
+    Ok(Json(NodeToken {
+        token,
+        expires_at,
+        signing_key: state.ca.signing_key_pem().to_string(),
+    }))
 }
 
 /// A new certificate for a new key of the node (before the old one expires).
@@ -219,4 +227,94 @@ async fn download_artifact(
         ));
     }
     super::functions::artifact_bytes(&state, &sha256).await
+}
+
+/// The native code of an artifact in this node's desired state, compiled by the control
+/// plane for the node's engine: 200 with the code and its signed attestation (header
+/// `x-edgefn-attestation`), 202 while it is being compiled (ask again after `Retry-After`),
+/// 404 when the control plane has none to give (no compiler, another engine, or a failed
+/// compilation, named in the message): the node then compiles it itself.
+#[utoipa::path(get, path = "/api/v1/precompiled/{sha256}/{engine_hash}", security(("node_token" = [])), params(("sha256" = String, Path), ("engine_hash" = String, Path), edgefn_proto::sync::EngineQuery), responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>, headers(("x-edgefn-attestation" = String, description = "ES256 JWT of {wasm_sha256, engine_hash, native_sha256}"))), (status = 202, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn download_precompiled(
+    State(state): State<AppState>,
+    Extension(peer): Extension<NodePeer>,
+    Path((sha256, engine_hash)): Path<(String, String)>,
+    axum::extract::Query(engine): axum::extract::Query<edgefn_proto::sync::EngineQuery>,
+) -> ApiResult<Response> {
+    use crate::store::{EngineProfile, Precompiled};
+    if !super::functions::valid_sha256(&sha256)
+        || !crate::precompile::valid_engine_hash(&engine_hash)
+    {
+        return Err(ApiError::not_found("precompiled code"));
+    }
+    let desired = state
+        .store
+        .desired_state(&peer.node_id)
+        .await
+        .map_err(not_found("precompiled code"))?;
+    let Some(function) = desired.functions.iter().find(|f| f.sha256 == sha256) else {
+        return Err(ApiError::Forbidden(
+            "the artifact is not in this node's desired state".into(),
+        ));
+    };
+    let Some(precompiler) = &state.precompiler else {
+        return Err(ApiError::NotFound(
+            "this control plane does not compile for nodes".into(),
+        ));
+    };
+    let compiling = || {
+        let body = ErrorBody {
+            error: edgefn_proto::api::ErrorDetail {
+                code: "compiling".into(),
+                message: "the control plane is compiling this artifact; ask again".into(),
+                details: serde_json::Value::Null,
+            },
+        };
+        (
+            http::StatusCode::ACCEPTED,
+            [(http::header::RETRY_AFTER, "1")],
+            Json(body),
+        )
+            .into_response()
+    };
+    match state.store.precompiled(&sha256, &engine_hash).await? {
+        Some(Precompiled::Ready { attestation, .. }) => {
+            let bytes = state
+                .artifacts
+                .read(&crate::precompile::native_path(&engine_hash, &sha256))
+                .await?;
+            Ok((
+                [
+                    (
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/octet-stream"),
+                    ),
+                    (
+                        http::HeaderName::from_static(edgefn_proto::sync::ATTESTATION_HEADER),
+                        http::HeaderValue::from_str(&attestation)
+                            .map_err(|e| ApiError::Internal(e.to_string()))?,
+                    ),
+                ],
+                bytes,
+            )
+                .into_response())
+        }
+        Some(Precompiled::Failed { error }) => Err(ApiError::NotFound(format!(
+            "the control plane could not compile this artifact: {error}"
+        ))),
+        Some(Precompiled::Compiling { .. }) => Ok(compiling()),
+        None => {
+            let profile = EngineProfile {
+                engine_hash,
+                max_memory_pages: engine.max_memory_pages,
+                fuel: engine.fuel,
+            };
+            precompiler
+                .serves(&profile)
+                .await
+                .map_err(ApiError::NotFound)?;
+            precompiler.request(&sha256, function.kind, profile);
+            Ok(compiling())
+        }
+    }
 }

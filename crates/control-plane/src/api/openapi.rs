@@ -92,6 +92,7 @@ pub struct ApiDoc;
         super::node_sync::get_desired,
         super::node_sync::node_token,
         super::node_sync::renew_certificate,
+        super::node_sync::download_precompiled,
     )
 )]
 pub struct NodeApiDoc;

@@ -196,7 +196,14 @@ impl Store {
     }
 
     /// Adds the next version (pending) with the function's current settings.
-    pub async fn create_version(&self, actor: &str, function_id: &str) -> Result<u64> {
+    /// A new pending version with the function's settings, or with `settings`, which then
+    /// become the function's.
+    pub async fn create_version(
+        &self,
+        actor: &str,
+        function_id: &str,
+        settings: Option<&FunctionSettings>,
+    ) -> Result<u64> {
         let mut tx = self.begin_write().await?;
         let result: Result<u64> = async {
         let row = sqlx::query("SELECT next_version, settings, project_id FROM functions WHERE id = $1")
@@ -205,7 +212,18 @@ impl Store {
             .await?
             .ok_or(StoreError::NotFound)?;
         let version: i64 = row.try_get("next_version")?;
-        let settings: String = row.try_get("settings")?;
+        let settings_json: String = match settings {
+            Some(given) => {
+                let json = super::json(given);
+                sqlx::query("UPDATE functions SET settings = $2 WHERE id = $1")
+                    .bind(function_id)
+                    .bind(&json)
+                    .execute(&mut *tx)
+                    .await?;
+                json
+            }
+            None => row.try_get("settings")?,
+        };
         sqlx::query("UPDATE functions SET next_version = next_version + 1 WHERE id = $1 AND next_version = $2")
             .bind(function_id)
             .bind(version)
@@ -214,12 +232,15 @@ impl Store {
         sqlx::query("INSERT INTO versions (function_id, version, state, settings, created_at) VALUES ($1, $2, 'pending', $3, $4)")
             .bind(function_id)
             .bind(version)
-            .bind(&settings)
+            .bind(&settings_json)
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-        let entry = Entry::new(actor, "version.create", format!("{function_id}/{version}"))
+        let mut entry = Entry::new(actor, "version.create", format!("{function_id}/{version}"))
             .project(row.try_get::<String, _>("project_id")?);
+        if let Some(given) = settings {
+            entry = entry.details(json!({ "settings": to_value(given) }));
+        }
         self.append_audit(&mut tx, &entry).await?;
         Ok(version as u64)
         }

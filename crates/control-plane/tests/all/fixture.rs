@@ -152,6 +152,7 @@ async fn assemble(
         checkpoints: None,
         logins: Default::default(),
         dns: None,
+        precompiler: None,
     };
     App {
         router: router(state.clone()),

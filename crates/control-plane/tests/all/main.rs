@@ -11,6 +11,7 @@ mod domains;
 mod fixture;
 mod mtls;
 mod oidc;
+mod precompiled;
 mod properties;
 mod startup;
 mod sync;

@@ -353,6 +353,8 @@ function = "broken"
     for _ in 0..4 {
         let response = client.get(runner.url("/broken")).send().await.unwrap();
         assert_eq!(response.status(), 503);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "function_failed", "{body}");
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     let failures = runner

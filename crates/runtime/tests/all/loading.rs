@@ -358,3 +358,87 @@ async fn a_deeply_nested_module_is_handled_without_harming_the_node() {
         "Hello, edgefn!\n"
     );
 }
+
+/// Native code made by another process's compile worker (a control plane's) is what this
+/// runtime maps: the worker names it with the runtime's own engine hash, and code installed
+/// under its checked hash loads without compiling here.
+#[tokio::test]
+async fn code_compiled_by_a_separate_worker_is_installed_and_mapped() {
+    let fixture = Fixture::new();
+    let identity = fixture.runtime.engine_identity();
+    let worker = env!("CARGO_BIN_EXE_edgefn-compile-worker");
+    let fuel = if identity.fuel { "fuel" } else { "no-fuel" };
+    let pages = identity.max_memory_pages.to_string();
+    let hash = std::process::Command::new(worker)
+        .args(["compile-worker", "engine-hash", &pages, fuel])
+        .output()
+        .unwrap();
+    assert!(hash.status.success());
+    assert_eq!(
+        String::from_utf8(hash.stdout).unwrap().trim(),
+        identity.hash
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = edgefn_test_support::guest_in(dir.path(), "hello");
+    let wasm = std::fs::read(&path).unwrap();
+    let sha = edgefn_runtime::sha256_hex(&wasm);
+    let mut child = std::process::Command::new(worker)
+        .args([
+            "compile-worker",
+            "component",
+            &pages,
+            fuel,
+            &(4u64 << 30).to_string(),
+            "60",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(&wasm).unwrap();
+    let native = child.wait_with_output().unwrap();
+    assert!(native.status.success());
+    let native = native.stdout;
+    let native_sha = edgefn_runtime::sha256_hex(&native);
+
+    assert!(!fixture.runtime.has_precompiled(&path, &sha));
+    let wrong = fixture
+        .runtime
+        .install_precompiled(&path, &sha, &native[1..], &native_sha);
+    assert!(matches!(wrong, Err(RuntimeError::Sha256Mismatch { .. })));
+    assert!(!fixture.runtime.has_precompiled(&path, &sha));
+    fixture
+        .runtime
+        .install_precompiled(&path, &sha, &native, &native_sha)
+        .unwrap();
+    assert!(fixture.runtime.has_precompiled(&path, &sha));
+    let installed = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .unwrap();
+    let modified = std::fs::metadata(&installed).unwrap().modified().unwrap();
+    let hello = fixture
+        .runtime
+        .load(LoadSpec {
+            function_id: "hello".into(),
+            version: 1,
+            artifact: path.clone(),
+            sha256: Some(sha),
+            settings: FunctionSettings::default(),
+            share: Default::default(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::body_text(&call(&hello, "/").await.unwrap()),
+        "Hello, edgefn!\n"
+    );
+    assert_eq!(
+        std::fs::metadata(&installed).unwrap().modified().unwrap(),
+        modified,
+        "the installed code was mapped, not recompiled"
+    );
+}
