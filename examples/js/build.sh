@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the JavaScript example guest: bash build.sh OUT.wasm
 # componentize-js is pinned in package.json/package-lock.json and installed here by npm.
+# (package.json also names @bytecodealliance/preview2-shim: componentize-js 0.23 imports it
+# but declares it only as a devDependency, so `npm ci` would leave it out.)
 set -euo pipefail
 out=$(realpath -m "$1")
 here=$(cd "$(dirname "$0")" && pwd)

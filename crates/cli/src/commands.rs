@@ -223,7 +223,7 @@ pub enum NodesCommand {
         healthy: bool,
     },
     Show {
-        /// Node id.
+        /// Node id or name.
         id: String,
     },
     /// One-time tokens that enroll new nodes (administrators).
@@ -253,6 +253,21 @@ pub enum DeploymentsCommand {
         /// Deployment id.
         id: String,
     },
+    /// Load the active deployment's version again where it failed (a version that failed
+    /// to compile is otherwise retried only when a node's desired state changes).
+    Retry {
+        /// Deployment id.
+        id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+}
+
+/// The node `reference` names: by id, else by name.
+async fn resolve_node(client: &Client, reference: &str) -> anyhow::Result<Node> {
+    by_id_or_name(client, "/nodes", reference, |n: &Node| &n.name)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no node with id or name {reference:?}"))
 }
 
 /// The function `reference` names: by id, else by name.
@@ -266,23 +281,31 @@ pub async fn resolve(client: &Client, reference: &str) -> anyhow::Result<Functio
 
 /// Like [`resolve`], `None` when nothing has that id or name.
 async fn find(client: &Client, reference: &str) -> anyhow::Result<Option<Function>> {
-    match client
-        .get::<Function>(&format!("/functions/{reference}"))
-        .await
-    {
-        Ok(function) => return Ok(Some(function)),
+    by_id_or_name(client, "/functions", reference, |f: &Function| &f.name).await
+}
+
+/// The item of `collection` whose id is `reference` or, when none is, the one item named so.
+async fn by_id_or_name<T: serde::de::DeserializeOwned>(
+    client: &Client,
+    collection: &str,
+    reference: &str,
+    name: impl Fn(&T) -> &str,
+) -> anyhow::Result<Option<T>> {
+    match client.get::<T>(&format!("{collection}/{reference}")).await {
+        Ok(item) => return Ok(Some(item)),
         Err(error)
             if error
                 .downcast_ref::<ApiFailure>()
                 .is_some_and(|f| f.status == 404) => {}
         Err(error) => return Err(error),
     }
-    let functions: Vec<Function> = client.get("/functions").await?;
-    let mut named = functions.into_iter().filter(|f| f.name == reference);
+    let items: Vec<T> = client.get(collection).await?;
+    let mut named = items.into_iter().filter(|item| name(item) == reference);
     match (named.next(), named.next()) {
-        (Some(function), None) => Ok(Some(function)),
+        (Some(item), None) => Ok(Some(item)),
         (Some(_), Some(_)) => anyhow::bail!(
-            "several functions are named {reference:?} (in different projects); use the id"
+            "several {} are named {reference:?}; use the id",
+            collection.trim_start_matches('/')
         ),
         (None, _) => Ok(None),
     }
@@ -718,7 +741,8 @@ pub async fn nodes(client: &Client, out: &Output, command: NodesCommand) -> anyh
             );
         }
         NodesCommand::Show { id } => {
-            let node: Node = client.get(&format!("/nodes/{id}")).await?;
+            let node = resolve_node(client, &id).await?;
+            let names = function_names(client, out).await;
             out.item(&node, || {
                 let head = format!(
                     "{} ({})\nstatus          {}{}\nlabels          {}\naddress         {}\nlast heartbeat  {}\ncpu             {}\nmemory          {}\n",
@@ -736,14 +760,18 @@ pub async fn nodes(client: &Client, out: &Output, command: NodesCommand) -> anyh
                 );
                 let rows = node.inventory.iter().map(|i| {
                     vec![
-                        i.function_id.clone(),
+                        named(&names, &i.function_id),
                         i.version.to_string(),
                         i.state.as_str().to_string(),
                         or_dash(i.error.as_deref()),
                     ]
                 });
                 let usage = node.usage.functions.iter().map(|u| {
-                    vec![u.function_id.clone(), u.invocations.to_string(), u.errors.to_string()]
+                    vec![
+                        named(&names, &u.function_id),
+                        u.invocations.to_string(),
+                        u.errors.to_string(),
+                    ]
                 });
                 format!(
                     "{head}\n{}\n\nsince the previous heartbeat:\n{}",
@@ -788,13 +816,22 @@ pub async fn deployments(
     out: &Output,
     command: DeploymentsCommand,
 ) -> anyhow::Result<()> {
-    let DeploymentsCommand::Show { id } = command;
+    let id = match command {
+        DeploymentsCommand::Show { id } => id,
+        DeploymentsCommand::Retry { id, wait } => {
+            let deployment: Deployment = client
+                .post(&format!("/deployments/{id}/retry"), &serde_json::json!({}))
+                .await?;
+            return finish_deployment(client, out, deployment, &wait).await;
+        }
+    };
     let deployment: Deployment = client.get(&format!("/deployments/{id}")).await?;
+    let names = function_names(client, out).await;
     out.item(&deployment, || {
         let head = format!(
             "deployment {}\nfunction  {} version {}\nselector  {}\nstate     {}\ncreated   {}\n",
             deployment.id,
-            deployment.function_id,
+            named(&names, &deployment.function_id),
             deployment.version,
             if deployment.pop_selector.is_empty() {
                 "(every node)"
@@ -818,6 +855,24 @@ pub async fn deployments(
         )
     });
     Ok(())
+}
+
+/// Names of the functions the caller can read, by id, for tables (empty for `--json`, or
+/// if they cannot be listed).
+async fn function_names(client: &Client, out: &Output) -> BTreeMap<String, String> {
+    if out.json {
+        return BTreeMap::new();
+    }
+    let functions: Vec<Function> = client.get("/functions").await.unwrap_or_default();
+    functions.into_iter().map(|f| (f.id, f.name)).collect()
+}
+
+/// `name (fn_…)` where the name is known, else the id.
+fn named(names: &BTreeMap<String, String>, id: &str) -> String {
+    match names.get(id) {
+        Some(name) => format!("{name} ({id})"),
+        None => id.to_string(),
+    }
 }
 
 fn labels(labels: &BTreeMap<String, String>) -> String {

@@ -69,6 +69,11 @@ pub async fn run(args: DevArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    // People get short lines (requests, guest logs); `--json` keeps the servers' JSON lines
+    // for machines.
+    if !global.json {
+        edgefn_runner::use_human_lines();
+    }
     let wasm = match &args.wasm {
         Some(path) => path.clone(),
         None => build_hello(&args.dir)?,
@@ -102,6 +107,7 @@ pub async fn run(args: DevArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     )?;
     // The runners' compile worker (this binary) compiles once for all of them.
     cp_args.compile_worker = std::env::current_exe().ok();
+    cp_args.quiet_listeners = !global.json;
     tasks.spawn(named(
         "control plane",
         edgefn_control_plane::run(cp_args, until_stopped(stopped.clone())),
@@ -198,28 +204,34 @@ pub async fn run(args: DevArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             );
         }
     }
-    println!();
-    println!(
-        "edgefn dev is running ({FUNCTION} version {} deployed and answering in {} ms)",
-        deployed.version,
-        started.elapsed().as_millis()
-    );
-    println!("  control plane  {cp_url}");
-    println!(
-        "  other shells:  export EDGEFN_URL={cp_url} EDGEFN_TOKEN=$(cat {}){}",
-        token_file.display(),
-        if args.tls {
-            format!(" EDGEFN_CA_CERT={}", api_cert.display())
-        } else {
-            String::new()
-        }
-    );
-    for (name, http, admin) in &runners {
-        println!("  runner {name:<7} http://{http}/   metrics http://{admin}/metrics");
+    if global.json {
+        let summary = serde_json::json!({
+            "timestamp": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            "level": "INFO",
+            "message": "edgefn dev is running",
+            "function": FUNCTION,
+            "version": deployed.version,
+            "ready_ms": started.elapsed().as_millis() as u64,
+            "control_plane": cp_url,
+            "token_file": token_file,
+            "runners": runners.iter().map(|(name, http, admin)| serde_json::json!({
+                "name": name,
+                "url": format!("http://{http}/"),
+                "metrics": format!("http://{admin}/metrics"),
+            })).collect::<Vec<_>>(),
+        });
+        println!("{summary}");
+    } else {
+        print_summary(
+            &args,
+            &cp_url,
+            &token_file,
+            &api_cert,
+            &runners,
+            &deployed,
+            started,
+        );
     }
-    println!("  try:           curl http://{}/", runners[0].1);
-    println!("  deploy yours:  edgefn deploy {FUNCTION} --wasm PATH --wait");
-    println!("Ctrl-C stops everything.");
 
     let outcome = tokio::select! {
         _ = edgefn_runner::shutdown_signal() => Ok(()),
@@ -422,4 +434,38 @@ async fn wait_until_ready(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// What `edgefn dev` tells a person once everything answers.
+fn print_summary(
+    args: &DevArgs,
+    cp_url: &str,
+    token_file: &std::path::Path,
+    api_cert: &std::path::Path,
+    runners: &[(String, SocketAddr, SocketAddr)],
+    deployed: &Deployment,
+    started: Instant,
+) {
+    println!();
+    println!(
+        "edgefn dev is running ({FUNCTION} version {} deployed and answering in {} ms)",
+        deployed.version,
+        started.elapsed().as_millis()
+    );
+    println!("  control plane  {cp_url}");
+    println!(
+        "  other shells:  export EDGEFN_URL={cp_url} EDGEFN_TOKEN=$(cat {}){}",
+        token_file.display(),
+        if args.tls {
+            format!(" EDGEFN_CA_CERT={}", api_cert.display())
+        } else {
+            String::new()
+        }
+    );
+    for (name, http, admin) in runners {
+        println!("  runner {name:<7} http://{http}/   metrics http://{admin}/metrics");
+    }
+    println!("  try:           curl http://{}/", runners[0].1);
+    println!("  deploy yours:  edgefn deploy {FUNCTION} --wasm PATH --wait");
+    println!("Ctrl-C stops everything; requests and guest logs follow (--json for JSON lines).");
 }

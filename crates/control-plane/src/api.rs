@@ -143,6 +143,10 @@ pub fn router(state: AppState) -> Router {
         .route("/functions/{id}/rollback", post(deployments::rollback))
         .route("/functions/{id}/undeploy", post(deployments::undeploy))
         .route("/deployments/{id}", get(deployments::get_deployment))
+        .route(
+            "/deployments/{id}/retry",
+            post(deployments::retry_deployment),
+        )
         .route("/whoami", get(identity::whoami))
         .route(
             "/users",

@@ -41,6 +41,9 @@ pub struct ControlPlaneArgs {
     /// Largest `max_execution_ms` a function may ask for.
     #[arg(long, env = "EDGEFN_MAX_EXECUTION_MS", default_value_t = 60_000)]
     pub max_execution_ms: u64,
+    /// Leave out the `listening` lines on stdout (`edgefn dev` prints its own summary).
+    #[arg(long, hide = true)]
+    pub quiet_listeners: bool,
     /// Program that compiles artifacts once for the fleet, run as `PROGRAM compile-worker …`
     /// (`edgefn` or `edgefn-compile-worker` of the nodes' release); `edgefn control-plane`
     /// uses its own binary. Without one, every node compiles for itself.

@@ -131,6 +131,7 @@ mod tests {
                 env: BTreeMap::new(),
                 tenant: "default".into(),
             },
+            retry: 0,
         }
     }
 

@@ -415,7 +415,11 @@ pub async fn run(
     // The one fixed format tools and tests read the bound addresses from.
     for (name, bound) in [("api", address), ("nodes", node_address)] {
         use std::io::Write as _;
-        let line = serde_json::json!({ "level": "INFO", "message": "listening", "listener": name, "address": bound.to_string() });
+        if args.quiet_listeners {
+            break;
+        }
+        let timestamp = clock::rfc3339_now();
+        let line = serde_json::json!({ "timestamp": timestamp, "level": "INFO", "message": "listening", "listener": name, "address": bound.to_string() });
         // A closed stdout (a supervisor that stopped reading) is no reason to stop serving.
         let _ = writeln!(std::io::stdout(), "{line}");
     }

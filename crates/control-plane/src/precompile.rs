@@ -48,6 +48,12 @@ pub struct Precompiler {
     hashes: Mutex<HashMap<(u64, bool), Result<String, String>>>,
 }
 
+/// 4 GiB of linear memory: the most a 32-bit memory can have.
+const MAX_MEMORY_PAGES: u64 = 65_536;
+
+/// Distinct engine settings (memory pages, fuel) whose hash is asked of the worker.
+const MAX_ENGINE_SETTINGS: usize = 64;
+
 /// Where the native code of `wasm_sha256` for `engine_hash` is kept.
 pub fn native_path(engine_hash: &str, wasm_sha256: &str) -> ObjectPath {
     ObjectPath::from(format!("precompiled/{engine_hash}/{wasm_sha256}"))
@@ -84,13 +90,18 @@ impl Precompiler {
     /// Whether the worker makes code for `profile`'s engine: `Err` says why not (another
     /// Wasmtime version, another CPU, a worker that does not start).
     pub async fn serves(&self, profile: &EngineProfile) -> Result<(), String> {
+        if !(1..=MAX_MEMORY_PAGES).contains(&profile.max_memory_pages) {
+            return Err(format!("max_memory_pages must be 1..={MAX_MEMORY_PAGES}"));
+        }
         let key = (profile.max_memory_pages, profile.fuel);
-        let known = self
-            .hashes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .cloned();
+        let known = {
+            let hashes = self.hashes.lock().unwrap_or_else(|e| e.into_inner());
+            // Each new setting costs a worker process: a node cannot make us start many.
+            if hashes.len() >= MAX_ENGINE_SETTINGS && !hashes.contains_key(&key) {
+                return Err("too many different engine settings in the fleet".into());
+            }
+            hashes.get(&key).cloned()
+        };
         let hash = match known {
             Some(hash) => hash,
             None => {

@@ -68,6 +68,14 @@ pub struct DesiredFunction {
     /// The artifact's SHA-256; a download that does not match is discarded.
     pub sha256: String,
     pub settings: FunctionSettings,
+    /// Operator retries of the deployment (`edgefn deployments retry`): when it changes, a
+    /// node whose load of this version failed loads it again at once.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retry: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// One route a node must serve.

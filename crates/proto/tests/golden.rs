@@ -37,6 +37,7 @@ fn sample() -> DesiredState {
                 env: BTreeMap::from([("GREETING".into(), "hi".into())]),
                 tenant: "default".into(),
             },
+            retry: 0,
         }],
         routes: vec![DesiredRoute {
             id: "rt_1".into(),

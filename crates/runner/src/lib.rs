@@ -23,6 +23,7 @@ mod cp_http;
 mod fetch;
 pub mod identity;
 mod logs;
+pub use logs::use_human_lines;
 mod manifest;
 mod metrics;
 mod node;

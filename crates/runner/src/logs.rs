@@ -1,5 +1,6 @@
 //! JSON lines on stdout: one per request, one per guest log record, and the runner's own
 //! events (through `tracing`), all with `timestamp`, `level`, `message` and `node_id`.
+//! `edgefn dev` switches to short lines for people ([`use_human_lines`]).
 
 use std::io::Write as _;
 use std::time::SystemTime;
@@ -78,10 +79,58 @@ fn write_raw(line: &[u8]) {
 }
 
 /// Writes one JSON object as a line on stdout (within [`DRAIN_INTERVAL`]).
+/// Whether lines are for people (`edgefn dev`) rather than log collectors.
+static HUMAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on, this process writes short lines for a terminal instead of JSON: the time,
+/// node, level and message, then the other fields as `key=value`; listener announcements
+/// are left out (`edgefn dev` prints its own summary).
+pub fn use_human_lines() {
+    HUMAN.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 pub fn write_line(value: &Value) {
-    let mut line = value.to_string().into_bytes();
+    let mut line = if HUMAN.load(std::sync::atomic::Ordering::Relaxed) {
+        match human(value) {
+            Some(line) => line,
+            None => return,
+        }
+    } else {
+        value.to_string()
+    }
+    .into_bytes();
     line.push(b'\n');
     write_raw(&line);
+}
+
+/// `01:11:03.526 dev-1 INFO  request function_id=fn_… status=200 duration_us=1358 …`.
+fn human(value: &Value) -> Option<String> {
+    let object = value.as_object()?;
+    let text = |key: &str| object.get(key).and_then(Value::as_str).unwrap_or_default();
+    if text("message") == "listening" {
+        return None;
+    }
+    // RFC 3339 `2026-12-07T01:11:03.526343Z`: the time of day to the millisecond.
+    let time = text("timestamp").get(11..23).unwrap_or_default();
+    let mut line = format!(
+        "{time} {} {:<5} {}",
+        text("node_id"),
+        text("level"),
+        text("message")
+    );
+    for (key, field) in object {
+        if matches!(
+            key.as_str(),
+            "timestamp" | "node_id" | "level" | "message" | "start_timestamp" | "end_timestamp"
+        ) {
+            continue;
+        }
+        match field {
+            Value::String(s) => line.push_str(&format!(" {key}={s}")),
+            other => line.push_str(&format!(" {key}={other}")),
+        }
+    }
+    Some(line)
 }
 
 /// The outcome of one request, logged when its response is ready.
@@ -129,6 +178,12 @@ impl RequestLog<'_> {
             message: "request",
             request: self,
         };
+        if HUMAN.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(value) = serde_json::to_value(&line) {
+                write_line(&value);
+            }
+            return;
+        }
         let mut bytes = Vec::with_capacity(384);
         if serde_json::to_writer(&mut bytes, &line).is_ok() {
             bytes.push(b'\n');
@@ -165,5 +220,29 @@ impl LogSink for JsonLogSink {
             line["context"] = json!(record.context);
         }
         write_line(&line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_lines_keep_every_field_but_the_timestamps() {
+        let line = json!({
+            "timestamp": "2026-12-07T01:11:03.526343Z",
+            "level": "INFO",
+            "message": "request",
+            "node_id": "dev-1",
+            "function_id": "fn_1",
+            "status": 200,
+            "start_timestamp": "2026-12-07T01:11:03.525066Z",
+        });
+        assert_eq!(
+            human(&line).unwrap(),
+            "01:11:03.526 dev-1 INFO  request function_id=fn_1 status=200"
+        );
+        let listening = json!({ "message": "listening", "listener": "http" });
+        assert_eq!(human(&listening), None);
     }
 }

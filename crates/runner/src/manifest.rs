@@ -164,6 +164,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<NodeSpec, ManifestEr
             sha256: f.sha256.map(|s| s.to_ascii_lowercase()),
             tenant: f.tenant.unwrap_or_else(|| "default".into()),
             settings,
+            retry: 0,
         });
     }
     let mut routes = Vec::with_capacity(raw.routes.len());

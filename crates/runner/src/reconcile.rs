@@ -106,6 +106,7 @@ fn entry_of(function: &DesiredFunction) -> Result<FunctionEntry, ConvertError> {
         sha256: Some(function.sha256.to_ascii_lowercase()),
         tenant: given.tenant.clone(),
         settings,
+        retry: function.retry,
     })
 }
 

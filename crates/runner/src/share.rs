@@ -85,6 +85,7 @@ mod tests {
                 max_hot_instances: max,
                 ..Default::default()
             },
+            retry: 0,
         }
     }
 

@@ -25,6 +25,9 @@ pub struct FunctionEntry {
     pub sha256: Option<String>,
     pub tenant: String,
     pub settings: FunctionSettings,
+    /// The control plane's retry count: a new one is a new entry, loaded afresh even if the
+    /// version failed before.
+    pub retry: u64,
 }
 
 /// Which function version a route sends to.

@@ -7,7 +7,7 @@ fn failures_carry_the_api_message_and_exit_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(&Backend::Sqlite, dir.path(), &[]);
 
-    let missing = cp.cli(&["deploy", "nope", "--wasm", &guest("hello")]);
+    let missing = cp.cli(&["functions", "show", "nope"]);
     assert!(!missing.success);
     assert!(
         missing

@@ -3,6 +3,7 @@
 //! 127.0.0.1, driven by the CLI as a developer would, serving guests built from `examples/`.
 
 mod abuse;
+mod deploy;
 mod dev;
 mod errors;
 mod fleet;

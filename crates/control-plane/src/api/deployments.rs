@@ -140,6 +140,38 @@ pub(super) async fn undeploy(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Loads the active deployment's version again on every node where it failed (after the
+/// cause was fixed: a node's memory, a control-plane limit); nodes otherwise retry a
+/// version that failed to compile only when their desired state changes.
+#[utoipa::path(post, path = "/api/v1/deployments/{id}/retry", params(("id" = String, Path)), responses((status = 200, body = Deployment), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn retry_deployment(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Deployment>> {
+    let deployment = state
+        .store
+        .get_deployment(&id)
+        .await
+        .map_err(not_found("deployment"))?;
+    function_for(&state, &principal, &deployment.function_id, Role::Developer).await?;
+    let urls = artifact_urls(&state);
+    state
+        .store
+        .retry_deployment(&principal.actor(), &id, &urls)
+        .await
+        .map_err(not_found("deployment"))?;
+    state.feed.poke();
+    precompile_ahead(&state, &deployment.function_id, deployment.version).await;
+    Ok(Json(
+        state
+            .store
+            .get_deployment(&id)
+            .await
+            .map_err(not_found("deployment"))?,
+    ))
+}
+
 #[utoipa::path(get, path = "/api/v1/deployments/{id}", params(("id" = String, Path)), responses((status = 200, body = Deployment), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn get_deployment(
     State(state): State<AppState>,

@@ -52,6 +52,7 @@ use crate::validate::Limits;
         super::deployments::rollback,
         super::deployments::undeploy,
         super::deployments::get_deployment,
+        super::deployments::retry_deployment,
         super::identity::login,
         super::identity::whoami,
         super::identity::create_user,

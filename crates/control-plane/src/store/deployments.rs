@@ -188,6 +188,65 @@ impl Store {
         Self::finish(tx, result).await
     }
 
+    /// An operator's retry of the active deployment `id`: its failed nodes go back to
+    /// pending, failed compilations of its artifact are forgotten, and every node holding
+    /// it gets a desired state that makes it load the version again. Returns the function.
+    pub async fn retry_deployment(
+        &self,
+        actor: &str,
+        id: &str,
+        artifact_url: ArtifactUrl<'_>,
+    ) -> Result<String> {
+        let mut tx = self.begin_write().await?;
+        let result: Result<String> = async {
+            Self::lock_desired(&mut tx).await?;
+            let row = sqlx::query(
+                "SELECT d.function_id, d.state, v.sha256 FROM deployments d \
+                 JOIN versions v ON v.function_id = d.function_id AND v.version = d.version \
+                 WHERE d.id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+            let function_id: String = row.try_get("function_id")?;
+            let state: String = row.try_get("state")?;
+            if state != "active" {
+                return Err(StoreError::Conflict(format!(
+                    "the deployment is {state}; only the active one can be retried"
+                )));
+            }
+            sqlx::query("UPDATE deployments SET retries = retries + 1 WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let failed = sqlx::query(
+                "UPDATE deployment_nodes SET state = 'pending', error = NULL, updated_at = $2 \
+                 WHERE deployment_id = $1 AND state = 'failed'",
+            )
+            .bind(id)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if let Some(sha256) = row.try_get::<Option<String>, _>("sha256")? {
+                sqlx::query("DELETE FROM precompiled WHERE wasm_sha256 = $1 AND state = 'failed'")
+                    .bind(sha256)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            self.recompute_desired(&mut tx, artifact_url, None).await?;
+            let project = Self::project_of(&mut tx, &function_id).await?;
+            let entry = Entry::new(actor, "deployment.retry", id)
+                .project(project)
+                .details(json!({ "function": function_id, "failed_nodes": failed }));
+            self.append_audit(&mut tx, &entry).await?;
+            Ok(function_id)
+        }
+        .await;
+        Self::finish(tx, result).await
+    }
+
     /// The version to roll back to: `to_version`, or the newest version deployed before the
     /// active one; and the active deployment's selector and strategy.
     pub async fn rollback_target(

@@ -88,7 +88,7 @@ impl Store {
         use crate::desired::{ActiveDeployment, compute};
         Self::lock_desired(tx).await?;
         let rows = sqlx::query(
-            "SELECT d.id, d.function_id, d.version, d.pop_selector, v.sha256, v.kind, v.settings, f.name, f.project_id \
+            "SELECT d.id, d.function_id, d.version, d.pop_selector, d.retries, v.sha256, v.kind, v.settings, f.name, f.project_id \
              FROM deployments d JOIN versions v ON v.function_id = d.function_id AND v.version = d.version \
              JOIN functions f ON f.id = d.function_id WHERE d.state = 'active' ORDER BY d.function_id",
         )
@@ -129,6 +129,7 @@ impl Store {
                         artifact_url: artifact_url(&sha256),
                         sha256,
                         settings,
+                        retry: row.try_get::<i64, _>("retries")?.max(0) as u64,
                     },
                 })
             })

@@ -865,3 +865,84 @@ async fn malformed_requests_get_the_json_error_shape() {
     assert_eq!(missing.status, 404);
     assert_eq!(missing.json()["error"]["code"], "not_found");
 }
+
+/// `POST /deployments/{id}/retry`: the failed nodes go back to pending and every targeted
+/// node gets a new desired state whose `retry` count makes it load the version again; a
+/// deployment that is no longer active cannot be retried.
+#[tokio::test]
+async fn a_retry_sends_the_failed_version_again() {
+    let app = app(&Backend::Sqlite).await;
+    let node = app.enroll("n1", json!({ "region": "tokyo" })).await;
+    let (completed, id) = app.deploy_bytes("retried", &hello()).await;
+    assert_eq!(completed.status, 200);
+    let deployed = app
+        .json(
+            "POST",
+            &format!("/api/v1/functions/{id}/deploy"),
+            json!({ "version": 1, "pop_selector": "" }),
+        )
+        .await
+        .json();
+    let deployment_id = deployed["id"].as_str().unwrap().to_string();
+    let beat = |applied: Option<u64>, results: serde_json::Value| json!({ "node_id": node.id, "status": "online", "cpu_percent": 1.0, "mem_bytes": 1, "applied_revision": applied, "results": results });
+    let path = format!("/api/v1/nodes/{}/heartbeat", node.id);
+    let heartbeat = |body: serde_json::Value| app.node(&node, "POST", &path, body);
+    let reply = heartbeat(beat(None, json!([]))).await.json();
+    let revision = reply["desired_revision"].as_u64().unwrap();
+    assert!(
+        reply["desired_state"]["functions"][0]
+            .get("retry")
+            .is_none()
+    );
+    let failed = json!([{ "function_id": id, "version": 1, "state": "failed", "error": "compilation took longer than the limit" }]);
+    heartbeat(beat(Some(revision), failed)).await;
+    let shown = app
+        .get(&format!("/api/v1/deployments/{deployment_id}"))
+        .await
+        .json();
+    assert_eq!(shown["nodes"][0]["state"], "failed", "{shown}");
+
+    let retried = app
+        .json(
+            "POST",
+            &format!("/api/v1/deployments/{deployment_id}/retry"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(retried.status, 200, "{:?}", retried.json());
+    assert_eq!(retried.json()["nodes"][0]["state"], "pending");
+    let reply = heartbeat(beat(Some(revision), json!([]))).await.json();
+    assert!(
+        reply["desired_revision"].as_u64().unwrap() > revision,
+        "{reply}"
+    );
+    assert_eq!(
+        reply["desired_state"]["functions"][0]["retry"], 1,
+        "{reply}"
+    );
+    let audited = app
+        .get("/api/v1/audit?action=deployment.retry")
+        .await
+        .json();
+    assert_eq!(audited.as_array().unwrap().len(), 1, "{audited}");
+
+    // Undeployed: nothing to retry.
+    app.json(
+        "POST",
+        &format!("/api/v1/functions/{id}/undeploy"),
+        json!({}),
+    )
+    .await;
+    let refused = app
+        .json(
+            "POST",
+            &format!("/api/v1/deployments/{deployment_id}/retry"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(refused.status, 409, "{:?}", refused.json());
+    let missing = app
+        .json("POST", "/api/v1/deployments/dep_nope/retry", json!({}))
+        .await;
+    assert_eq!(missing.status, 404);
+}

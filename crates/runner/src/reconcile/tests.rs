@@ -24,6 +24,7 @@ fn function(id: &str, version: u64, sha256: &str, url: &str) -> DesiredFunction 
             env: [("K".to_string(), "V".to_string())].into(),
             tenant: "acme".into(),
         },
+        retry: 0,
     }
 }
 

@@ -571,3 +571,95 @@ async fn a_request_fetches_an_artifact_whose_source_was_down_at_start_up() {
     );
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
+
+/// The componentize-js and componentize-py guests behind the runner's front, over real
+/// sockets with the default settings: GET, a 1 MB POST echoed byte for byte, a custom
+/// status and header; then 200 requests on 8 connections each, all correct (the JavaScript
+/// guest gets a fresh instance per request, the Python one reused instances).
+#[tokio::test]
+async fn javascript_and_python_functions_answer_through_the_runner() {
+    let manifest = format!(
+        r#"
+[[functions]]
+id = "js"
+version = 1
+path = "{}"
+
+[[functions]]
+id = "py"
+version = 1
+path = "{}"
+
+[[routes]]
+path = "/js/*"
+function = "js"
+
+[[routes]]
+path = "/py/*"
+function = "py"
+"#,
+        edgefn_test_support::guest_wasm("js").display(),
+        edgefn_test_support::guest_wasm("python").display()
+    );
+    let runner = Runner::start(&manifest, &[]);
+    let client = reqwest::Client::new();
+    for (prefix, greeting, example) in [
+        ("/js", "Hello from JavaScript!\n", "javascript"),
+        ("/py", "Hello from Python!\n", "python"),
+    ] {
+        let hello = client
+            .get(runner.url(&format!("{prefix}/")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(hello.status(), 200, "{prefix}");
+        assert_eq!(hello.text().await.unwrap(), greeting);
+
+        let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let echoed = client
+            .post(runner.url(&format!("{prefix}/echo")))
+            .header("content-type", "application/octet-stream")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(echoed.status(), 200, "{prefix}");
+        assert_eq!(echoed.headers()["content-type"], "application/octet-stream");
+        assert!(
+            echoed.bytes().await.unwrap() == body,
+            "{prefix}: echoed bytes differ"
+        );
+
+        let teapot = client
+            .get(runner.url(&format!("{prefix}/status/418")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(teapot.status(), 418);
+        assert_eq!(teapot.headers()["x-edgefn-example"], example);
+
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (client, url) = (client.clone(), runner.url(&format!("{prefix}/")));
+            tasks.spawn(async move {
+                for _ in 0..25 {
+                    let response = client.get(&url).send().await.unwrap();
+                    assert_eq!(response.status(), 200);
+                    assert_eq!(response.text().await.unwrap(), greeting);
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+    }
+    let text = runner.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            r#"wasm_reused_instance_failures_total{function_id="js"}"#
+        )
+        .unwrap_or(0.0),
+        0.0
+    );
+}
