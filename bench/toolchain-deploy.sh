@@ -7,6 +7,8 @@
 #           and verify the signed native code;
 #   second  another function built with the same toolchain (another greeting, so another
 #           artifact that embeds the same engine): compiled mostly from the incremental cache.
+#   winch   runners with --winch-first: Winch code (compiled on each node, ~4x faster)
+#           answers until the control plane's Cranelift code arrives;
 #   local   the same cold deploy with the control plane's compiler off
 #           (`--compile-worker /bin/false`): every runner compiles for itself.
 # Peer, in the same run: `wasmtime serve -S cli=y` (Wasmtime 48, the PyPI wheel
@@ -68,7 +70,7 @@ start_fleet() { # extra control-plane flags...
   local dir="$WORK/fleet$FLEET"
   CP_PORT="$(free_port)"
   CP="http://127.0.0.1:$CP_PORT"
-  "$EDGEFN" control-plane --listen "127.0.0.1:$CP_PORT" --node-listen "127.0.0.1:$(free_port)" \
+  RUST_LOG=info "$EDGEFN" control-plane --listen "127.0.0.1:$CP_PORT" --node-listen "127.0.0.1:$(free_port)" \
     --data-dir "$dir/cp" "$@" >"$dir.cp.log" 2>&1 &
   PIDS+=($!)
   until curl -fs "$CP/api/v1/openapi.json" >/dev/null && [ -s "$dir/cp/admin-token" ]; do sleep 0.05; done
@@ -78,10 +80,10 @@ start_fleet() { # extra control-plane flags...
     local port; port="$(free_port)"
     local bootstrap
     bootstrap="$("$EDGEFN" --url "$CP" nodes token create --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')"
-    "$EDGEFN" runner --control-plane "$CP" --bootstrap-token "$bootstrap" \
+    RUST_LOG=info "$EDGEFN" runner --control-plane "$CP" --bootstrap-token "$bootstrap" \
       --listen "127.0.0.1:$port" --admin-listen 127.0.0.1:0 \
       --node-id "$name" --labels "region=bench" --cache-dir "$dir/$name/cache" \
-      --state-dir "$dir/$name/state" >"$dir.$name.log" 2>&1 &
+      --state-dir "$dir/$name/state" ${RUNNER_FLAGS:-} >"$dir.$name.log" 2>&1 &
     PIDS+=($!)
     RUNNERS+=("http://127.0.0.1:$port")
   done
@@ -112,11 +114,24 @@ deploy_and_time js1 js1 "Hello from JavaScript" "cold"
 deploy_and_time js2 js2 "Howdy from JavaScript" "second function, same toolchain"
 deploy_and_time py1 py1 "Hello from Python" "cold"
 deploy_and_time py2 py2 "Howdy from Python" "second function, same toolchain"
-grep -h '"precompiled for the fleet"' "$WORK/fleet$FLEET.cp.log" | python3 -c '
+{ grep -h '"precompiled for the fleet"' "$WORK/fleet$FLEET.cp.log" || true; } | python3 -c '
 import json, sys
 for line in sys.stdin:
     r = json.loads(line)
     print("  control plane compiled %s… in %d ms (%d bytes of native code)" % (r["wasm_sha256"][:12], r["compile_ms"], r["native_bytes"]))'
+{ grep -h '"precompiled code from the control plane verified"' "$WORK/fleet$FLEET.node-1.log" || true; } | python3 -c '
+import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    print("  node-1 waited %d ms for %s v%s (%d bytes)" % (r["wait_ms"], r["function_id"], r["version"], r["bytes"]))'
+
+echo
+echo "== compiled once by the control plane, runners --winch-first (Winch code until the Cranelift code arrives)"
+RUNNER_FLAGS=--winch-first start_fleet
+deploy_and_time js1 js1 "Hello from JavaScript" "cold, winch first"
+deploy_and_time js2 js2 "Howdy from JavaScript" "second function, winch first"
+deploy_and_time py1 py1 "Hello from Python" "cold, winch first"
+deploy_and_time py2 py2 "Howdy from Python" "second function, winch first"
 
 echo
 echo "== every runner compiles for itself (control plane compiler off), incremental cache on"

@@ -142,6 +142,12 @@ pub struct RunnerArgs {
     /// first one's pieces; 0 turns it off.
     #[arg(long, env = "EDGEFN_COMPILE_CACHE_BYTES", default_value_t = 1 << 30)]
     pub compile_cache_bytes: u64,
+    /// Compile a new version first with Winch, Wasmtime's baseline compiler (about 4×
+    /// faster, slower code), serve it at once, and switch to Cranelift code (the control
+    /// plane's, or compiled here) as soon as it is ready. Uses a second, smaller instance
+    /// pool for the Winch code.
+    #[arg(long, env = "EDGEFN_WINCH_FIRST")]
+    pub winch_first: bool,
     /// Open outbound connections of one function (all its instances) on this node; more
     /// fail with `connection-limit-reached` in the guest.
     #[arg(

@@ -234,6 +234,15 @@ pub async fn run(
         incremental_cache_bytes: args.compile_cache_bytes,
         ..defaults
     };
+    let baseline = if args.winch_first {
+        let mut config = runtime_config.clone();
+        config.winch = true;
+        // Winch code serves a version only until its Cranelift code is ready.
+        config.pool_instances = (args.pool_instances / 4).max(16);
+        Some(Runtime::new(config)?)
+    } else {
+        None
+    };
     let runtime = Runtime::new(runtime_config)?;
     let backoff = Backoff {
         initial: Duration::from_millis(args.fetch_backoff_ms),
@@ -256,6 +265,9 @@ pub async fn run(
             prewarm_percent: args.prewarm_percent,
         },
     );
+    if let Some(baseline) = baseline {
+        node.use_baseline(baseline);
+    }
     node.reconcile(&manifest);
     let labels: serde_json::Map<String, serde_json::Value> = args
         .labels

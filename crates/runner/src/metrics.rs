@@ -60,6 +60,8 @@ pub struct Metrics {
     pub instance_evictions: Family<FunctionLabels, Counter>,
     pub reused_instance_failures: Family<FunctionLabels, Counter>,
     pub precompiled: Family<PrecompiledLabels, Counter>,
+    /// Versions served first from Winch code (`--winch-first`).
+    pub baseline_loads: Counter,
     pub guest_logs_dropped: Family<FunctionLabels, Counter>,
     pub quota_rejections: Family<QuotaLabels, Counter>,
     pub functions_ready: Gauge,
@@ -95,6 +97,7 @@ impl Metrics {
             instance_evictions: Family::default(),
             reused_instance_failures: Family::default(),
             precompiled: Family::default(),
+            baseline_loads: Counter::default(),
             guest_logs_dropped: Family::default(),
             quota_rejections: Family::default(),
             functions_ready: Gauge::default(),
@@ -166,6 +169,11 @@ impl Metrics {
             "wasm_precompiled_code",
             "Requests for the control plane's precompiled code, by outcome",
             metrics.precompiled.clone(),
+        );
+        registry.register(
+            "wasm_baseline_loads",
+            "Versions served first from Winch code while their Cranelift code was made",
+            metrics.baseline_loads.clone(),
         );
         registry.register(
             "wasm_guest_logs_dropped",

@@ -135,6 +135,9 @@ pub struct Node {
     pub share: crate::share::ShareLimits,
     routes: ArcSwap<RouteTable<RouteTarget>>,
     functions: ArcSwap<Functions>,
+    /// With `--winch-first`: a runtime that compiles with Winch, whose code serves a new
+    /// version until its Cranelift code is ready.
+    baseline: std::sync::OnceLock<Runtime>,
 }
 
 impl Node {
@@ -157,7 +160,14 @@ impl Node {
             fetcher: Arc::new(fetcher),
             routes: ArcSwap::from_pointee(RouteTable::default()),
             functions: ArcSwap::from_pointee(Functions::new()),
+            baseline: std::sync::OnceLock::new(),
         })
+    }
+
+    /// From now on, versions without Cranelift code at hand are served first from Winch
+    /// code compiled by `baseline` (see `--winch-first`).
+    pub fn use_baseline(&self, baseline: Runtime) {
+        let _ = self.baseline.set(baseline);
     }
 
     pub fn routes(&self) -> arc_swap::Guard<Arc<RouteTable<RouteTarget>>> {
@@ -325,7 +335,7 @@ impl Node {
 
     async fn load_version(&self, slot: &VersionSlot) {
         let entry = &slot.entry;
-        let state = match self.load_function(entry).await {
+        let state = match self.load_function(entry, slot).await {
             Ok(function) => {
                 tracing::info!(function_id = %entry.id, version = entry.version, "function ready");
                 VersionState::Ready(function)
@@ -341,8 +351,15 @@ impl Node {
     }
 
     /// Cached artifact, or fetched into the cache; then loaded. A cached file that fails its
-    /// hash check at load is deleted and fetched once more.
-    async fn load_function(&self, entry: &FunctionEntry) -> Result<Function, LoadFailure> {
+    /// hash check at load is deleted and fetched once more. With a baseline runtime and no
+    /// Cranelift code at hand, Winch code serves `slot` while the Cranelift code is made;
+    /// if that then fails, the Winch code keeps serving.
+    async fn load_function(
+        &self,
+        entry: &FunctionEntry,
+        slot: &VersionSlot,
+    ) -> Result<Function, LoadFailure> {
+        let mut baseline_function: Option<Function> = None;
         for attempt in 0..2 {
             let (path, sha256) = match self.cache.get(&entry.id, entry.version) {
                 Some(cached) if entry.sha256.as_ref().is_none_or(|s| *s == cached.1) => cached,
@@ -355,12 +372,7 @@ impl Node {
                     })?,
             };
             self.cache.touch(&entry.id, entry.version);
-            if matches!(entry.source, crate::spec::ArtifactSource::Url(_))
-                && !self.runtime.has_precompiled(&path, &sha256)
-            {
-                self.precompiled_from_control_plane(entry, &path, &sha256)
-                    .await;
-            }
+            let has_code = self.runtime.has_precompiled(&path, &sha256);
             let spec = LoadSpec {
                 function_id: entry.id.clone(),
                 version: entry.version,
@@ -375,8 +387,37 @@ impl Node {
                     ),
                 },
             };
+            if let Some(baseline) = self.baseline.get()
+                && !has_code
+                && baseline_function.is_none()
+            {
+                let started = Instant::now();
+                match baseline.load(spec.clone()).await {
+                    Ok(function) => {
+                        tracing::info!(function_id = %entry.id, version = entry.version, load_ms = started.elapsed().as_millis() as u64, "serving Winch code while the Cranelift code is made");
+                        self.metrics.baseline_loads.inc();
+                        slot.state
+                            .send_replace(VersionState::Ready(function.clone()));
+                        baseline_function = Some(function);
+                    }
+                    Err(error) => {
+                        tracing::warn!(function_id = %entry.id, version = entry.version, %error, "Winch could not load it; waiting for Cranelift")
+                    }
+                }
+            }
+            if matches!(entry.source, crate::spec::ArtifactSource::Url(_)) && !has_code {
+                let wasm_sha256 = spec.sha256.as_deref().unwrap_or_default();
+                self.precompiled_from_control_plane(entry, &spec.artifact, wasm_sha256)
+                    .await;
+            }
             match self.runtime.load(spec).await {
                 Ok(function) => return Ok(function),
+                Err(error) if baseline_function.is_some() => {
+                    tracing::error!(function_id = %entry.id, version = entry.version, %error, "no Cranelift code; the Winch code keeps serving");
+                    if let Some(function) = baseline_function.take() {
+                        return Ok(function);
+                    }
+                }
                 Err(error @ RuntimeError::Sha256Mismatch { .. }) if attempt == 0 => {
                     tracing::error!(function_id = %entry.id, version = entry.version, %error, "cached artifact is corrupt; fetching again");
                     self.metrics.corrupt_artifacts.inc();

@@ -96,7 +96,7 @@ async fn precompile_in_worker(
         .arg("compile-worker")
         .arg(kind.as_str())
         .arg(settings.max_memory_pages.to_string())
-        .arg(if settings.fuel { "fuel" } else { "no-fuel" })
+        .arg(settings.flags())
         .arg(max_memory_bytes.to_string())
         .arg(cpu_seconds.to_string())
         .args(compiler.incremental_cache.iter().flat_map(|dir| {
@@ -178,10 +178,7 @@ pub fn compile_worker_main(args: &[String]) -> ExitCode {
             eprintln!("compile-worker: invalid arguments {args:?}");
             return ExitCode::from(EXIT_USAGE);
         };
-        let settings = EngineSettings {
-            max_memory_pages,
-            fuel: fuel == "fuel",
-        };
+        let settings = EngineSettings::from_flags(max_memory_pages, fuel);
         return match wasmtime::Engine::new(&wasmtime_config(settings, None)) {
             Ok(engine) => {
                 println!("{}", crate::wasmtime_config::engine_hash(&engine));
@@ -213,7 +210,7 @@ pub fn compile_worker_main(args: &[String]) -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: compile-worker KIND MAX_MEMORY_PAGES fuel|no-fuel MAX_MEMORY_BYTES CPU_SECONDS [CACHE_DIR CACHE_BYTES]"
+                "usage: compile-worker KIND MAX_MEMORY_PAGES fuel|no-fuel[,winch] MAX_MEMORY_BYTES CPU_SECONDS [CACHE_DIR CACHE_BYTES]"
             );
             return ExitCode::from(EXIT_USAGE);
         }
@@ -234,12 +231,10 @@ pub fn compile_worker_main(args: &[String]) -> ExitCode {
         eprintln!("compile-worker: cannot set resource limits: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
-    let settings = EngineSettings {
-        max_memory_pages,
-        fuel: fuel == "fuel",
-    };
+    let settings = EngineSettings::from_flags(max_memory_pages, fuel);
     let mut config = wasmtime_config(settings, None);
-    if let Some((dir, max_bytes)) = cache {
+    // The incremental cache is Cranelift's.
+    if let Some((dir, max_bytes)) = cache.filter(|_| !settings.winch) {
         // A cache that cannot be opened costs a full compilation, nothing more.
         match incremental::DiskCacheStore::open(std::path::Path::new(dir), max_bytes) {
             Ok(store) => {

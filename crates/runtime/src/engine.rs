@@ -61,6 +61,7 @@ impl Runtime {
         let settings = EngineSettings {
             max_memory_pages: config.max_memory_pages,
             fuel: config.fuel.is_some(),
+            winch: config.winch,
         };
         let pool = (
             config.pool_instances,

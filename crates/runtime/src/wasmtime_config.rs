@@ -10,6 +10,29 @@ use crate::config::WASM_PAGE;
 pub(crate) struct EngineSettings {
     pub(crate) max_memory_pages: u64,
     pub(crate) fuel: bool,
+    /// Winch, Wasmtime's baseline compiler, instead of Cranelift.
+    pub(crate) winch: bool,
+}
+
+impl EngineSettings {
+    /// The worker's `FLAGS` argument: `fuel` or `no-fuel`, then `,winch` for Winch.
+    pub(crate) fn flags(self) -> String {
+        let fuel = if self.fuel { "fuel" } else { "no-fuel" };
+        if self.winch {
+            format!("{fuel},winch")
+        } else {
+            fuel.to_string()
+        }
+    }
+
+    pub(crate) fn from_flags(max_memory_pages: u64, flags: &str) -> Self {
+        let flags: Vec<&str> = flags.split(',').collect();
+        Self {
+            max_memory_pages,
+            fuel: flags.contains(&"fuel"),
+            winch: flags.contains(&"winch"),
+        }
+    }
 }
 
 /// What names the code an engine produces and accepts: a hash of Wasmtime's compatibility
@@ -32,6 +55,11 @@ pub(crate) fn wasmtime_config(settings: EngineSettings, pool: Option<(u32, usize
     // costs a counter update per basic block, so it is opt-in.
     config.epoch_interruption(true);
     config.consume_fuel(settings.fuel);
+    if settings.winch {
+        // About 4× faster to compile than Cranelift (bench/RESULTS.md), slower code: what a
+        // node runs while the Cranelift code of a new version is being made.
+        config.strategy(wasmtime::Strategy::Winch);
+    }
     config.wasm_component_model(true);
     config.parallel_compilation(true);
     if let Some((instances, memory_keep_resident)) = pool {
@@ -52,4 +80,28 @@ pub(crate) fn wasmtime_config(settings: EngineSettings, pool: Option<(u32, usize
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EngineSettings;
+
+    #[test]
+    fn worker_flags_name_fuel_and_the_compiler() {
+        for fuel in [false, true] {
+            for winch in [false, true] {
+                let settings = EngineSettings {
+                    max_memory_pages: 7,
+                    fuel,
+                    winch,
+                };
+                assert_eq!(EngineSettings::from_flags(7, &settings.flags()), settings);
+            }
+        }
+        assert_eq!(EngineSettings::from_flags(1, "no-fuel").flags(), "no-fuel");
+        assert_eq!(
+            EngineSettings::from_flags(1, "fuel,winch").flags(),
+            "fuel,winch"
+        );
+    }
 }

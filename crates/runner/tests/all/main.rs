@@ -63,6 +63,8 @@ impl Runner {
             ])
             .arg("--cache-dir")
             .arg(dir.join("cache"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

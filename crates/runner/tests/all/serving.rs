@@ -591,11 +591,13 @@ version = 1
 path = "{}"
 
 [[routes]]
-path = "/js/*"
+host = "js.example.com"
+path = "/*"
 function = "js"
 
 [[routes]]
-path = "/py/*"
+host = "py.example.com"
+path = "/*"
 function = "py"
 "#,
         edgefn_test_support::guest_wasm("js").display(),
@@ -603,12 +605,14 @@ function = "py"
     );
     let runner = Runner::start(&manifest, &[]);
     let client = reqwest::Client::new();
-    for (prefix, greeting, example) in [
-        ("/js", "Hello from JavaScript!\n", "javascript"),
-        ("/py", "Hello from Python!\n", "python"),
+    for (host, greeting, example) in [
+        ("js.example.com", "Hello from JavaScript!\n", "javascript"),
+        ("py.example.com", "Hello from Python!\n", "python"),
     ] {
+        let prefix = host;
         let hello = client
-            .get(runner.url(&format!("{prefix}/")))
+            .get(runner.url("/"))
+            .header("host", host)
             .send()
             .await
             .unwrap();
@@ -617,7 +621,8 @@ function = "py"
 
         let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let echoed = client
-            .post(runner.url(&format!("{prefix}/echo")))
+            .post(runner.url("/echo"))
+            .header("host", host)
             .header("content-type", "application/octet-stream")
             .body(body.clone())
             .send()
@@ -631,7 +636,8 @@ function = "py"
         );
 
         let teapot = client
-            .get(runner.url(&format!("{prefix}/status/418")))
+            .get(runner.url("/status/418"))
+            .header("host", host)
             .send()
             .await
             .unwrap();
@@ -640,10 +646,10 @@ function = "py"
 
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..8 {
-            let (client, url) = (client.clone(), runner.url(&format!("{prefix}/")));
+            let (client, url) = (client.clone(), runner.url("/"));
             tasks.spawn(async move {
                 for _ in 0..25 {
-                    let response = client.get(&url).send().await.unwrap();
+                    let response = client.get(&url).header("host", host).send().await.unwrap();
                     assert_eq!(response.status(), 200);
                     assert_eq!(response.text().await.unwrap(), greeting);
                 }
@@ -662,4 +668,66 @@ function = "py"
         .unwrap_or(0.0),
         0.0
     );
+}
+
+/// `--winch-first`: a new version answers from Winch code, then moves to Cranelift code
+/// compiled in the background, answering correctly throughout.
+#[tokio::test]
+async fn winch_first_serves_at_once_and_moves_to_cranelift_code() {
+    let manifest = format!(
+        r#"
+[[functions]]
+id = "js"
+version = 1
+path = "{}"
+
+[[routes]]
+path = "/*"
+function = "js"
+"#,
+        edgefn_test_support::guest_wasm("js").display()
+    );
+    let runner = Runner::start(&manifest, &["--winch-first"]);
+    let client = reqwest::Client::new();
+    let text = runner.metrics().await;
+    assert_eq!(
+        metric(&text, "wasm_baseline_loads_total"),
+        Some(1.0),
+        "{text}"
+    );
+    let compiled = || {
+        walk_files(&runner.dir.join("cache"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let response = client.get(runner.url("/")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "Hello from JavaScript!\n");
+        if compiled() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no Cranelift code after 120 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Once the Cranelift code is in, requests keep answering.
+    for _ in 0..20 {
+        let response = client.get(runner.url("/")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk_files(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

@@ -442,3 +442,48 @@ async fn code_compiled_by_a_separate_worker_is_installed_and_mapped() {
         "the installed code was mapped, not recompiled"
     );
 }
+
+/// A runtime that compiles with Winch (the `--winch-first` tier) runs the same guests, and
+/// files its code under an engine hash of its own, never mistaken for Cranelift code.
+#[tokio::test]
+async fn winch_code_answers_and_is_filed_apart_from_cranelift_code() {
+    let cranelift = Fixture::new();
+    let winch = Fixture::with(|config| config.winch = true);
+    assert_ne!(
+        cranelift.runtime.engine_identity().hash,
+        winch.runtime.engine_identity().hash
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = edgefn_test_support::guest_in(dir.path(), "hello");
+    let spec = LoadSpec {
+        function_id: "hello".into(),
+        version: 1,
+        artifact: path.clone(),
+        sha256: None,
+        settings: FunctionSettings::default(),
+        share: Default::default(),
+    };
+    let fast = winch.runtime.load(spec.clone()).await.unwrap();
+    assert_eq!(
+        crate::body_text(&call(&fast, "/").await.unwrap()),
+        "Hello, edgefn!\n"
+    );
+    let sha = edgefn_runtime::sha256_hex(&std::fs::read(&path).unwrap());
+    assert!(!cranelift.runtime.has_precompiled(&path, &sha));
+    let optimized = cranelift.runtime.load(spec).await.unwrap();
+    assert_eq!(
+        crate::body_text(&call(&optimized, "/").await.unwrap()),
+        "Hello, edgefn!\n"
+    );
+    let files = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "cwasm")
+        })
+        .count();
+    assert_eq!(files, 2, "one file per compiler");
+}
