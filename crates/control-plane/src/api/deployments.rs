@@ -149,12 +149,7 @@ pub(super) async fn retry_deployment(
     principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Deployment>> {
-    let deployment = state
-        .store
-        .get_deployment(&id)
-        .await
-        .map_err(not_found("deployment"))?;
-    function_for(&state, &principal, &deployment.function_id, Role::Developer).await?;
+    let deployment = deployment_for(&state, &principal, &id, Role::Developer).await?;
     let urls = artifact_urls(&state);
     state
         .store
@@ -164,12 +159,24 @@ pub(super) async fn retry_deployment(
     state.feed.poke();
     precompile_ahead(&state, &deployment.function_id, deployment.version).await;
     Ok(Json(
-        state
-            .store
-            .get_deployment(&id)
-            .await
-            .map_err(not_found("deployment"))?,
+        deployment_for(&state, &principal, &id, Role::Developer).await?,
     ))
+}
+
+/// The deployment `id`, if the caller has at least `role` in its function's project.
+async fn deployment_for(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    role: Role,
+) -> ApiResult<Deployment> {
+    let deployment = state
+        .store
+        .get_deployment(id)
+        .await
+        .map_err(not_found("deployment"))?;
+    function_for(state, principal, &deployment.function_id, role).await?;
+    Ok(deployment)
 }
 
 #[utoipa::path(get, path = "/api/v1/deployments/{id}", params(("id" = String, Path)), responses((status = 200, body = Deployment), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -178,11 +185,7 @@ pub(super) async fn get_deployment(
     principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Deployment>> {
-    let deployment = state
-        .store
-        .get_deployment(&id)
-        .await
-        .map_err(not_found("deployment"))?;
-    function_for(&state, &principal, &deployment.function_id, Role::Viewer).await?;
-    Ok(Json(deployment))
+    Ok(Json(
+        deployment_for(&state, &principal, &id, Role::Viewer).await?,
+    ))
 }
