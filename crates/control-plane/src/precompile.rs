@@ -48,6 +48,11 @@ pub struct Precompiler {
     hashes: Mutex<HashMap<(u64, bool), Result<String, String>>>,
 }
 
+/// How often a replica renews its claim on a compilation it runs; a claim three times this
+/// old is taken over, so a control plane that crashed mid-compile holds its nodes up for
+/// seconds, not for the compile limit.
+const CLAIM_RENEWAL: Duration = Duration::from_secs(5);
+
 /// 4 GiB of linear memory: the most a 32-bit memory can have.
 const MAX_MEMORY_PAGES: u64 = 65_536;
 
@@ -82,9 +87,14 @@ impl Precompiler {
         })
     }
 
-    /// A claim older than this belongs to a replica that died while compiling.
+    /// A claim not renewed for this long belongs to a replica that died while compiling.
     fn stale_after(&self) -> Duration {
-        self.config.timeout + Duration::from_secs(60)
+        CLAIM_RENEWAL * 3
+    }
+
+    /// Whether a claim last renewed at `updated_at` (Unix ms) was abandoned.
+    pub fn is_stale(&self, updated_at: i64) -> bool {
+        updated_at < crate::clock::now_ms() - self.stale_after().as_millis() as i64
     }
 
     /// Whether the worker makes code for `profile`'s engine: `Err` says why not (another
@@ -176,10 +186,26 @@ impl Precompiler {
             return Ok(());
         }
         let started = Instant::now();
+        let renewing = {
+            let (store, sha, engine) = (
+                self.store.clone(),
+                wasm_sha256.to_string(),
+                profile.engine_hash.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(CLAIM_RENEWAL).await;
+                    if let Err(error) = store.renew_precompile_claim(&sha, &engine).await {
+                        tracing::warn!(%error, "cannot renew a compilation claim");
+                    }
+                }
+            })
+        };
         let outcome = match self.compile(wasm_sha256, kind, profile).await {
             Ok(outcome) => outcome,
             Err(error) => Precompiled::Failed { error },
         };
+        renewing.abort();
         let elapsed = started.elapsed().as_millis() as u64;
         match &outcome {
             Precompiled::Ready { native_bytes, .. } => {

@@ -2,8 +2,8 @@
 -- (Wasmtime version, target and CPU features, code-changing settings: `engine_hash`).
 -- The code itself is in the artifact store at precompiled/{engine_hash}/{wasm_sha256};
 -- `attestation` is the signed JWT of {wasm_sha256, engine_hash, native_sha256}.
--- A 'compiling' row is a claim: the replica that inserted it compiles; a claim older than
--- the compile limit (its replica died) may be taken over.
+-- A 'compiling' row is a claim: the replica that inserted it compiles and renews it every
+-- few seconds; a claim left unrenewed (its replica died) is taken over.
 CREATE TABLE precompiled (
     wasm_sha256 TEXT NOT NULL,
     engine_hash TEXT NOT NULL,

@@ -302,8 +302,12 @@ pub(super) async fn download_precompiled(
         Some(Precompiled::Failed { error }) => Err(ApiError::NotFound(format!(
             "the control plane could not compile this artifact: {error}"
         ))),
-        Some(Precompiled::Compiling { .. }) => Ok(compiling()),
-        None => {
+        Some(Precompiled::Compiling { updated_at }) if !precompiler.is_stale(updated_at) => {
+            Ok(compiling())
+        }
+        // Nothing yet, or a claim whose replica died: compile it (here, unless another
+        // node's request just claimed it).
+        Some(Precompiled::Compiling { .. }) | None => {
             let profile = EngineProfile {
                 engine_hash,
                 max_memory_pages: engine.max_memory_pages,

@@ -104,6 +104,21 @@ impl Store {
         Ok(taken_over.rows_affected() == 1)
     }
 
+    /// Keeps a claim alive while its compilation runs (a claim not renewed within the
+    /// cut-off is taken over: its replica died).
+    pub async fn renew_precompile_claim(&self, wasm_sha256: &str, engine_hash: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE precompiled SET updated_at = $3 WHERE wasm_sha256 = $1 AND engine_hash = $2 \
+             AND state = 'compiling'",
+        )
+        .bind(wasm_sha256)
+        .bind(engine_hash)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Records the outcome of a claimed compilation.
     pub async fn finish_precompile(
         &self,
