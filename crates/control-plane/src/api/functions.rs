@@ -131,11 +131,13 @@ pub(super) async fn create_version(
     body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<VersionCreated>)> {
     let function = function_for(&state, &principal, &id, Role::Developer).await?;
+    // No body, `null` and `{}` all mean "the function's settings".
     let input: edgefn_proto::api::CreateVersion = if body.iter().all(u8::is_ascii_whitespace) {
         Default::default()
     } else {
-        serde_json::from_slice(&body)
+        serde_json::from_slice::<Option<edgefn_proto::api::CreateVersion>>(&body)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
+            .unwrap_or_default()
     };
     let settings = match &input.settings {
         Some(given) => {

@@ -155,6 +155,12 @@ fn endpoints() -> Vec<Endpoint> {
             Value::Null,
             Needs::Role(Viewer),
         ),
+        e(
+            "POST",
+            "/api/v1/deployments/{deployment}/retry",
+            json!({}),
+            Needs::Role(Developer),
+        ),
         e("GET", "/api/v1/nodes", Value::Null, Member),
         e("GET", "/api/v1/nodes/{node}", Value::Null, Member),
         e("POST", "/api/v1/nodes/tokens", json!({}), Admin),
