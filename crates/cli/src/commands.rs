@@ -394,20 +394,22 @@ pub async fn functions(
     Ok(())
 }
 
-/// The version to upload into: with `settings`, a new one that has them; else the newest
-/// one still waiting for its artifact (so a failed upload can be retried), or a new one.
+/// The version to upload into: with `settings`, the function's settings become them and a
+/// new version (which has them) is made; else the newest version still waiting for its
+/// artifact (so a failed upload can be retried), or a new one.
 async fn version_to_upload(
     client: &Client,
     function: &Function,
     settings: Option<SettingsInput>,
 ) -> anyhow::Result<VersionCreated> {
     if let Some(settings) = settings {
+        let _: Function = client
+            .put(&format!("/functions/{}/settings", function.id), &settings)
+            .await?;
         return client
             .post(
                 &format!("/functions/{}/versions", function.id),
-                &edgefn_proto::api::CreateVersion {
-                    settings: Some(settings),
-                },
+                &serde_json::json!({}),
             )
             .await;
     }

@@ -112,6 +112,7 @@ pub fn router(state: AppState) -> Router {
             "/functions/{id}/versions",
             post(functions::create_version).get(functions::list_versions),
         )
+        .route("/functions/{id}/settings", put(functions::update_settings))
         .route(
             "/functions/{id}/versions/{version}",
             get(functions::get_version),

@@ -22,16 +22,6 @@ pub struct CreateFunction {
     pub settings: SettingsInput,
 }
 
-/// `POST /functions/{id}/versions` (the body is optional).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateVersion {
-    /// Settings of the new version, which become the function's for later versions too
-    /// (absent fields take their defaults). Absent: the function's current settings.
-    #[serde(default)]
-    pub settings: Option<SettingsInput>,
-}
-
 /// Per-version settings as submitted; absent fields take their defaults.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SettingsInput {

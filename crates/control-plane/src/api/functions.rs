@@ -123,40 +123,48 @@ pub(super) async fn delete_function(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/api/v1/functions/{id}/versions", params(("id" = String, Path)), request_body(content = Option<edgefn_proto::api::CreateVersion>, description = "optional: settings of the new version"), responses((status = 201, body = VersionCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/functions/{id}/versions", params(("id" = String, Path)), responses((status = 201, body = VersionCreated), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn create_version(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<VersionCreated>)> {
-    let function = function_for(&state, &principal, &id, Role::Developer).await?;
-    // No body, `null` and `{}` all mean "the function's settings".
-    let input: edgefn_proto::api::CreateVersion = if body.iter().all(u8::is_ascii_whitespace) {
-        Default::default()
-    } else {
-        serde_json::from_slice::<Option<edgefn_proto::api::CreateVersion>>(&body)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
-            .unwrap_or_default()
-    };
-    let settings = match &input.settings {
-        Some(given) => {
-            let mut problems = validate::Problems::default();
-            let settings =
-                validate::settings(given, &function.project, state.limits, &mut problems);
-            problems.into_result(()).map_err(ApiError::Validation)?;
-            Some(settings)
-        }
-        None => None,
-    };
+    function_for(&state, &principal, &id, Role::Developer).await?;
     let version = state
         .store
-        .create_version(&principal.actor(), &id, settings.as_ref())
+        .create_version(&principal.actor(), &id)
         .await
         .map_err(not_found("function"))?;
     Ok((
         StatusCode::CREATED,
         Json(version_created(&state, &id, version).await?),
+    ))
+}
+
+/// Replaces the function's settings: versions created from now on get them (the versions
+/// that exist keep theirs, as they are immutable). `edgefn deploy` with settings flags.
+#[utoipa::path(put, path = "/api/v1/functions/{id}/settings", params(("id" = String, Path)), request_body = edgefn_proto::api::SettingsInput, responses((status = 200, body = edgefn_proto::api::Function), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn update_settings(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiJson(input): ApiJson<edgefn_proto::api::SettingsInput>,
+) -> ApiResult<Json<edgefn_proto::api::Function>> {
+    let function = function_for(&state, &principal, &id, Role::Developer).await?;
+    let mut problems = validate::Problems::default();
+    let settings = validate::settings(&input, &function.project, state.limits, &mut problems);
+    problems.into_result(()).map_err(ApiError::Validation)?;
+    state
+        .store
+        .update_function_settings(&principal.actor(), &id, &settings)
+        .await
+        .map_err(not_found("function"))?;
+    Ok(Json(
+        state
+            .store
+            .get_function(&id)
+            .await
+            .map_err(not_found("function"))?,
     ))
 }
 

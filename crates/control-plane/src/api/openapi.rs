@@ -32,6 +32,7 @@ use crate::validate::Limits;
         super::functions::get_function,
         super::functions::delete_function,
         super::functions::create_version,
+        super::functions::update_settings,
         super::functions::renew_upload_url,
         super::functions::list_versions,
         super::functions::get_version,

@@ -196,14 +196,38 @@ impl Store {
     }
 
     /// Adds the next version (pending) with the function's current settings.
-    /// A new pending version with the function's settings, or with `settings`, which then
-    /// become the function's.
-    pub async fn create_version(
+    /// Replaces a function's settings (for the versions created after).
+    pub async fn update_function_settings(
         &self,
         actor: &str,
         function_id: &str,
-        settings: Option<&FunctionSettings>,
-    ) -> Result<u64> {
+        settings: &FunctionSettings,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let result: Result<()> = async {
+            let row = sqlx::query("SELECT project_id, settings FROM functions WHERE id = $1")
+                .bind(function_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            let before: serde_json::Value = parse_json(&row.try_get::<String, _>("settings")?)?;
+            sqlx::query("UPDATE functions SET settings = $2 WHERE id = $1")
+                .bind(function_id)
+                .bind(super::json(settings))
+                .execute(&mut *tx)
+                .await?;
+            let entry = Entry::new(actor, "function.settings", function_id)
+                .project(row.try_get::<String, _>("project_id")?)
+                .details(json!({ "before": before, "after": to_value(settings) }));
+            self.append_audit(&mut tx, &entry).await?;
+            Ok(())
+        }
+        .await;
+        Self::finish(tx, result).await
+    }
+
+    /// A new pending version with the function's settings.
+    pub async fn create_version(&self, actor: &str, function_id: &str) -> Result<u64> {
         let mut tx = self.begin_write().await?;
         let result: Result<u64> = async {
         let row = sqlx::query("SELECT next_version, settings, project_id FROM functions WHERE id = $1")
@@ -212,18 +236,7 @@ impl Store {
             .await?
             .ok_or(StoreError::NotFound)?;
         let version: i64 = row.try_get("next_version")?;
-        let settings_json: String = match settings {
-            Some(given) => {
-                let json = super::json(given);
-                sqlx::query("UPDATE functions SET settings = $2 WHERE id = $1")
-                    .bind(function_id)
-                    .bind(&json)
-                    .execute(&mut *tx)
-                    .await?;
-                json
-            }
-            None => row.try_get("settings")?,
-        };
+        let settings_json: String = row.try_get("settings")?;
         sqlx::query("UPDATE functions SET next_version = next_version + 1 WHERE id = $1 AND next_version = $2")
             .bind(function_id)
             .bind(version)
@@ -236,11 +249,8 @@ impl Store {
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-        let mut entry = Entry::new(actor, "version.create", format!("{function_id}/{version}"))
+        let entry = Entry::new(actor, "version.create", format!("{function_id}/{version}"))
             .project(row.try_get::<String, _>("project_id")?);
-        if let Some(given) = settings {
-            entry = entry.details(json!({ "settings": to_value(given) }));
-        }
         self.append_audit(&mut tx, &entry).await?;
         Ok(version as u64)
         }

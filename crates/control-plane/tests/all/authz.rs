@@ -132,6 +132,12 @@ fn endpoints() -> Vec<Endpoint> {
             Needs::Role(Developer),
         ),
         e(
+            "PUT",
+            "/api/v1/functions/{fn}/settings",
+            json!({ "memory_pages": 64 }),
+            Needs::Role(Developer),
+        ),
+        e(
             "POST",
             "/api/v1/functions/{fn}/deploy",
             json!({ "version": 1 }),
