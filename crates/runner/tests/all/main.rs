@@ -114,7 +114,9 @@ impl Runner {
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Generous: the JavaScript and Python guests take a debug build's compile worker
+        // seconds each, and the other tests of this binary share the cores meanwhile.
+        let deadline = Instant::now() + Duration::from_secs(240);
         while Instant::now() < deadline {
             if let Ok(200) = blocking::status(&format!("http://{}/readyz", self.admin)) {
                 return;
