@@ -48,7 +48,9 @@ async fn valid_route(
             .map_err(ApiError::Forbidden)?;
             Ok(input)
         }
-        Err(StoreError::NotFound) => Err(ApiError::NotFound(format!(
+        // 409, not 404: the path names the route (which may well exist); what is missing
+        // is the function its body refers to.
+        Err(StoreError::NotFound) => Err(ApiError::Conflict(format!(
             "no function {:?}",
             input.function_id
         ))),

@@ -286,7 +286,7 @@ async fn routes_are_validated_unique_and_editable(backend: Backend) {
         )
         .await;
     assert_eq!(
-        no_function.status, 404,
+        no_function.status, 409,
         "a route names a function that is not there"
     );
 
