@@ -100,26 +100,14 @@ impl Fetcher {
                 if !response.status().is_success() {
                     return Err(http_error(format!("status {}", response.status())));
                 }
-                if response
-                    .content_length()
-                    .is_some_and(|len| len > self.max_bytes)
-                {
-                    return Err(http_error(format!(
+                match read_capped(response, self.max_bytes).await {
+                    Ok(Some(bytes)) => Ok(bytes),
+                    Ok(None) => Err(http_error(format!(
                         "artifact larger than {} bytes",
                         self.max_bytes
-                    )));
+                    ))),
+                    Err(e) => Err(http_error(e.to_string())),
                 }
-                let bytes = response
-                    .bytes()
-                    .await
-                    .map_err(|e| http_error(e.to_string()))?;
-                if bytes.len() as u64 > self.max_bytes {
-                    return Err(http_error(format!(
-                        "artifact larger than {} bytes",
-                        self.max_bytes
-                    )));
-                }
-                Ok(bytes.to_vec())
             }
         }
     }
@@ -196,22 +184,16 @@ impl Fetcher {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        if response.content_length().is_some_and(|len| len > limit) {
-            return Ok(Some(PrecompiledReply::Unavailable(format!(
-                "precompiled code larger than {limit} bytes"
-            ))));
-        }
-        let native = response
-            .bytes()
+        let Some(native) = read_capped(response, limit)
             .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        if native.len() as u64 > limit {
+            .map_err(|e| format!("GET {url}: {e}"))?
+        else {
             return Ok(Some(PrecompiledReply::Unavailable(format!(
                 "precompiled code larger than {limit} bytes"
             ))));
-        }
+        };
         Ok(Some(PrecompiledReply::Code {
-            native: native.to_vec(),
+            native,
             attestation,
             signing_key: auth.signing_key.clone(),
         }))
@@ -253,4 +235,23 @@ impl Fetcher {
             }
         }
     }
+}
+
+/// A response's body, or `None` once it passes `limit` bytes: refused by its announced
+/// length before reading, else cut while it streams (a body without a length is bounded too).
+async fn read_capped(
+    mut response: reqwest::Response,
+    limit: u64,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if response.content_length().is_some_and(|len| len > limit) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }

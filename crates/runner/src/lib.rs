@@ -237,8 +237,10 @@ pub async fn run(
     let baseline = if args.winch_first {
         let mut config = runtime_config.clone();
         config.winch = true;
-        // Winch code serves a version only until its Cranelift code is ready.
+        // Winch code serves a version only until its Cranelift code is ready: a quarter of
+        // the slots and of the memory budget, so the node's total stays near its limit.
         config.pool_instances = (args.pool_instances / 4).max(16);
+        config.memory_budget_bytes = args.memory_budget_bytes / 4;
         Some(Runtime::new(config)?)
     } else {
         None

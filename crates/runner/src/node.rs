@@ -473,21 +473,33 @@ impl Node {
                 attestation,
                 signing_key,
             } => {
-                let checked = crate::precompiled::verify(
-                    &attestation,
-                    &signing_key,
-                    sha256,
-                    &engine.hash,
-                    &native,
-                )
-                .and_then(|native_sha| {
-                    self.runtime
-                        .install_precompiled(path, sha256, &native, &native_sha)
-                        .map_err(|e| e.to_string())
-                });
+                let bytes = native.len();
+                // Hashing and writing tens of MB: off the async workers.
+                let (runtime, path, sha256, engine_hash) = (
+                    self.runtime.clone(),
+                    path.to_path_buf(),
+                    sha256.to_string(),
+                    engine.hash.clone(),
+                );
+                let checked = tokio::task::spawn_blocking(move || {
+                    crate::precompiled::verify(
+                        &attestation,
+                        &signing_key,
+                        &sha256,
+                        &engine_hash,
+                        &native,
+                    )
+                    .and_then(|native_sha| {
+                        runtime
+                            .install_precompiled(&path, &sha256, &native, &native_sha)
+                            .map_err(|e| e.to_string())
+                    })
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("the check was cut short: {e}")));
                 match checked {
                     Ok(()) => {
-                        tracing::info!(function_id = %entry.id, version = entry.version, bytes = native.len(), wait_ms = started.elapsed().as_millis() as u64, "precompiled code from the control plane verified");
+                        tracing::info!(function_id = %entry.id, version = entry.version, bytes, wait_ms = started.elapsed().as_millis() as u64, "precompiled code from the control plane verified");
                         "downloaded"
                     }
                     Err(reason) => {
