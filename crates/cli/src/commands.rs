@@ -25,7 +25,7 @@ pub struct FunctionRef {
 #[derive(Debug, Subcommand)]
 pub enum FunctionsCommand {
     /// Register a function (its first version waits for `edgefn deploy --wasm`).
-    Create(Box<CreateArgs>),
+    Create(CreateArgs),
     List,
     Show(FunctionRef),
     /// Delete a function, its versions and artifacts (refused while deployed or routed).

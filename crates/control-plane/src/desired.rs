@@ -143,10 +143,7 @@ pub fn databases_of(
                 .any(|f| f.settings.tenant == ledger.project && uses(&f.settings, &ledger.name)),
         })
         .map(|ledger| {
-            let from = applied
-                .and_then(|a| a.get(&ledger.id))
-                .copied()
-                .unwrap_or(0);
+            let from = applied.and_then(|a| a.get(&ledger.id)).copied().unwrap_or(0);
             let last = ledger.changes.last();
             DesiredDatabase {
                 id: ledger.id.clone(),

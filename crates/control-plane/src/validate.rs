@@ -251,9 +251,9 @@ pub fn settings(
                 &format!("databases[{i}]"),
                 "must be a database name, optionally followed by :ro or :rw",
             );
+        } else if databases.iter().any(|d| d.name == name) {
+            problems.add(&format!("databases[{i}]"), format!("{name} is listed twice"));
         } else {
-            // Listed twice: the last grant holds.
-            databases.retain(|d: &DatabaseGrant| d.name != name);
             databases.push(DatabaseGrant {
                 name: name.to_string(),
                 read_only: mode == "ro",
@@ -265,10 +265,7 @@ pub fn settings(
         if !valid_name(name) {
             problems.add("requires", format!("{name:?} is not a database name"));
         } else if *seq < 1 {
-            problems.add(
-                "requires",
-                format!("{name}: a schema change sequence starts at 1"),
-            );
+            problems.add("requires", format!("{name}: a schema change sequence starts at 1"));
         } else {
             requires.insert(name.clone(), *seq as u64);
         }

@@ -66,11 +66,7 @@ pub struct SettingsInput {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<String>,
     /// Schema changes the version needs, by database: `{"shop": 4}`.
-    #[serde(
-        default,
-        skip_serializing_if = "BTreeMap::is_empty",
-        deserialize_with = "crate::integer::map"
-    )]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub requires: BTreeMap<String, i64>,
 }
 
@@ -388,8 +384,6 @@ pub struct NodeDatabase {
     pub last_sync_at: Option<i64>,
     pub consecutive_failures: u64,
     pub last_error: Option<String>,
-    /// When the node last reported on the database (Unix ms).
-    pub reported_at: i64,
 }
 
 /// One apply attempt a node reported.

@@ -11,7 +11,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
 wasmtime::component::bindgen!({
     path: "../../wit",
-    world: "edgefn:host/logging-host",
+    world: "edgefn:host/imports",
 });
 
 use self::wasi::logging::logging::{Host, Level};

@@ -16,7 +16,7 @@ use super::{ApiError, ApiJson, ApiResult, AppState, artifact_urls, not_found};
 use crate::auth::Principal;
 
 /// Bytes of SQL one change may hold.
-pub(super) const MAX_CHANGE_BYTES: usize = 64 * 1024;
+const MAX_CHANGE_BYTES: usize = 256 * 1024;
 
 async fn database_for(
     state: &AppState,
@@ -122,7 +122,7 @@ pub(super) async fn delete_database(
 /// the statement's position when it fails, holds statements a transaction cannot, or drops
 /// a table or column without `destructive`), then sent to every node that holds the
 /// database.
-#[utoipa::path(post, path = "/api/v1/projects/{project}/databases/{name}/changes", params(("project" = String, Path), ("name" = String, Path)), request_body = CreateChange, responses((status = 201, body = DatabaseChange), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/projects/{project}/databases/{name}/changes", params(("project" = String, Path), ("name" = String, Path)), request_body = CreateChange, responses((status = 201, body = DatabaseChange), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn create_change(
     State(state): State<AppState>,
     principal: Principal,

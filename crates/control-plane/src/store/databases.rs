@@ -9,16 +9,18 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use edgefn_proto::api::{Database, DatabaseChange, NodeDatabase, NodeDatabaseState, SyncLogEntry};
+use edgefn_proto::api::{
+    Database, DatabaseChange, NodeDatabase, NodeDatabaseState, SyncLogEntry,
+};
 use edgefn_proto::sync::{DatabaseReport, DatabaseSyncState, DesiredChange, NodeStatus};
 use serde_json::json;
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
 use super::desired::ArtifactUrl;
+use crate::desired::Ledger;
 use super::{Result, Store, StoreError, new_id, now_ms};
 use crate::audit::Entry;
-use crate::desired::Ledger;
 
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
@@ -241,42 +243,29 @@ impl Store {
         destructive: bool,
         artifact_url: ArtifactUrl<'_>,
     ) -> Result<DatabaseChange> {
-        // The dry run (CPU work of up to a few seconds) runs before the write transaction,
-        // so it never holds the database's write lock; the transaction then checks that
-        // the ledger it ran on is still the ledger (else: try again).
-        let database = Self::database_in(&self.pool, project, name).await?;
-        let ledger: Vec<String> = sqlx::query_scalar(
-            "SELECT sql FROM database_changes WHERE database_id = $1 ORDER BY seq",
-        )
-        .bind(&database.id)
-        .fetch_all(&self.pool)
-        .await?;
-        let based_on = ledger.len();
-        let given = sql.to_string();
-        let run = tokio::task::spawn_blocking(move || {
-            let ledger: Vec<&str> = ledger.iter().map(String::as_str).collect();
-            edgefn_edgedb::dry_run(&ledger, &given, destructive)
-        })
-        .await
-        .map_err(|e| StoreError::Database(format!("dry run: {e}")))?
-        .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let mut tx = self.begin_write().await?;
         let result: Result<DatabaseChange> = async {
             Self::lock_desired(&mut tx).await?;
             let database = Self::database_in(&mut *tx, project, name).await?;
-            let rows = sqlx::query("SELECT chain FROM database_changes WHERE database_id = $1 ORDER BY seq")
+            let rows = sqlx::query("SELECT sql, chain FROM database_changes WHERE database_id = $1 ORDER BY seq")
                 .bind(&database.id)
                 .fetch_all(&mut *tx)
                 .await?;
-            if rows.len() != based_on {
-                return Err(StoreError::Conflict(format!(
-                    "another change of {name} was registered meanwhile: send this one again"
-                )));
+            let mut ledger = Vec::with_capacity(rows.len());
+            let mut chain = String::new();
+            for row in &rows {
+                ledger.push(row.try_get::<String, _>("sql")?);
+                chain = row.try_get("chain")?;
             }
-            let chain: String = match rows.last() {
-                Some(row) => row.try_get("chain")?,
-                None => String::new(),
-            };
+            let given = sql.to_string();
+            // The dry run is CPU work of up to a few seconds: off the async workers.
+            let run = tokio::task::spawn_blocking(move || {
+                let ledger: Vec<&str> = ledger.iter().map(String::as_str).collect();
+                edgefn_edgedb::dry_run(&ledger, &given, destructive)
+            })
+            .await
+            .map_err(|e| StoreError::Database(format!("dry run: {e}")))?
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
             let seq = rows.len() as u64 + 1;
             let sha256 = edgefn_edgedb::sha256_hex(sql.as_bytes());
             let chain = edgefn_edgedb::chain_hash(&chain, seq, &sha256);
@@ -326,10 +315,9 @@ impl Store {
 
     /// Every database with its ledger (inside a recomputation).
     pub(super) async fn ledgers_in(tx: &mut Tx) -> Result<Vec<Ledger>> {
-        let databases =
-            sqlx::query("SELECT id, project_id, name, pop_selector FROM databases ORDER BY id")
-                .fetch_all(&mut **tx)
-                .await?;
+        let databases = sqlx::query("SELECT id, project_id, name, pop_selector FROM databases ORDER BY id")
+            .fetch_all(&mut **tx)
+            .await?;
         let changes = sqlx::query(
             "SELECT database_id, seq, sql, sha256, fingerprint, chain FROM database_changes ORDER BY database_id, seq",
         )
@@ -502,7 +490,7 @@ impl Store {
     ) -> Result<Vec<NodeDatabase>> {
         let rows = sqlx::query(
             "SELECT nd.node_id, n.name, n.status, nd.applied_seq, nd.fingerprint, nd.state, nd.targeted_at, \
-             nd.last_sync_at, nd.failures, nd.last_error, nd.updated_at FROM node_databases nd JOIN nodes n ON n.id = nd.node_id \
+             nd.last_sync_at, nd.failures, nd.last_error FROM node_databases nd JOIN nodes n ON n.id = nd.node_id \
              WHERE nd.database_id = $1 ORDER BY n.name, nd.node_id",
         )
         .bind(&database.id)
@@ -562,7 +550,6 @@ impl Store {
                     last_sync_at: row.try_get("last_sync_at")?,
                     consecutive_failures: row.try_get::<i64, _>("failures")?.max(0) as u64,
                     last_error: row.try_get("last_error")?,
-                    reported_at: row.try_get("updated_at")?,
                 })
             })
             .collect()
