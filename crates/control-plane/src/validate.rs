@@ -3,9 +3,7 @@
 use edgefn_proto::Selector;
 use edgefn_proto::api::{CreateFunction, FieldError, RouteInput, SettingsInput};
 use edgefn_proto::router::{RouteSpec, RouteTable};
-use std::collections::BTreeMap;
-
-use edgefn_proto::sync::{DatabaseGrant, FunctionSettings};
+use edgefn_proto::sync::FunctionSettings;
 
 /// Operator limits that bound what functions may ask for.
 #[derive(Clone, Copy, Debug)]
@@ -243,33 +241,6 @@ pub fn settings(
             problems.add("env", format!("invalid variable name {name:?}"));
         }
     }
-    let mut databases: Vec<DatabaseGrant> = Vec::new();
-    for (i, entry) in input.databases.iter().enumerate() {
-        let (name, mode) = entry.split_once(':').unwrap_or((entry, "rw"));
-        if !valid_name(name) || !matches!(mode, "rw" | "ro") {
-            problems.add(
-                &format!("databases[{i}]"),
-                "must be a database name, optionally followed by :ro or :rw",
-            );
-        } else if databases.iter().any(|d| d.name == name) {
-            problems.add(&format!("databases[{i}]"), format!("{name} is listed twice"));
-        } else {
-            databases.push(DatabaseGrant {
-                name: name.to_string(),
-                read_only: mode == "ro",
-            });
-        }
-    }
-    let mut requires = BTreeMap::new();
-    for (name, seq) in &input.requires {
-        if !valid_name(name) {
-            problems.add("requires", format!("{name:?} is not a database name"));
-        } else if *seq < 1 {
-            problems.add("requires", format!("{name}: a schema change sequence starts at 1"));
-        } else {
-            requires.insert(name.clone(), *seq as u64);
-        }
-    }
     // The quota tenant is the project, always: a free name would let one project run its
     // traffic against another's quotas.
     let tenant = project.to_string();
@@ -283,8 +254,6 @@ pub fn settings(
         instance_reuse: reuse,
         env: input.env.clone(),
         tenant,
-        databases,
-        requires,
     }
 }
 

@@ -351,7 +351,6 @@ impl SyncClient {
                 results.clone()
             },
             usage: totals.since(&self.reported),
-            databases: Vec::new(),
         };
         let url = format!("{node_url}/api/v1/nodes/{node_id}/heartbeat");
         let reply = http

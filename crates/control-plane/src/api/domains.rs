@@ -13,7 +13,7 @@ use crate::auth::Principal;
 use crate::domains::{DomainName, is_reserved};
 
 /// The project must exist and the caller have `role` in it.
-pub(super) async fn project_for(
+async fn project_for(
     state: &AppState,
     principal: &Principal,
     project: &str,

@@ -153,7 +153,6 @@ async fn assemble(
         logins: Default::default(),
         dns: None,
         precompiler: None,
-        database_warn_after: std::time::Duration::from_secs(300),
     };
     App {
         router: router(state.clone()),
