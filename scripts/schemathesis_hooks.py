@@ -4,6 +4,8 @@ They teach schemathesis what the OpenAPI document states in words because JSON S
 no keyword for it; nothing here loosens a check.
 - `edgefn-selector`: a POP selector is a small grammar (crates/proto/src/selector.rs), not a
   pattern; valid ones are generated from that grammar.
+- `edgefn-sql-change`: a schema change must pass the dry run on top of the database's
+  ledger; changes that always do (`CREATE TABLE IF NOT EXISTS`) are generated.
 - `application/wasm`: artifact bytes are sent as they are.
 - `min_hot_instances` is at most `max_hot_instances` (default 16): a rule between two
   fields, which the document says in the field's description.
@@ -31,6 +33,10 @@ SELECTOR = st.recursive(
     max_leaves=6,
 )
 schemathesis.openapi.format("edgefn-selector", st.one_of(st.just(""), SELECTOR))
+SQL_CHANGE = st.tuples(IDENTIFIER, IDENTIFIER, st.sampled_from(["INTEGER", "TEXT", "REAL", "BLOB", ""])).map(
+    lambda t: f"CREATE TABLE IF NOT EXISTS t_{t[0]} (c_{t[1]} {t[2]});"
+)
+schemathesis.openapi.format("edgefn-sql-change", SQL_CHANGE)
 
 
 @schemathesis.serializer("application/wasm")

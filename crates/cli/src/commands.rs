@@ -25,7 +25,7 @@ pub struct FunctionRef {
 #[derive(Debug, Subcommand)]
 pub enum FunctionsCommand {
     /// Register a function (its first version waits for `edgefn deploy --wasm`).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     List,
     Show(FunctionRef),
     /// Delete a function, its versions and artifacts (refused while deployed or routed).
@@ -73,6 +73,14 @@ pub struct SettingsFlags {
     /// default: as many as the guest's toolchain tolerates).
     #[arg(long)]
     pub instance_reuse: Option<i64>,
+    /// A database of the project the function may open: `shop` (read and write) or
+    /// `shop:ro` (read only). Repeat for more.
+    #[arg(long = "database")]
+    pub databases: Vec<String>,
+    /// A schema the version needs, DATABASE=SEQUENCE: nodes keep the previous version until
+    /// that change is applied there (repeat for more).
+    #[arg(long = "requires", value_parser = key_value)]
+    pub requires: Vec<(String, String)>,
 }
 
 impl SettingsFlags {
@@ -85,10 +93,22 @@ impl SettingsFlags {
             || self.min_hot_instances.is_some()
             || self.max_hot_instances.is_some()
             || self.instance_reuse.is_some()
+            || !self.databases.is_empty()
+            || !self.requires.is_empty()
+    }
+
+    /// `--requires` as sequences (a sequence that is not a number is sent as 0, which the
+    /// control plane refuses with the field's name).
+    fn requires(&self) -> BTreeMap<String, i64> {
+        self.requires
+            .iter()
+            .map(|(name, seq)| (name.clone(), seq.parse().unwrap_or(0)))
+            .collect()
     }
 
     /// The flags as settings; what they leave out takes its default.
     fn input(self) -> SettingsInput {
+        let requires = self.requires();
         SettingsInput {
             entrypoint: self.entrypoint,
             memory_pages: self.memory_pages,
@@ -97,12 +117,15 @@ impl SettingsFlags {
             min_hot_instances: self.min_hot_instances,
             max_hot_instances: self.max_hot_instances,
             instance_reuse: self.instance_reuse,
+            requires,
+            databases: self.databases,
             env: self.env.into_iter().collect(),
         }
     }
 
     /// `current` with the flags given applied over it (hosts and variables are added).
     fn over(self, current: &edgefn_proto::sync::FunctionSettings) -> SettingsInput {
+        let given_requires = self.requires();
         let mut env = current.env.clone();
         env.extend(self.env);
         let mut hosts = current.allowed_outbound_hosts.clone();
@@ -111,7 +134,34 @@ impl SettingsFlags {
                 hosts.push(host);
             }
         }
+        // Grants given replace the one of the same database; requirements add up.
+        let mut databases: Vec<String> = current
+            .databases
+            .iter()
+            .filter(|d| {
+                !self
+                    .databases
+                    .iter()
+                    .any(|given| given.split(':').next() == Some(d.name.as_str()))
+            })
+            .map(|d| {
+                if d.read_only {
+                    format!("{}:ro", d.name)
+                } else {
+                    d.name.clone()
+                }
+            })
+            .collect();
+        databases.extend(self.databases.iter().cloned());
+        let mut requires: BTreeMap<String, i64> = current
+            .requires
+            .iter()
+            .map(|(name, seq)| (name.clone(), *seq as i64))
+            .collect();
+        requires.extend(given_requires);
         SettingsInput {
+            databases,
+            requires,
             entrypoint: self.entrypoint.or_else(|| current.entrypoint.clone()),
             memory_pages: self.memory_pages.or(Some(current.memory_pages as i64)),
             max_execution_ms: self

@@ -11,6 +11,7 @@ pub mod access;
 pub mod audit;
 pub mod client;
 pub mod commands;
+pub mod db;
 pub mod dev;
 pub mod domains;
 pub mod output;
@@ -74,6 +75,9 @@ pub enum Command {
     /// Claim, verify, list and remove a project's domains.
     #[command(subcommand)]
     Domains(domains::DomainsCommand),
+    /// Edge databases: create, migrate the schema, see each node's copy.
+    #[command(subcommand)]
+    Db(db::DbCommand),
     /// List and show edge nodes.
     #[command(subcommand)]
     Nodes(commands::NodesCommand),
@@ -172,6 +176,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Undeploy(function) => commands::undeploy(&client, &out, function).await,
         Command::Routes(command) => commands::routes(&client, &out, command).await,
         Command::Domains(command) => domains::domains(&client, &out, command).await,
+        Command::Db(command) => db::db(&client, &out, command).await,
         Command::Nodes(command) => commands::nodes(&client, &out, command).await,
         Command::Deployments(command) => commands::deployments(&client, &out, command).await,
         Command::Login(args) => {

@@ -282,6 +282,7 @@ async fn node(
             applied_revision: Some(applied),
             results: Vec::new(),
             usage: Default::default(),
+            databases: Vec::new(),
         };
         beat.results = state
             .functions

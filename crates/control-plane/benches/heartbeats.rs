@@ -96,6 +96,7 @@ async fn measure(label: &str, url: &str, nodes: usize) {
         logins: Default::default(),
         dns: None,
         precompiler: None,
+        database_warn_after: std::time::Duration::from_secs(300),
     };
     let app = node_router(state);
     let api = run_for(ids.clone(), move |(id, token)| {

@@ -144,6 +144,7 @@ fn main() {
             logins: Default::default(),
             dns: None,
             precompiler: None,
+            database_warn_after: std::time::Duration::from_secs(300),
         };
         let (quiet, _) = run(&state, &nodes, false).await;
         let (flooded, logins) = run(&state, &nodes, true).await;

@@ -10,10 +10,12 @@
 //! | `nodes` | nodes as developers and operators see them; enrollment; revocation |
 //! | `identity` | login, whoami, users, projects and members, API tokens |
 //! | `audit` | the audit log and its verification |
+//! | `databases` | edge databases, their schema ledgers, per-node sync state and sync log |
 //! | `node_sync` | the node listener: heartbeats, desired states, artifacts, node tokens, the push stream |
 //! | `openapi` | the OpenAPI documents, with the validators' rules |
 
 mod audit;
+mod databases;
 mod deployments;
 mod domains;
 mod error;
@@ -70,6 +72,8 @@ pub struct AppState {
     /// Compiles artifacts once for the fleet (`None`: no compile worker configured; nodes
     /// compile for themselves).
     pub precompiler: Option<Arc<crate::precompile::Precompiler>>,
+    /// How long a node may be behind a database's ledger before it is a warning.
+    pub database_warn_after: Duration,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -173,6 +177,26 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/projects/{project}/domains/{name}/verify",
             post(domains::verify_domain),
+        )
+        .route(
+            "/projects/{project}/databases",
+            post(databases::create_database).get(databases::list_databases),
+        )
+        .route(
+            "/projects/{project}/databases/{name}",
+            get(databases::get_database).delete(databases::delete_database),
+        )
+        .route(
+            "/projects/{project}/databases/{name}/changes",
+            post(databases::create_change).get(databases::list_changes),
+        )
+        .route(
+            "/projects/{project}/databases/{name}/nodes",
+            get(databases::database_nodes),
+        )
+        .route(
+            "/projects/{project}/databases/{name}/sync-log",
+            get(databases::sync_log),
         )
         .route(
             "/projects/{project}/quota",

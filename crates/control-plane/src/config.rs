@@ -73,6 +73,9 @@ pub struct ControlPlaneArgs {
     /// connected here learn of changes made through another replica).
     #[arg(long, env = "EDGEFN_SYNC_POLL_MS", default_value_t = 250)]
     pub sync_poll_ms: u64,
+    /// Seconds a node may be behind a database's ledger before it shows a warning.
+    #[arg(long, env = "EDGEFN_DATABASE_WARN_AFTER_SECS", default_value_t = 300)]
+    pub database_warn_after_secs: u64,
     /// Seconds of silence after which a node is marked offline.
     #[arg(long, env = "EDGEFN_NODE_OFFLINE_AFTER_SECS", default_value_t = 120)]
     pub node_offline_after_secs: u64,

@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use edgefn_proto::Selector;
 use edgefn_proto::api::Route;
 use edgefn_proto::sync::{
-    DESIRED_STATE_FORMAT, DesiredFunction, DesiredRoute, DesiredState, ProjectQuota,
+    DESIRED_STATE_FORMAT, DesiredChange, DesiredDatabase, DesiredFunction, DesiredRoute,
+    DesiredState, FunctionSettings, ProjectQuota,
 };
 
 use crate::domains::{DomainName, may_route};
@@ -103,7 +104,65 @@ pub fn compute(
         functions,
         routes: desired_routes,
         quotas,
+        databases: Vec::new(),
     }
+}
+
+/// A database with its ledger, as the desired-state rule needs it.
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    pub id: String,
+    pub project: String,
+    pub name: String,
+    /// `None`: the nodes that run a function of the project which uses the database.
+    pub selector: Option<Selector>,
+    pub changes: Vec<DesiredChange>,
+}
+
+/// Whether a function version with `settings` uses database `name` (of its project).
+pub fn uses(settings: &FunctionSettings, name: &str) -> bool {
+    settings.databases.iter().any(|d| d.name == name) || settings.requires.contains_key(name)
+}
+
+/// The databases a node with `labels` and the functions of `state` holds: those its labels
+/// select, and — for databases without a selector — those a function it runs uses. Each
+/// carries the ledger's changes after `applied` (the sequence the node last reported).
+pub fn databases_of(
+    state: &DesiredState,
+    labels: &BTreeMap<String, String>,
+    ledgers: &[Ledger],
+    applied: Option<&BTreeMap<String, u64>>,
+) -> Vec<DesiredDatabase> {
+    ledgers
+        .iter()
+        .filter(|ledger| match &ledger.selector {
+            Some(selector) => selector.matches(labels),
+            None => state
+                .functions
+                .iter()
+                .any(|f| f.settings.tenant == ledger.project && uses(&f.settings, &ledger.name)),
+        })
+        .map(|ledger| {
+            let from = applied
+                .and_then(|a| a.get(&ledger.id))
+                .copied()
+                .unwrap_or(0);
+            let last = ledger.changes.last();
+            DesiredDatabase {
+                id: ledger.id.clone(),
+                project: ledger.project.clone(),
+                name: ledger.name.clone(),
+                target_seq: last.map_or(0, |c| c.seq),
+                chain: last.map(|c| c.chain.clone()).unwrap_or_default(),
+                changes: ledger
+                    .changes
+                    .iter()
+                    .filter(|c| c.seq > from)
+                    .cloned()
+                    .collect(),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -130,6 +189,8 @@ mod tests {
                 instance_reuse: Some(1),
                 env: BTreeMap::new(),
                 tenant: "default".into(),
+                databases: vec![],
+                requires: BTreeMap::new(),
             },
             retry: 0,
         }

@@ -411,6 +411,7 @@ pub async fn run(
         logins: Default::default(),
         dns,
         precompiler,
+        database_warn_after: Duration::from_secs(args.database_warn_after_secs),
     };
     // The one fixed format tools and tests read the bound addresses from.
     for (name, bound) in [("api", address), ("nodes", node_address)] {

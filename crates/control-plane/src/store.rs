@@ -18,6 +18,9 @@ pub enum StoreError {
     Database(String),
     #[error("{0}")]
     Startup(String),
+    /// The request holds something the store refuses (a schema change the dry run failed).
+    #[error("{0}")]
+    Invalid(String),
     /// A credential the store checks (a bootstrap token) does not hold.
     #[error("{0}")]
     Refused(String),
@@ -278,6 +281,7 @@ impl Store {
 }
 
 mod audit;
+mod databases;
 mod deployments;
 mod desired;
 mod domains;

@@ -3,7 +3,9 @@
 use edgefn_proto::Selector;
 use edgefn_proto::api::{CreateFunction, FieldError, RouteInput, SettingsInput};
 use edgefn_proto::router::{RouteSpec, RouteTable};
-use edgefn_proto::sync::FunctionSettings;
+use std::collections::BTreeMap;
+
+use edgefn_proto::sync::{DatabaseGrant, FunctionSettings};
 
 /// Operator limits that bound what functions may ask for.
 #[derive(Clone, Copy, Debug)]
@@ -241,6 +243,36 @@ pub fn settings(
             problems.add("env", format!("invalid variable name {name:?}"));
         }
     }
+    let mut databases: Vec<DatabaseGrant> = Vec::new();
+    for (i, entry) in input.databases.iter().enumerate() {
+        let (name, mode) = entry.split_once(':').unwrap_or((entry, "rw"));
+        if !valid_name(name) || !matches!(mode, "rw" | "ro") {
+            problems.add(
+                &format!("databases[{i}]"),
+                "must be a database name, optionally followed by :ro or :rw",
+            );
+        } else {
+            // Listed twice: the last grant holds.
+            databases.retain(|d: &DatabaseGrant| d.name != name);
+            databases.push(DatabaseGrant {
+                name: name.to_string(),
+                read_only: mode == "ro",
+            });
+        }
+    }
+    let mut requires = BTreeMap::new();
+    for (name, seq) in &input.requires {
+        if !valid_name(name) {
+            problems.add("requires", format!("{name:?} is not a database name"));
+        } else if *seq < 1 {
+            problems.add(
+                "requires",
+                format!("{name}: a schema change sequence starts at 1"),
+            );
+        } else {
+            requires.insert(name.clone(), *seq as u64);
+        }
+    }
     // The quota tenant is the project, always: a free name would let one project run its
     // traffic against another's quotas.
     let tenant = project.to_string();
@@ -254,6 +286,8 @@ pub fn settings(
         instance_reuse: reuse,
         env: input.env.clone(),
         tenant,
+        databases,
+        requires,
     }
 }
 

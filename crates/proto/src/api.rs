@@ -61,6 +61,17 @@ pub struct SettingsInput {
     pub instance_reuse: Option<i64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// The project's databases the function may open: `"shop"` (read and write) or
+    /// `"shop:ro"` (read only). None by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<String>,
+    /// Schema changes the version needs, by database: `{"shop": 4}`.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "crate::integer::map"
+    )]
+    pub requires: BTreeMap<String, i64>,
 }
 
 /// `201` to `POST /functions` and `POST /functions/{id}/versions`.
@@ -285,4 +296,110 @@ pub struct Domain {
     pub txt_record_value: String,
     pub created_at: i64,
     pub verified_at: Option<i64>,
+}
+
+/// `POST /projects/{p}/databases`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDatabase {
+    pub name: String,
+    /// Nodes that hold the database. Empty: every node that runs a function of the
+    /// project which uses it.
+    #[serde(default)]
+    pub pop_selector: String,
+}
+
+/// An edge database of a project.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Database {
+    pub id: String,
+    pub project: String,
+    pub name: String,
+    pub pop_selector: String,
+    /// The ledger's last sequence (0: no change yet).
+    pub target_seq: u64,
+    /// The schema fingerprint at `target_seq`.
+    pub fingerprint: String,
+    pub created_at: i64,
+    pub created_by: String,
+}
+
+/// `POST /projects/{p}/databases/{db}/changes`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateChange {
+    pub sql: String,
+    #[serde(default)]
+    pub description: String,
+    /// Allow a change that drops or renames a table or column.
+    #[serde(default)]
+    pub destructive: bool,
+}
+
+/// One change of a database's ledger.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DatabaseChange {
+    pub seq: u64,
+    pub sql: String,
+    pub sha256: String,
+    /// The schema fingerprint after the change.
+    pub fingerprint: String,
+    pub chain: String,
+    pub description: String,
+    pub destructive: bool,
+    pub created_at: i64,
+    pub created_by: String,
+}
+
+/// Where a node's copy of a database stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeDatabaseState {
+    /// At the ledger's last change.
+    InSync,
+    /// Applying changes now.
+    Applying,
+    /// Behind the ledger (not reported yet, or waiting for its desired state).
+    Behind,
+    /// A change failed there; the file stays at `applied_seq`.
+    Failed,
+    /// The file was altered outside the ledger: nothing more is applied until
+    /// `edgefn db repair`.
+    Drift,
+    /// The node is offline.
+    Offline,
+}
+
+/// `GET /projects/{p}/databases/{db}/nodes`: one row per node that holds the database.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeDatabase {
+    pub node_id: String,
+    pub node_name: String,
+    pub state: NodeDatabaseState,
+    pub applied_seq: u64,
+    pub target_seq: u64,
+    pub fingerprint: Option<String>,
+    /// Behind the ledger for longer than the warning threshold.
+    pub warning: bool,
+    /// Since when the node has been behind (Unix ms; `None` when in sync).
+    pub behind_since: Option<i64>,
+    /// Milliseconds behind (0 when in sync).
+    pub lag_ms: u64,
+    pub last_sync_at: Option<i64>,
+    pub consecutive_failures: u64,
+    pub last_error: Option<String>,
+    /// When the node last reported on the database (Unix ms).
+    pub reported_at: i64,
+}
+
+/// One apply attempt a node reported.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SyncLogEntry {
+    pub node_id: String,
+    pub from_seq: u64,
+    pub to_seq: u64,
+    pub target_seq: u64,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+    pub at: i64,
 }

@@ -65,6 +65,21 @@ pub fn option<'de, D: Deserializer<'de>, T: TryFrom<i64> + TryFrom<u64>>(
     deserializer.deserialize_option(Optional(std::marker::PhantomData))
 }
 
+/// A map of integers (`{"shop": 4.0}` reads as 4).
+pub fn map<'de, D: Deserializer<'de>, T: TryFrom<i64> + TryFrom<u64>>(
+    deserializer: D,
+) -> Result<std::collections::BTreeMap<String, T>, D::Error> {
+    struct Value<T>(T);
+    impl<'de, T: TryFrom<i64> + TryFrom<u64>> serde::Deserialize<'de> for Value<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            exact(d).map(Value)
+        }
+    }
+    let map: std::collections::BTreeMap<String, Value<T>> =
+        serde::Deserialize::deserialize(deserializer)?;
+    Ok(map.into_iter().map(|(k, Value(v))| (k, v)).collect())
+}
+
 #[cfg(test)]
 mod tests {
     #[derive(serde::Deserialize, Debug, PartialEq)]

@@ -13,7 +13,10 @@ use crate::GuestKind;
 /// project that owns each route's host (a node must match a request's host to its project
 /// before priorities apply) and per-project quotas: an older runner would serve such a
 /// document without isolating projects, so it refuses it and keeps its last state.
-pub const DESIRED_STATE_FORMAT: u32 = 2;
+/// Format 3 added edge databases and their schema changes, and function versions that
+/// require a schema: an older runner would serve such versions against a database it never
+/// created, so it refuses the document instead of ignoring the databases.
+pub const DESIRED_STATE_FORMAT: u32 = 3;
 
 /// The full configuration a node must converge to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -29,6 +32,113 @@ pub struct DesiredState {
     /// (or a field left out) gets the node's defaults.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub quotas: BTreeMap<String, ProjectQuota>,
+    /// Edge databases the node holds, applied before the functions (format 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<DesiredDatabase>,
+}
+
+/// An edge database a node must hold at the ledger's sequence `target_seq`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DesiredDatabase {
+    pub id: String,
+    pub project: String,
+    pub name: String,
+    /// The ledger's last sequence.
+    pub target_seq: u64,
+    /// The ledger's chain hash at `target_seq` (`""` at 0): a node at the target with
+    /// another chain has a history the ledger does not.
+    pub chain: String,
+    /// The changes after the sequence the node last reported, in order.
+    #[serde(default)]
+    pub changes: Vec<DesiredChange>,
+}
+
+/// One change of a database's ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DesiredChange {
+    pub seq: u64,
+    pub sql: String,
+    /// SHA-256 of `sql`.
+    pub sha256: String,
+    /// The schema fingerprint after the change (SHA-256 of the normalized `sqlite_schema`).
+    pub fingerprint: String,
+    /// The ledger's chain hash after the change: SHA-256 of `{previous}:{seq}:{sha256}`.
+    pub chain: String,
+}
+
+/// A database a function may open, and how.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DatabaseGrant {
+    /// The database's name in the function's project.
+    pub name: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Where one of a node's databases stands, as the node reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DatabaseSyncState {
+    /// At the ledger's target.
+    InSync,
+    /// Applying changes.
+    Applying,
+    /// A change failed; the file stays at the last good sequence.
+    Failed,
+    /// The file's schema was altered outside the ledger; nothing more is applied.
+    Drift,
+}
+
+impl DatabaseSyncState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InSync => "in_sync",
+            Self::Applying => "applying",
+            Self::Failed => "failed",
+            Self::Drift => "drift",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "in_sync" => Self::InSync,
+            "applying" => Self::Applying,
+            "failed" => Self::Failed,
+            "drift" => Self::Drift,
+            _ => return None,
+        })
+    }
+}
+
+/// One database in a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DatabaseReport {
+    pub database_id: String,
+    /// The last change applied to the node's file.
+    pub seq: u64,
+    /// The fingerprint of the file's schema now.
+    pub fingerprint: String,
+    pub state: DatabaseSyncState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Apply attempts since the previous heartbeat the control plane took.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<ApplyAttempt>,
+}
+
+/// One attempt of a node to bring a database forward.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ApplyAttempt {
+    pub from_seq: u64,
+    /// Where the file ended.
+    pub to_seq: u64,
+    /// The sequence the attempt aimed at.
+    pub target_seq: u64,
+    pub duration_ms: u64,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A project's share of each node, set by fleet administrators.
@@ -200,6 +310,13 @@ pub struct FunctionSettings {
     pub env: BTreeMap<String, String>,
     /// The quota tenant: always the function's project.
     pub tenant: String,
+    /// The project's databases the function may open (none by default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<DatabaseGrant>,
+    /// Schema sequences the version needs (`{"shop": 4}`): a node serves it only once its
+    /// databases are that far, and keeps the previous version until then.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requires: BTreeMap<String, u64>,
 }
 
 /// A node's health as the control plane sees it.
@@ -263,6 +380,9 @@ pub struct Heartbeat {
     /// What the node did since its previous heartbeat.
     #[serde(default)]
     pub usage: NodeUsage,
+    /// Where each of its databases stands.
+    #[serde(default)]
+    pub databases: Vec<DatabaseReport>,
 }
 
 /// A node's work between two heartbeats.

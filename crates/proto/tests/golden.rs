@@ -36,6 +36,8 @@ fn sample() -> DesiredState {
                 instance_reuse: Some(1000),
                 env: BTreeMap::from([("GREETING".into(), "hi".into())]),
                 tenant: "default".into(),
+                databases: vec![],
+                requires: BTreeMap::new(),
             },
             retry: 0,
         }],
@@ -50,6 +52,7 @@ fn sample() -> DesiredState {
             project: None,
         }],
         quotas: BTreeMap::new(),
+        databases: vec![],
     }
 }
 
@@ -69,6 +72,47 @@ fn sample_v2() -> DesiredState {
         },
     );
     state
+}
+
+/// Format 3: edge databases with their pending changes; versions that require a schema.
+fn sample_v3() -> DesiredState {
+    let mut state = sample_v2();
+    state.format = 3;
+    let settings = &mut state.functions[0].settings;
+    settings.databases = vec![edgefn_proto::sync::DatabaseGrant {
+        name: "orders".into(),
+        read_only: false,
+    }];
+    settings.requires = BTreeMap::from([("orders".into(), 1)]);
+    state.databases = vec![edgefn_proto::sync::DesiredDatabase {
+        id: "db_1".into(),
+        project: "shop".into(),
+        name: "orders".into(),
+        target_seq: 1,
+        chain: "c1".into(),
+        changes: vec![edgefn_proto::sync::DesiredChange {
+            seq: 1,
+            sql: "CREATE TABLE orders (id INTEGER PRIMARY KEY)".into(),
+            sha256: "s1".into(),
+            fingerprint: "f1".into(),
+            chain: "c1".into(),
+        }],
+    }];
+    state
+}
+
+#[test]
+fn desired_state_v3_reads_and_writes_its_golden_file() {
+    let path = golden("desired_state_v3.json");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, sample_v3().encode()).unwrap();
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(DesiredState::decode(&bytes).unwrap(), sample_v3());
+    assert_eq!(
+        String::from_utf8(sample_v3().encode()).unwrap(),
+        String::from_utf8(bytes).unwrap()
+    );
 }
 
 #[test]
@@ -111,12 +155,12 @@ fn a_newer_format_is_refused_cleanly_and_unknown_fields_are_ignored() {
     let with_extra = serde_json::to_vec(&document).unwrap();
     assert_eq!(DesiredState::decode(&with_extra).unwrap(), sample());
 
-    // A format-3 document may have changed any field: refused before it is misread.
-    let newer = br#"{"format": 3, "node_id": 7, "something": "else"}"#;
+    // A format-4 document may have changed any field: refused before it is misread.
+    let newer = br#"{"format": 4, "node_id": 7, "something": "else"}"#;
     match DesiredState::decode(newer) {
         Err(DecodeError::NewerFormat {
-            found: 3,
-            supported: 2,
+            found: 4,
+            supported: 3,
         }) => {}
         other => panic!("expected NewerFormat, got {other:?}"),
     }

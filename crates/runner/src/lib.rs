@@ -20,6 +20,7 @@ mod admin;
 pub mod cache;
 pub mod config;
 mod cp_http;
+mod databases;
 mod fetch;
 pub mod identity;
 mod logs;
@@ -215,6 +216,7 @@ pub async fn run(
         node_id: args.node_id.clone(),
     }));
     runtime_config.max_memory_pages = args.max_memory_pages;
+    runtime_config.database_dir = Some(args.state_dir.join("db"));
     runtime_config.memory_budget_bytes = args.memory_budget_bytes;
     runtime_config.pool_instances = args.pool_instances;
     runtime_config.max_request_body_bytes = args.max_request_body_bytes;

@@ -138,6 +138,8 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<NodeSpec, ManifestEr
             idle_timeout: f
                 .idle_timeout_ms
                 .map_or(defaults.idle_timeout, Duration::from_millis),
+            // Edge databases come from a control plane's ledger, not from a manifest.
+            databases: Vec::new(),
         };
         if settings.memory_pages == 0 {
             return Err(fail("memory_pages must be positive"));

@@ -97,6 +97,22 @@ fn entry_of(function: &DesiredFunction) -> Result<FunctionEntry, ConvertError> {
         min_hot_instances: given.min_hot_instances,
         max_hot_instances: given.max_hot_instances.max(1),
         instance_reuse: given.instance_reuse.map(|reuse| reuse.max(1)),
+        // `{state_dir}/db/{project}/{name}.sqlite`: the project is the function's own, so
+        // a grant never reaches another project's file.
+        databases: given
+            .databases
+            .iter()
+            .filter(|grant| {
+                crate::databases::safe_name(&grant.name)
+                    && crate::databases::safe_name(&given.tenant)
+            })
+            .map(|grant| edgefn_runtime::SqlGrant {
+                name: grant.name.clone(),
+                file: PathBuf::from(&given.tenant).join(format!("{}.sqlite", grant.name)),
+                read_only: grant.read_only,
+                required_seq: given.requires.get(&grant.name).copied().unwrap_or(0),
+            })
+            .collect(),
         ..edgefn_runtime::FunctionSettings::default()
     };
     Ok(FunctionEntry {
@@ -259,6 +275,11 @@ impl<N: Serving> Reconciler<N> {
 
     #[cfg(test)]
     pub(crate) fn applied(&self) -> Option<&DesiredState> {
+        self.applied.as_ref()
+    }
+
+    /// The state the node runs and has persisted.
+    pub(crate) fn applied_state(&self) -> Option<&DesiredState> {
         self.applied.as_ref()
     }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edgefn_proto::identity::EnrollNode;
-use edgefn_proto::sync::{DesiredState, ItemResult};
+use edgefn_proto::sync::{DatabaseReport, DesiredState, ItemResult};
 use edgefn_proto::sync::{Heartbeat, HeartbeatReply, NodeStatus};
 use tokio::sync::watch;
 
@@ -72,6 +72,10 @@ pub struct SyncClient {
     /// The item results the control plane last took (with their revision): unchanged
     /// results are not sent again, which keeps a steady heartbeat cheap for the CP.
     results_reported: Option<(u64, Vec<ItemResult>)>,
+    /// The node's edge databases, applied before the functions of each desired state.
+    databases: Arc<crate::databases::EdgeDatabases>,
+    /// The database reports the control plane last took (without their attempts).
+    databases_reported: Option<Vec<DatabaseReport>>,
 }
 
 impl SyncClient {
@@ -94,6 +98,8 @@ impl SyncClient {
         let http = builder.build().unwrap_or_default();
         let (notices_sender, notices) = watch::channel(Notice::default());
         Self {
+            databases: Arc::new(crate::databases::EdgeDatabases::new(&config.state_dir)),
+            databases_reported: None,
             reconciler: Reconciler::new(node.clone(), &config.state_dir, applied),
             node,
             http,
@@ -202,6 +208,11 @@ impl SyncClient {
 
     /// Runs forever: enroll, heartbeat, apply, ack. Failures back off and try again.
     pub async fn run(mut self) {
+        // Where the databases of the persisted state stand (and the rest of a change a
+        // crash interrupted), before the first heartbeat reports them.
+        if let Some(applied) = self.reconciler.applied_state() {
+            self.apply_databases(&applied.databases.clone()).await;
+        }
         let mut failures = 0u32;
         loop {
             // After a push notice the node applies the state the stream brought along, or
@@ -212,7 +223,7 @@ impl SyncClient {
                 let notice = self.notices.borrow_and_update().clone();
                 match notice.state {
                     Some(state) => {
-                        self.apply(state);
+                        self.apply(state).await;
                         Ok(())
                     }
                     None if self.credentials.is_some() => self.fetch_desired().await,
@@ -244,6 +255,8 @@ impl SyncClient {
                 continue;
             }
             self.reconciler.retry_failed();
+            let databases = self.databases.clone();
+            let _ = tokio::task::spawn_blocking(move || databases.check()).await;
             self.pause(self.config.heartbeat_interval).await;
         }
     }
@@ -262,7 +275,21 @@ impl SyncClient {
         }
     }
 
-    fn apply(&mut self, state: DesiredState) {
+    /// Brings the node's databases to `wanted` (SQLite work: off the async workers).
+    async fn apply_databases(&self, wanted: &[edgefn_proto::sync::DesiredDatabase]) {
+        let databases = self.databases.clone();
+        let wanted = wanted.to_vec();
+        if let Err(error) = tokio::task::spawn_blocking(move || databases.apply(&wanted)).await {
+            tracing::error!(%error, "applying the edge databases failed");
+        }
+    }
+
+    /// Applies a desired state: its databases first, so a function version never starts
+    /// against an older schema than the document's, then its functions and routes.
+    async fn apply(&mut self, state: DesiredState) {
+        if Some(state.node_id.as_str()) == self.node_id() {
+            self.apply_databases(&state.databases).await;
+        }
         let node_id = self
             .credentials
             .as_ref()
@@ -310,7 +337,7 @@ impl SyncClient {
             .map_err(|e| format!("GET {url}: {}", causes(&e)))?;
         self.check_refusal(&reply);
         let state: DesiredState = read_json(reply, &url).await?;
-        self.apply(state);
+        self.apply(state).await;
         Ok(())
     }
 
@@ -351,6 +378,7 @@ impl SyncClient {
                 results.clone()
             },
             usage: totals.since(&self.reported),
+            databases: self.database_reports(),
         };
         let url = format!("{node_url}/api/v1/nodes/{node_id}/heartbeat");
         let reply = http
@@ -365,11 +393,36 @@ impl SyncClient {
         let reply: HeartbeatReply = read_json(reply, &url).await?;
         self.reported = totals;
         self.results_reported = Some((applied_revision, results));
+        self.databases.reported(&heartbeat.databases);
+        if !heartbeat.databases.is_empty() {
+            self.databases_reported = Some(without_attempts(&heartbeat.databases));
+        }
         if let Some(state) = reply.desired_state {
-            self.apply(state);
+            self.apply(state).await;
         }
         Ok(())
     }
+}
+
+impl SyncClient {
+    /// The database reports to send: all of them when anything changed since the control
+    /// plane last took them (or attempts wait), else none.
+    fn database_reports(&self) -> Vec<DatabaseReport> {
+        let reports = self.databases.reports();
+        let changed = reports.iter().any(|r| !r.attempts.is_empty())
+            || self.databases_reported.as_deref() != Some(&without_attempts(&reports)[..]);
+        if changed { reports } else { Vec::new() }
+    }
+}
+
+fn without_attempts(reports: &[DatabaseReport]) -> Vec<DatabaseReport> {
+    reports
+        .iter()
+        .map(|r| DatabaseReport {
+            attempts: Vec::new(),
+            ..r.clone()
+        })
+        .collect()
 }
 
 impl Drop for SyncClient {

@@ -61,6 +61,9 @@ pub struct RuntimeConfig {
     pub outbound_connections_per_instance: usize,
     /// How often the idle sweeper looks for expired instances (default 1 s).
     pub sweep_interval: Duration,
+    /// Where the node's edge databases are (`{state_dir}/db`); grants name files in it.
+    /// `None`: no function can open a database.
+    pub database_dir: Option<PathBuf>,
 }
 
 impl RuntimeConfig {
@@ -86,6 +89,7 @@ impl RuntimeConfig {
             outbound_connections_per_function: crate::outbound::MAX_CONNECTIONS_PER_FUNCTION,
             outbound_connections_per_instance: crate::outbound::MAX_CONNECTIONS_PER_INSTANCE,
             sweep_interval: Duration::from_secs(1),
+            database_dir: None,
         }
     }
 }
@@ -189,6 +193,20 @@ pub struct FunctionSettings {
     pub instance_reuse: Option<u32>,
     /// Idle instances above `min_hot_instances` are destroyed after this long.
     pub idle_timeout: Duration,
+    /// The edge databases the function may open (none by default).
+    pub databases: Vec<SqlGrant>,
+}
+
+/// A database a function may open through `edgefn:sql`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SqlGrant {
+    /// The name the guest opens it by.
+    pub name: String,
+    /// The file, relative to [`RuntimeConfig::database_dir`].
+    pub file: PathBuf,
+    pub read_only: bool,
+    /// The schema sequence the function needs (`schema-behind` below it).
+    pub required_seq: u64,
 }
 
 impl Default for FunctionSettings {
@@ -203,6 +221,7 @@ impl Default for FunctionSettings {
             max_hot_instances: 16,
             instance_reuse: None,
             idle_timeout: Duration::from_secs(300),
+            databases: Vec::new(),
         }
     }
 }

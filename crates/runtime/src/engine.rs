@@ -79,6 +79,7 @@ impl Runtime {
             wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)?;
             wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut component_linker)?;
             crate::logging::add_to_linker(&mut component_linker, |s| &mut s.logger)?;
+            crate::sql::add_to_linker(&mut component_linker, |s| s.sql_view())?;
             wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s| &mut s.wasi)?;
             Ok(())
         };
@@ -245,6 +246,10 @@ impl Runtime {
                 pool,
                 outbound: Arc::new(outbound),
                 log_budget: shared.log_budget,
+                sql: Arc::new(crate::sql::SqlGrants::new(
+                    &spec.settings.databases,
+                    self.inner.config.database_dir.as_deref(),
+                )),
                 refilling: AtomicBool::new(false),
             }),
         };

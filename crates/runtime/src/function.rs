@@ -52,6 +52,8 @@ pub(crate) struct FunctionInner {
     pub(crate) pool: Arc<VersionPool>,
     pub(crate) outbound: Arc<OutboundPolicy>,
     pub(crate) log_budget: Arc<LogBudget>,
+    /// Connection pools of the databases the settings grant.
+    pub(crate) sql: Arc<crate::sql::SqlGrants>,
     /// A replacement for a retired instance is being made in the background.
     pub(crate) refilling: AtomicBool,
 }
@@ -234,6 +236,7 @@ impl Function {
                 self.logger(),
                 self.inner.outbound.clone(),
                 self.new_limits(deadline),
+                self.inner.sql.clone(),
             );
             let mut store = self.new_store(state);
             match pre.instantiate_async(&mut store).await {

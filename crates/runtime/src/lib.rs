@@ -43,6 +43,7 @@ mod logging;
 pub mod outbound;
 mod pool;
 mod shared;
+mod sql;
 mod state;
 mod wasmtime_config;
 
@@ -50,7 +51,7 @@ pub use artifact::{ArtifactKind, Toolchain, sha256_hex};
 pub use cgi::is_hop_by_hop;
 pub use compile::compile_worker_main;
 pub use config::{
-    CompilerConfig, DEFAULT_INSTANCE_REUSE, FunctionSettings, RuntimeConfig, WASM_PAGE,
+    CompilerConfig, DEFAULT_INSTANCE_REUSE, FunctionSettings, RuntimeConfig, SqlGrant, WASM_PAGE,
 };
 pub use engine::{EngineIdentity, LoadSpec, Runtime};
 pub use error::RuntimeError;

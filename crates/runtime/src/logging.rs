@@ -11,7 +11,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
 wasmtime::component::bindgen!({
     path: "../../wit",
-    world: "edgefn:host/imports",
+    world: "edgefn:host/logging-host",
 });
 
 use self::wasi::logging::logging::{Host, Level};

@@ -21,6 +21,7 @@ pub(crate) struct ComponentState {
     hooks: OutboundHooks,
     pub(crate) logger: GuestLogger,
     pub(crate) limits: GuestLimits,
+    sql: Arc<crate::sql::SqlGrants>,
 }
 
 /// The WASI context every guest gets: only the configured environment, empty stdin,
@@ -46,8 +47,10 @@ impl ComponentState {
         logger: GuestLogger,
         outbound: Arc<OutboundPolicy>,
         limits: GuestLimits,
+        sql: Arc<crate::sql::SqlGrants>,
     ) -> Self {
         Self {
+            sql,
             wasi: sandboxed_wasi(env, &logger).build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
@@ -57,6 +60,17 @@ impl ComponentState {
             },
             logger,
             limits,
+        }
+    }
+}
+
+impl ComponentState {
+    /// What `edgefn:sql` sees of the store.
+    pub(crate) fn sql_view(&mut self) -> crate::sql::SqlView<'_> {
+        crate::sql::SqlView {
+            table: &mut self.table,
+            grants: &self.sql,
+            deadline: self.limits.deadline,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! 127.0.0.1, driven by the CLI as a developer would, serving guests built from `examples/`.
 
 mod abuse;
+mod databases;
 mod deploy;
 mod dev;
 mod errors;
@@ -457,6 +458,11 @@ impl Runner {
 
     pub fn get(&self, path: &str) -> (u16, String) {
         get(&format!("http://{}{path}", self.http))
+    }
+
+    /// The runner's state directory (identity, desired state, edge databases).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
     }
 
     /// The value of one sample of the runner's `/metrics` (`name{labels}` as exposed), or

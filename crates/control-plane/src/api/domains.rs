@@ -13,7 +13,7 @@ use crate::auth::Principal;
 use crate::domains::{DomainName, is_reserved};
 
 /// The project must exist and the caller have `role` in it.
-async fn project_for(
+pub(super) async fn project_for(
     state: &AppState,
     principal: &Principal,
     project: &str,
@@ -106,8 +106,9 @@ async fn check_proof(
     domain: &Domain,
 ) -> ApiResult<()> {
     let Some(dns) = &state.dns else {
-        return Err(ApiError::Unavailable(
-            "no DNS resolver is configured on this control plane".into(),
+        // Not a passing outage but how this control plane is set up: said as it is.
+        return Err(ApiError::Conflict(
+            "this control plane has no DNS resolver to check the TXT record; a fleet administrator can add the domain with \"verified\": true".into(),
         ));
     };
     if let Err(wait) = dns.admit(project) {
@@ -118,6 +119,14 @@ async fn check_proof(
             ),
             retry_after_secs: wait.as_secs().max(1),
         });
+    }
+    // DNS names end at 253 characters: a long claim's challenge name cannot exist.
+    if domain.txt_record_name.trim_end_matches('.').len() > 253 {
+        return Err(ApiError::Conflict(format!(
+            "{} is too long for DNS to hold its TXT record ({} characters, at most 253); a fleet administrator can add the domain with \"verified\": true",
+            domain.txt_record_name,
+            domain.txt_record_name.len()
+        )));
     }
     let token = domain
         .txt_record_value

@@ -152,6 +152,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => Self::NotFound("not found".into()),
             StoreError::Conflict(m) => Self::Conflict(m),
             StoreError::Refused(m) => Self::Unauthenticated(m),
+            StoreError::Invalid(m) => Self::field("sql", m),
             StoreError::Database(m) | StoreError::Startup(m) => Self::Unavailable(m),
         }
     }

@@ -137,6 +137,12 @@ pub(super) async fn heartbeat(
     if let Some(applied) = input.applied_revision {
         state.feed.record_ack(&id, applied);
     }
+    if !input.databases.is_empty() {
+        state
+            .store
+            .record_database_reports(&id, &input.databases)
+            .await?;
+    }
     Ok(Json(HeartbeatReply {
         desired_revision,
         desired_state,

@@ -69,6 +69,14 @@ use crate::validate::Limits;
         super::domains::delete_domain,
         super::domains::get_quota,
         super::domains::set_quota,
+        super::databases::create_database,
+        super::databases::list_databases,
+        super::databases::get_database,
+        super::databases::delete_database,
+        super::databases::create_change,
+        super::databases::list_changes,
+        super::databases::database_nodes,
+        super::databases::sync_log,
         super::identity::create_token,
         super::identity::list_tokens,
         super::identity::revoke_token,
@@ -194,6 +202,8 @@ pub const METHOD: &str = "^[A-Za-z]+$";
 pub const OUTBOUND_HOST: &str = "^(?:\\*\\.)?[A-Za-z0-9-]+(?:\\.[A-Za-z0-9-]+)*(?::(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?$";
 /// An environment variable's name.
 pub const ENV_NAME: &str = "^[^=\\x00]+$";
+/// A database a function may open (`validate::settings`): a name, `:ro` or `:rw`.
+pub const DATABASE_GRANT: &str = "^[a-z0-9][a-z0-9-]{0,62}(?::(?:ro|rw))?$";
 /// A node label's key (`validate::node`).
 pub const LABEL_KEY: &str = "^[A-Za-z0-9._-]{1,63}$";
 
@@ -323,6 +333,32 @@ fn constrain(document: &mut Value, limits: Limits) {
         "maxLength": edgefn_proto::selector::MAX_LEN,
         "description": "A POP selector, e.g. `region == 'tokyo' && tier != 'canary'`; empty: every node.",
     });
+    field(
+        "SettingsInput",
+        "databases",
+        json!({ "items": { "pattern": DATABASE_GRANT } }),
+    );
+    field(
+        "SettingsInput",
+        "requires",
+        json!({
+            "propertyNames": { "pattern": NAME },
+            "additionalProperties": { "minimum": 1, "maximum": i64::MAX },
+        }),
+    );
+    field("CreateDatabase", "name", json!({ "pattern": NAME }));
+    field("CreateDatabase", "pop_selector", selector.clone());
+    field(
+        "CreateChange",
+        "sql",
+        json!({
+            "format": "edgefn-sql-change",
+            "minLength": 1,
+            "maxLength": super::databases::MAX_CHANGE_BYTES,
+            "description": "SQLite statements. The dry run on top of the ledger refuses (400) SQL that fails, statements a transaction cannot hold, and changes that drop or rename a table or column without `destructive`.",
+        }),
+    );
+    field("CreateChange", "description", json!({ "maxLength": 1000 }));
     field("RouteInput", "pop_selector", selector.clone());
     field("DeployRequest", "pop_selector", selector);
     field("DeployRequest", "version", json!({ "minimum": 1 }));

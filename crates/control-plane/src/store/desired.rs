@@ -157,6 +157,8 @@ impl Store {
             verified: &domains,
             quotas: &quotas,
         };
+        let ledgers = Self::ledgers_in(tx).await?;
+        let applied_seqs = Self::applied_seqs_in(tx, only).await?;
         let nodes = sqlx::query(
             "SELECT n.id, n.labels, d.revision, d.document FROM nodes n LEFT JOIN node_desired d ON d.node_id = n.id \
              WHERE CAST($1 AS TEXT) IS NULL OR n.id = $1",
@@ -175,7 +177,9 @@ impl Store {
             let revision: Option<i64> = row.try_get("revision")?;
             let old: Option<String> = row.try_get("document")?;
             // Documents are stored with revision 0, so a change of content is a change of text.
-            let state = compute(&node_id, &labels, 0, &deployments, &routes, &hosts);
+            let mut state = compute(&node_id, &labels, 0, &deployments, &routes, &hosts);
+            let applied = applied_seqs.get(&node_id);
+            state.databases = crate::desired::databases_of(&state, &labels, &ledgers, applied);
             let document = json(&state);
             let changed = old.as_deref() != Some(document.as_str());
             targeted.push(Targeted {
@@ -190,6 +194,8 @@ impl Store {
             if !changed {
                 continue;
             }
+            let held: Vec<String> = state.databases.iter().map(|d| d.id.clone()).collect();
+            Self::target_databases_in(tx, &node_id, &held, applied).await?;
             for function in &state.functions {
                 if let Some(deployment_id) = deployment_ids.get(&function.function_id) {
                     joins.push((deployment_id.clone(), node_id.clone()));

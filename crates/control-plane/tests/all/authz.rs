@@ -219,6 +219,54 @@ fn endpoints() -> Vec<Endpoint> {
             Needs::Role(Developer),
         ),
         e(
+            "POST",
+            "/api/v1/projects/a/databases",
+            json!({ "name": "made" }),
+            Needs::Role(Developer),
+        ),
+        e(
+            "GET",
+            "/api/v1/projects/a/databases",
+            Value::Null,
+            Needs::Role(Viewer),
+        ),
+        e(
+            "GET",
+            "/api/v1/projects/a/databases/shop",
+            Value::Null,
+            Needs::Role(Viewer),
+        ),
+        e(
+            "DELETE",
+            "/api/v1/projects/a/databases/shop",
+            Value::Null,
+            Needs::Role(Developer),
+        ),
+        e(
+            "POST",
+            "/api/v1/projects/a/databases/shop/changes",
+            json!({ "sql": "CREATE TABLE made (x)" }),
+            Needs::Role(Developer),
+        ),
+        e(
+            "GET",
+            "/api/v1/projects/a/databases/shop/changes",
+            Value::Null,
+            Needs::Role(Viewer),
+        ),
+        e(
+            "GET",
+            "/api/v1/projects/a/databases/shop/nodes",
+            Value::Null,
+            Needs::Role(Viewer),
+        ),
+        e(
+            "GET",
+            "/api/v1/projects/a/databases/shop/sync-log",
+            Value::Null,
+            Needs::Role(Viewer),
+        ),
+        e(
             "GET",
             "/api/v1/projects/a/quota",
             Value::Null,
@@ -470,6 +518,14 @@ async fn world() -> World {
             .await;
         assert_eq!(claimed.status, 201, "{:?}", claimed.json());
     }
+    let created = app
+        .json(
+            "POST",
+            "/api/v1/projects/a/databases",
+            json!({ "name": "shop" }),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{:?}", created.json());
     let node = app.enroll("edge-1", json!({ "region": "tokyo" })).await.id;
     let deployment = app
         .json(
@@ -667,6 +723,8 @@ async fn the_matrix_covers_every_endpoint() {
                 .replace("/members/erin", "/members/{user}")
                 .replace("/projects/{id}/domains", "/projects/{project}/domains")
                 .replace("/projects/{id}/quota", "/projects/{project}/quota")
+                .replace("/projects/{id}/databases", "/projects/{project}/databases")
+                .replace("/databases/shop", "/databases/{name}")
                 .replace("/domains/verified.example.com", "/domains/{name}")
                 .replace("/domains/gone.example.com", "/domains/{name}");
             (e.method.to_lowercase(), path)

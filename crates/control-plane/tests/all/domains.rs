@@ -314,7 +314,7 @@ async fn a_project_cannot_take_another_projects_hosts(backend: Backend) {
         assert_eq!(deployed.status, 201, "{:?}", deployed.json());
     }
     let state = app.store.desired_state(&node.id).await.unwrap();
-    assert_eq!(state.format, 2);
+    assert_eq!(state.format, edgefn_proto::sync::DESIRED_STATE_FORMAT);
     for function in &state.functions {
         let expected = if function.function_id == shop_fn {
             "shop"

@@ -153,6 +153,7 @@ async fn assemble(
         logins: Default::default(),
         dns: None,
         precompiler: None,
+        database_warn_after: std::time::Duration::from_secs(300),
     };
     App {
         router: router(state.clone()),

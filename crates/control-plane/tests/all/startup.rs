@@ -227,6 +227,7 @@ async fn the_sweeper_marks_silent_nodes_offline() {
         applied_revision: None,
         results: vec![],
         usage: Default::default(),
+        databases: vec![],
     };
     app.store.heartbeat(&id, &beat).await.unwrap();
     edgefn_control_plane::spawn_offline_sweeper(

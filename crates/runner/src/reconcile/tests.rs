@@ -23,6 +23,8 @@ fn function(id: &str, version: u64, sha256: &str, url: &str) -> DesiredFunction 
             instance_reuse: Some(10),
             env: [("K".to_string(), "V".to_string())].into(),
             tenant: "acme".into(),
+            databases: vec![],
+            requires: BTreeMap::new(),
         },
         retry: 0,
     }
@@ -50,6 +52,7 @@ fn state(revision: u64, functions: Vec<DesiredFunction>) -> DesiredState {
         functions,
         routes,
         quotas: Default::default(),
+        databases: vec![],
     }
 }
 

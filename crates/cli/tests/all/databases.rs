@@ -1,0 +1,257 @@
+//! Edge databases end to end, as real processes: a control plane and three runners; a
+//! database with three schema changes; a function that reads and writes rows on every
+//! node; a change that passes the dry run but fails on the nodes (rolled back everywhere,
+//! reported, the CLI exits non-zero, the function keeps serving); what a guest may not do;
+//! a file altered by hand showing as drift. On SQLite and PostgreSQL metadata.
+
+use std::time::Duration;
+
+use edgefn_edgedb::rusqlite;
+
+use crate::{Backend, ControlPlane, Runner, eventually, guest};
+
+#[test]
+fn sqlite_metadata() {
+    edge_databases_end_to_end(&Backend::Sqlite);
+}
+
+#[test]
+fn postgres_metadata() {
+    edge_databases_end_to_end(&Backend::postgres());
+}
+
+/// `db status shop --json`.
+fn status(cp: &ControlPlane) -> Vec<serde_json::Value> {
+    cp.cli(&["db", "status", "shop", "--json"])
+        .ok()
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn migrate(cp: &ControlPlane, dir: &std::path::Path, file: &str, sql: &str) -> crate::CliOutput {
+    let path = dir.join(file);
+    std::fs::write(&path, sql).unwrap();
+    cp.cli(&[
+        "db",
+        "migrate",
+        "shop",
+        "--file",
+        path.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "60",
+    ])
+}
+
+fn edge_databases_end_to_end(backend: &Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(backend, &dir.path().join("cp"), &[]);
+    let runners: Vec<Runner> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            Runner::start(
+                &cp,
+                &dir.path().join(name),
+                name,
+                &format!("pop={name}"),
+                200,
+            )
+        })
+        .collect();
+    eventually("every runner registered", Duration::from_secs(60), || {
+        let nodes = cp.cli(&["nodes", "list", "--json"]).ok().json();
+        nodes.as_array().map_or(0, Vec::len) == 3
+    });
+
+    cp.cli(&["db", "create", "shop"]).ok();
+    let created = cp.cli(&["db", "create", "shop"]);
+    assert!(!created.success, "a second shop is refused");
+    // A change the dry run refuses never reaches the ledger.
+    let refused = migrate(
+        &cp,
+        dir.path(),
+        "bad.sql",
+        "CREATE TABLE a (x);\nINSERT INTO nope VALUES (1);",
+    );
+    assert!(!refused.success);
+    assert!(
+        refused.stderr.contains("no such table: nope"),
+        "{}",
+        refused.stderr
+    );
+    assert!(refused.stderr.contains("statement 2"), "{}", refused.stderr);
+    let refused = migrate(
+        &cp,
+        dir.path(),
+        "tx.sql",
+        "BEGIN; CREATE TABLE a (x); COMMIT;",
+    );
+    assert!(!refused.success, "transaction statements are refused");
+    // Three changes before any node holds the database.
+    for (file, sql) in [
+        (
+            "0001_items.sql",
+            "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL);",
+        ),
+        ("0002_price.sql", "ALTER TABLE items ADD COLUMN price REAL;"),
+        (
+            "0003_index.sql",
+            "CREATE INDEX items_by_name ON items (name);",
+        ),
+    ] {
+        migrate(&cp, dir.path(), file, sql).ok();
+    }
+    let ledger = cp.cli(&["db", "show", "shop", "--json"]).ok().json();
+    assert_eq!(ledger["database"]["target_seq"], 3);
+    assert_eq!(ledger["changes"].as_array().unwrap().len(), 3);
+
+    // A function that uses it: every node gets the database at change 3, then the function.
+    cp.cli(&[
+        "deploy",
+        "items",
+        "--wasm",
+        &guest("items"),
+        "--database",
+        "shop",
+        "--requires",
+        "shop=3",
+        "--wait",
+    ])
+    .ok();
+    cp.cli(&["routes", "add", "--path", "/*", "--function", "items"])
+        .ok();
+    eventually("every node in sync at 3", Duration::from_secs(60), || {
+        let nodes = status(&cp);
+        nodes.len() == 3
+            && nodes
+                .iter()
+                .all(|n| n["state"] == "in_sync" && n["applied_seq"] == 3)
+    });
+    for runner in &runners {
+        let (code, body) = runner.get("/items?add=pen");
+        assert_eq!(code, 200, "{}: {body}", runner.name);
+        let (code, body) = runner.get("/items?add=pen");
+        assert_eq!(code, 200, "{body}");
+        let (code, body) = runner.get("/items");
+        assert_eq!(
+            (code, body.as_str()),
+            (200, "1\tpen\n2\tpen\n"),
+            "{}",
+            runner.name
+        );
+        // The file is an ordinary SQLite file at the ledger's sequence.
+        let file = runner.state_dir().join("db/default/shop.sqlite");
+        let conn = rusqlite::Connection::open(&file).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 3);
+    }
+
+    // What a guest may not do.
+    let runner = &runners[0];
+    for sql in [
+        "DROP TABLE items",
+        "CREATE TABLE x (y)",
+        "PRAGMA user_version = 9",
+        "ATTACH 'x' AS x",
+        "BEGIN",
+    ] {
+        let (code, body) = runner.get(&format!(
+            "/exec?sql={}",
+            sql.replace(' ', "+")
+                .replace('\'', "%27")
+                .replace('=', "%3D")
+        ));
+        assert_eq!(code, 403, "{sql}: {body}");
+        assert!(body.starts_with("access-denied"), "{sql}: {body}");
+    }
+    let (code, body) = runner.get("/items?db=other");
+    assert_eq!(
+        code, 404,
+        "a database not in the settings cannot be opened: {body}"
+    );
+
+    // Passes the dry run (the control plane's copy has no rows), fails on every node (two
+    // `pen` rows): rolled back to 3 everywhere, the CLI says so, the function keeps serving.
+    let failed = migrate(
+        &cp,
+        dir.path(),
+        "0004_unique.sql",
+        "CREATE UNIQUE INDEX items_name ON items (name);",
+    );
+    assert!(!failed.success, "{}", failed.stdout);
+    assert!(
+        failed.stderr.contains("failed on 3 of 3 nodes"),
+        "{}",
+        failed.stderr
+    );
+    let nodes = status(&cp);
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["state"] == "failed" && n["applied_seq"] == 3),
+        "{nodes:?}"
+    );
+    assert!(
+        nodes.iter().all(|n| n["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("UNIQUE")),
+        "{nodes:?}"
+    );
+    let log = cp.cli(&["db", "log", "shop", "--json"]).ok().json();
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["to_seq"] == 3 && e["error"].as_str().is_some_and(|e| e.contains("UNIQUE"))),
+        "{log}"
+    );
+    for runner in &runners {
+        assert_eq!(runner.get("/items").0, 200);
+        let file = runner.state_dir().join("db/default/shop.sqlite");
+        let conn = rusqlite::Connection::open(&file).unwrap();
+        let ok: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 3, "never in between");
+    }
+
+    // The fix is a new change: remove the duplicates on the nodes' side first (a guest can),
+    // then a change that passes everywhere.
+    for runner in &runners {
+        let (code, body) = runner.get("/exec?sql=DELETE+FROM+items+WHERE+id+%3D+2");
+        assert_eq!(code, 200, "{body}");
+    }
+    migrate(
+        &cp,
+        dir.path(),
+        "0005_unique.sql",
+        "CREATE UNIQUE INDEX IF NOT EXISTS items_name_2 ON items (name, price);",
+    )
+    .ok();
+    eventually("every node in sync at 5", Duration::from_secs(60), || {
+        status(&cp)
+            .iter()
+            .all(|n| n["state"] == "in_sync" && n["applied_seq"] == 5)
+    });
+
+    // Someone alters a node's file by hand: drift at its next heartbeat.
+    let file = runners[1].state_dir().join("db/default/shop.sqlite");
+    rusqlite::Connection::open(&file)
+        .unwrap()
+        .execute_batch("CREATE TABLE mine (x)")
+        .unwrap();
+    eventually("drift on node b", Duration::from_secs(30), || {
+        status(&cp)
+            .iter()
+            .any(|n| n["node_name"] == "b" && n["state"] == "drift")
+    });
+}
