@@ -315,9 +315,14 @@ pub enum DeploymentsCommand {
 
 /// The node `reference` names: by id, else by name.
 async fn resolve_node(client: &Client, reference: &str) -> anyhow::Result<Node> {
-    by_id_or_name(client, "/nodes", reference, |n: &Node| &n.name)
+    let node = by_id_or_name(client, "/nodes", reference, |n: &Node| &n.name)
         .await?
-        .ok_or_else(|| anyhow::anyhow!("no node with id or name {reference:?}"))
+        .ok_or_else(|| anyhow::anyhow!("no node with id or name {reference:?}"))?;
+    if node.id == reference {
+        return Ok(node);
+    }
+    // Found in the list, which leaves out what only `GET /nodes/{id}` carries (databases).
+    client.get(&format!("/nodes/{}", node.id)).await
 }
 
 /// The function `reference` names: by id, else by name.
@@ -825,9 +830,17 @@ pub async fn nodes(client: &Client, out: &Output, command: NodesCommand) -> anyh
                         u.errors.to_string(),
                     ]
                 });
+                let databases = node.databases.iter().map(|d| {
+                    vec![
+                        format!("{}/{}", d.project, d.database),
+                        format!("{}/{}", d.applied_seq, d.target_seq),
+                        d.state.as_str().to_string(),
+                    ]
+                });
                 format!(
-                    "{head}\n{}\n\nsince the previous heartbeat:\n{}",
+                    "{head}\n{}\n\n{}\n\nsince the previous heartbeat:\n{}",
                     table(&["function", "version", "state", "error"], rows),
+                    table(&["database", "schema", "state"], databases),
                     table(&["function", "invocations", "errors"], usage)
                 )
             });

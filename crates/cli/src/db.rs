@@ -81,27 +81,16 @@ pub enum DbCommand {
     },
 }
 
-fn state_name(state: NodeDatabaseState) -> &'static str {
-    match state {
-        NodeDatabaseState::InSync => "in_sync",
-        NodeDatabaseState::Applying => "applying",
-        NodeDatabaseState::Behind => "behind",
-        NodeDatabaseState::Failed => "failed",
-        NodeDatabaseState::Drift => "drift",
-        NodeDatabaseState::Offline => "offline",
-    }
-}
-
 fn node_rows(nodes: &[NodeDatabase]) -> impl Iterator<Item = Vec<String>> + '_ {
     nodes.iter().map(|n| {
         let state = if n.warning {
             format!(
                 "{} (WARNING: behind {} s)",
-                state_name(n.state),
+                n.state.as_str(),
                 n.lag_ms / 1000
             )
         } else {
-            state_name(n.state).to_string()
+            n.state.as_str().to_string()
         };
         vec![
             n.node_name.clone(),
@@ -315,7 +304,7 @@ async fn wait_for(
                 eprintln!(
                     "  {:<20} {:<9} at {}{}",
                     node.node_name,
-                    state_name(node.state),
+                    node.state.as_str(),
                     node.applied_seq,
                     node.last_error
                         .as_deref()

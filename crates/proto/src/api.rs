@@ -246,6 +246,21 @@ pub struct Node {
     /// When the node was revoked (Unix ms): it may no longer connect.
     #[serde(default)]
     pub revoked_at: Option<i64>,
+    /// The edge databases the node holds and their schema versions (only in
+    /// `GET /nodes/{id}`; empty in lists).
+    #[serde(default)]
+    pub databases: Vec<NodeSchema>,
+}
+
+/// One edge database a node holds: where its copy of the schema stands.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeSchema {
+    pub project: String,
+    pub database: String,
+    pub state: NodeDatabaseState,
+    pub applied_seq: u64,
+    pub target_seq: u64,
+    pub fingerprint: Option<String>,
 }
 
 /// Every error: `{"error": {"code", "message", "details"}}`.
@@ -368,6 +383,20 @@ pub enum NodeDatabaseState {
     Drift,
     /// The node is offline.
     Offline,
+}
+
+impl NodeDatabaseState {
+    /// The name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InSync => "in_sync",
+            Self::Applying => "applying",
+            Self::Behind => "behind",
+            Self::Failed => "failed",
+            Self::Drift => "drift",
+            Self::Offline => "offline",
+        }
+    }
 }
 
 /// `GET /projects/{p}/databases/{db}/nodes`: one row per node that holds the database.

@@ -2,7 +2,8 @@
 //! database with three schema changes; a function that reads and writes rows on every
 //! node; a change that passes the dry run but fails on the nodes (rolled back everywhere,
 //! reported, the CLI exits non-zero, the function keeps serving); what a guest may not do;
-//! a file altered by hand showing as drift. On SQLite and PostgreSQL metadata.
+//! a file altered by hand showing as drift, and on the node's page. On SQLite and
+//! PostgreSQL metadata.
 
 use std::time::Duration;
 
@@ -254,4 +255,22 @@ fn edge_databases_end_to_end(backend: &Backend) {
             .iter()
             .any(|n| n["node_name"] == "b" && n["state"] == "drift")
     });
+
+    // A node shows the databases it holds with their schema versions.
+    let node = cp.cli(&["nodes", "show", "b", "--json"]).ok().json();
+    assert_eq!(
+        node["databases"],
+        serde_json::json!([{
+            "project": "default", "database": "shop", "state": "drift",
+            "applied_seq": 5, "target_seq": 5,
+            "fingerprint": node["databases"][0]["fingerprint"],
+        }]),
+        "{node}"
+    );
+    let shown = cp.cli(&["nodes", "show", "a"]).ok();
+    assert!(
+        shown.stdout.contains("default/shop") && shown.stdout.contains("5/5"),
+        "{}",
+        shown.stdout
+    );
 }

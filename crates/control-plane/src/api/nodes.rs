@@ -219,6 +219,8 @@ async fn redacted(
     for node in &mut nodes {
         node.inventory
             .retain(|item| readable.contains(&item.function_id));
+        node.databases
+            .retain(|database| visible.includes(&database.project));
         node.usage
             .functions
             .retain(|usage| readable.contains(&usage.function_id));

@@ -9,7 +9,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use edgefn_proto::api::{Database, DatabaseChange, NodeDatabase, NodeDatabaseState, SyncLogEntry};
+use edgefn_proto::api::{
+    Database, DatabaseChange, NodeDatabase, NodeDatabaseState, NodeSchema, SyncLogEntry,
+};
 use edgefn_proto::sync::{DatabaseReport, DatabaseSyncState, DesiredChange, NodeStatus};
 use serde_json::json;
 use sqlx::Row as _;
@@ -54,6 +56,21 @@ fn database_from_row(row: &AnyRow) -> Result<Database> {
         created_at: row.try_get("created_at")?,
         created_by: row.try_get("created_by")?,
     })
+}
+
+/// Where a node's copy stands, from the node's status, the state it reported and whether
+/// it is behind the ledger.
+fn node_database_state(node_status: &str, reported: &str, behind: bool) -> NodeDatabaseState {
+    if NodeStatus::parse(node_status) == Some(NodeStatus::Offline) {
+        return NodeDatabaseState::Offline;
+    }
+    match DatabaseSyncState::parse(reported) {
+        Some(DatabaseSyncState::Drift) => NodeDatabaseState::Drift,
+        Some(DatabaseSyncState::Failed) if behind => NodeDatabaseState::Failed,
+        _ if !behind => NodeDatabaseState::InSync,
+        Some(DatabaseSyncState::Applying) => NodeDatabaseState::Applying,
+        _ => NodeDatabaseState::Behind,
+    }
 }
 
 fn change_from_row(row: &AnyRow) -> Result<DatabaseChange> {
@@ -535,19 +552,7 @@ impl Store {
                         .map_or(targeted_at, |(_, at)| *at)
                         .max(targeted_at)
                 });
-                let state = if NodeStatus::parse(&status) == Some(NodeStatus::Offline) {
-                    NodeDatabaseState::Offline
-                } else {
-                    match DatabaseSyncState::parse(&reported) {
-                        Some(DatabaseSyncState::Drift) => NodeDatabaseState::Drift,
-                        Some(DatabaseSyncState::Failed) if behind_since.is_some() => {
-                            NodeDatabaseState::Failed
-                        }
-                        _ if behind_since.is_none() => NodeDatabaseState::InSync,
-                        Some(DatabaseSyncState::Applying) => NodeDatabaseState::Applying,
-                        _ => NodeDatabaseState::Behind,
-                    }
-                };
+                let state = node_database_state(&status, &reported, behind_since.is_some());
                 let lag_ms = behind_since.map_or(0, |since| (now - since).max(0) as u64);
                 Ok(NodeDatabase {
                     node_id: row.try_get("node_id")?,
@@ -563,6 +568,38 @@ impl Store {
                     consecutive_failures: row.try_get::<i64, _>("failures")?.max(0) as u64,
                     last_error: row.try_get("last_error")?,
                     reported_at: row.try_get("updated_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The databases node `node_id` holds, with their schema versions (`GET /nodes/{id}`).
+    pub async fn node_schemas(&self, node_id: &str) -> Result<Vec<NodeSchema>> {
+        let rows = sqlx::query(
+            "SELECT d.project_id, d.name, n.status, nd.applied_seq, nd.fingerprint, nd.state, \
+             (SELECT MAX(seq) FROM database_changes c WHERE c.database_id = d.id) AS target_seq \
+             FROM node_databases nd JOIN databases d ON d.id = nd.database_id JOIN nodes n ON n.id = nd.node_id \
+             WHERE nd.node_id = $1 ORDER BY d.project_id, d.name",
+        )
+        .bind(node_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let applied = row.try_get::<i64, _>("applied_seq")?.max(0) as u64;
+                let target = row
+                    .try_get::<Option<i64>, _>("target_seq")?
+                    .unwrap_or(0)
+                    .max(0) as u64;
+                let status: String = row.try_get("status")?;
+                let reported: String = row.try_get("state")?;
+                Ok(NodeSchema {
+                    project: row.try_get("project_id")?,
+                    database: row.try_get("name")?,
+                    state: node_database_state(&status, &reported, applied < target),
+                    applied_seq: applied,
+                    target_seq: target,
+                    fingerprint: row.try_get("fingerprint")?,
                 })
             })
             .collect()

@@ -264,6 +264,7 @@ impl Store {
             usage: parse_json(&row.try_get::<String, _>("usage")?)?,
             certificate_expires_at: row.try_get("cert_expires_at")?,
             revoked_at: row.try_get("revoked_at")?,
+            databases: Vec::new(),
         })
     }
 
@@ -277,7 +278,9 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?
             .ok_or(StoreError::NotFound)?;
-        Self::node_from_row(&row)
+        let mut node = Self::node_from_row(&row)?;
+        node.databases = self.node_schemas(id).await?;
+        Ok(node)
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<Node>> {

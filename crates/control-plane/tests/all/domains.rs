@@ -342,6 +342,15 @@ async fn a_project_cannot_take_another_projects_hosts(backend: Backend) {
         )
         .await;
     assert_eq!(beat.status, 200, "{:?}", beat.json());
+    // Shop's database on the node is shop's business too.
+    let made = app
+        .json(
+            "POST",
+            "/api/v1/projects/shop/databases",
+            json!({ "name": "secretdb", "pop_selector": "true" }),
+        )
+        .await;
+    assert_eq!(made.status, 201, "{:?}", made.json());
     let seen = app
         .json_as(
             Some(&eve),
@@ -356,12 +365,14 @@ async fn a_project_cannot_take_another_projects_hosts(backend: Backend) {
         !text.contains(&shop_fn) && !text.contains("secret"),
         "{text}"
     );
+    assert_eq!(seen.json()["databases"], json!([]), "{text}");
     assert!(text.contains(&evil_fn), "{text}");
     let all = app.get(&format!("/api/v1/nodes/{}", node.id)).await;
     assert!(
         String::from_utf8_lossy(&all.body).contains("secret"),
         "administrators see all"
     );
+    assert_eq!(all.json()["databases"][0]["database"], "secretdb");
 
     for expected in [
         ("shop.example.com", Some("shop")),
