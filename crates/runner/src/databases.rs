@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use edgefn_edgedb::{ApplyError, LedgerChange};
 use edgefn_proto::sync::{ApplyAttempt, DatabaseReport, DatabaseSyncState, DesiredDatabase};
 
+/// Where the node's databases stand: `(project, name)` → the sequence of the last change
+/// applied to the node's file.
+pub type Schemas = HashMap<(String, String), u64>;
+
 /// How long a failed database waits before the node tries its changes again by itself.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 
@@ -215,6 +219,33 @@ impl EdgeDatabases {
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let from = applied.from;
         Ok((applied, from))
+    }
+
+    /// The sequence each database's file is at (what function versions require).
+    pub fn schemas(&self) -> Schemas {
+        let Ok(held) = self.held.lock() else {
+            return Schemas::new();
+        };
+        held.values()
+            .map(|h| {
+                let key = (h.desired.project.clone(), h.desired.name.clone());
+                (key, h.report.seq)
+            })
+            .collect()
+    }
+
+    /// The sequence the files of `databases` are at on disk, read without changing them:
+    /// at startup, before the persisted state serves and before anything is applied.
+    pub fn schemas_on_disk(&self, databases: &[DesiredDatabase]) -> Schemas {
+        databases
+            .iter()
+            .filter_map(|d| {
+                let path = self.path(&d.project, &d.name).filter(|p| p.exists())?;
+                let conn = edgefn_edgedb::open_node_database(&path).ok()?;
+                let status = edgefn_edgedb::status(&conn).ok()?;
+                Some(((d.project.clone(), d.name.clone()), status.seq))
+            })
+            .collect()
     }
 
     /// Where each database stands, with the attempts not reported yet.

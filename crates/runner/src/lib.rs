@@ -159,7 +159,12 @@ pub async fn run(
             }
             let applied = reconcile::load_applied(&args.state_dir);
             let manifest = match &applied {
-                Some(state) => reconcile::spec_of(state).with_context(|| {
+                Some(state) => reconcile::spec_of(
+                    state,
+                    &databases::EdgeDatabases::new(&args.state_dir)
+                        .schemas_on_disk(&state.databases),
+                )
+                .with_context(|| {
                     format!("{}: persisted desired state", args.state_dir.display())
                 })?,
                 None => NodeSpec::default(),

@@ -15,16 +15,25 @@
 //!    to `{state_dir}/desired.json`, and only then does it count as applied (and is acked).
 //!    A state that cannot be written is not applied: the next attempt tries again.
 //!
+//! A version that requires a database schema (`requires = {"shop": 4}`) is not loaded
+//! while the node's copy of `shop` is behind change 4: it counts as failed (`schema shop@4
+//! not applied`) and the old version stays in service. The node tells the reconciler where
+//! its databases stand ([`Reconciler::set_schemas`]); when one catches up the same desired
+//! state is applied again ([`Reconciler::regate`]). A version never serves against a schema
+//! older than it requires.
+//!
 //! Revisions only go up: a state at or below the applied one (or the one being applied)
 //! changes nothing. A restarted runner serves `desired.json` at once ([`load_applied`]),
 //! with or without a control plane.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use edgefn_proto::router::{RouteSpec, RouteTable};
 use edgefn_proto::sync::{DesiredFunction, DesiredState, ItemResult, ItemState};
 
+pub use crate::databases::Schemas;
 use crate::node::{Node, VersionState};
 use crate::spec::{ArtifactSource, FunctionEntry, NodeSpec, RouteTarget, valid_function_id};
 
@@ -36,11 +45,37 @@ pub(crate) const APPLIED_FILE: &str = "desired.json";
 #[error("{0}")]
 pub struct ConvertError(String);
 
-/// The node spec a desired state stands for.
-pub fn spec_of(state: &DesiredState) -> Result<NodeSpec, ConvertError> {
+/// Why `function` may not run on the node yet: a database schema it requires is behind.
+pub fn unmet_requirement(function: &DesiredFunction, schemas: &Schemas) -> Option<String> {
+    let project = &function.settings.tenant;
+    function.settings.requires.iter().find_map(|(name, &seq)| {
+        let at = schemas
+            .get(&(project.clone(), name.clone()))
+            .copied()
+            .unwrap_or(0);
+        (at < seq).then(|| format!("schema {name}@{seq} not applied (the node is at {at})"))
+    })
+}
+
+/// The versions of `state` that wait for a schema on the node.
+fn gated(state: &DesiredState, schemas: &Schemas) -> BTreeSet<(String, u64)> {
+    state
+        .functions
+        .iter()
+        .filter(|f| unmet_requirement(f, schemas).is_some())
+        .map(|f| (f.function_id.clone(), f.version))
+        .collect()
+}
+
+/// The node spec a desired state stands for: every function version but those whose
+/// required schemas the node does not have yet.
+pub fn spec_of(state: &DesiredState, schemas: &Schemas) -> Result<NodeSpec, ConvertError> {
     let mut functions = Vec::with_capacity(state.functions.len());
     for function in &state.functions {
-        functions.push(entry_of(function)?);
+        let entry = entry_of(function)?;
+        if unmet_requirement(function, schemas).is_none() {
+            functions.push(entry);
+        }
     }
     let routes = state
         .routes
@@ -179,12 +214,21 @@ impl Serving for Arc<Node> {
 }
 
 /// The result of each desired item on the node right now.
-pub(crate) fn item_results(node: &impl Serving, state: &DesiredState) -> Vec<ItemResult> {
+pub(crate) fn item_results(
+    node: &impl Serving,
+    state: &DesiredState,
+    schemas: &Schemas,
+) -> Vec<ItemResult> {
     state
         .functions
         .iter()
         .map(|function| {
-            let (state, error) = match node.readiness(&function.function_id, function.version) {
+            let unmet = unmet_requirement(function, schemas);
+            let readiness = match unmet {
+                Some(reason) => Some(Readiness::Failed(reason)),
+                None => node.readiness(&function.function_id, function.version),
+            };
+            let (state, error) = match readiness {
                 None => (ItemState::Pending, None),
                 Some(Readiness::Loading) => (ItemState::InProgress, None),
                 Some(Readiness::Ready) => (ItemState::Ready, None),
@@ -202,30 +246,33 @@ pub(crate) fn item_results(node: &impl Serving, state: &DesiredState) -> Vec<Ite
 
 /// `desired` plus, for each function whose desired version is not ready on the node, the
 /// newest version of it in `serving` (what the node was last told to run) that is ready,
-/// so it keeps serving. With `settled`, only versions whose replacement failed are kept (a
-/// loading one cannot be left behind).
+/// so it keeps serving. With `settled`, only versions whose replacement failed (or waits
+/// for a schema) are kept (a loading one cannot be left behind).
 pub(crate) fn effective_state(
     desired: &DesiredState,
     serving: Option<&DesiredState>,
     node: &impl Serving,
     settled: bool,
+    schemas: &Schemas,
 ) -> DesiredState {
     let mut effective = desired.clone();
     let Some(serving) = serving else {
         return effective;
     };
     for wanted in &desired.functions {
-        let keep_old = match node.readiness(&wanted.function_id, wanted.version) {
-            Some(Readiness::Ready) => false,
-            Some(Readiness::Failed(_)) => true,
-            Some(Readiness::Loading) | None => !settled,
-        };
+        let keep_old = unmet_requirement(wanted, schemas).is_some()
+            || match node.readiness(&wanted.function_id, wanted.version) {
+                Some(Readiness::Ready) => false,
+                Some(Readiness::Failed(_)) => true,
+                Some(Readiness::Loading) | None => !settled,
+            };
         if !keep_old {
             continue;
         }
         let old = serving.functions.iter().filter(|f| {
             f.function_id == wanted.function_id
                 && f.version != wanted.version
+                && unmet_requirement(f, schemas).is_none()
                 && node.readiness(&f.function_id, f.version) == Some(Readiness::Ready)
         });
         if let Some(old) = old.max_by_key(|f| f.version) {
@@ -258,19 +305,69 @@ pub(crate) struct Reconciler<N: Serving> {
     /// the target): old versions are kept from it, so a ready version is never dropped
     /// before its replacement is ready, even when a state was not persisted.
     serving: Option<DesiredState>,
+    /// The desired state last started, as the control plane sent it: applied again when a
+    /// schema it waits for arrives.
+    desired: Option<DesiredState>,
+    /// Where the node's databases stand.
+    schemas: Schemas,
+    /// Where they stood when `desired` was last started: the target is finished, and its
+    /// results told, with these (a schema arriving halfway waits for [`Self::regate`], so
+    /// a kept version is never dropped for one that has not loaded).
+    started_with: Schemas,
+    /// The versions of `desired` that waited for a schema when it was last started.
+    gated: BTreeSet<(String, u64)>,
 }
 
 impl<N: Serving> Reconciler<N> {
     /// A reconciler starting from `applied` (the persisted state, already applied to the
     /// node by the caller).
-    pub(crate) fn new(node: N, state_dir: &Path, applied: Option<DesiredState>) -> Self {
+    pub(crate) fn new(
+        node: N,
+        state_dir: &Path,
+        applied: Option<DesiredState>,
+        schemas: Schemas,
+    ) -> Self {
+        let gated = applied
+            .as_ref()
+            .map(|state| gated(state, &schemas))
+            .unwrap_or_default();
         Self {
             node,
             state_file: state_dir.join(APPLIED_FILE),
             serving: applied.clone(),
+            // After a restart the persisted state stands in for what the control plane sent
+            // (it may hold kept versions too, which the next desired state drops).
+            desired: applied.clone(),
             applied,
             target: None,
+            started_with: schemas.clone(),
+            schemas,
+            gated,
         }
+    }
+
+    /// Where the node's databases stand now (after an apply or a retry).
+    pub(crate) fn set_schemas(&mut self, schemas: Schemas) {
+        self.schemas = schemas;
+    }
+
+    /// When a schema that versions of the desired state wait for has arrived (or a version
+    /// that ran no longer may), applies that state again; `true` when it did.
+    pub(crate) fn regate(&mut self) -> bool {
+        if self.target.is_some() {
+            return false;
+        }
+        let Some(desired) = self.desired.clone() else {
+            return false;
+        };
+        if gated(&desired, &self.schemas) == self.gated {
+            return false;
+        }
+        tracing::info!(
+            revision = desired.revision,
+            "a required schema changed; applying the desired state again"
+        );
+        self.begin(desired).is_ok()
     }
 
     #[cfg(test)]
@@ -302,7 +399,7 @@ impl<N: Serving> Reconciler<N> {
         self.target
             .as_ref()
             .or(self.applied.as_ref())
-            .map(|state| item_results(&self.node, state))
+            .map(|state| item_results(&self.node, state, &self.started_with))
             .unwrap_or_default()
     }
 
@@ -318,25 +415,39 @@ impl<N: Serving> Reconciler<N> {
         if newest.is_some_and(|n| state.revision <= n) || Some(state.node_id.as_str()) != node_id {
             return Started::Stale;
         }
-        let effective = effective_state(&state, self.serving.as_ref(), &self.node, false);
-        match spec_of(&effective) {
-            Ok(spec) => {
-                self.serving = Some(effective);
-                tracing::info!(
-                    revision = state.revision,
-                    functions = state.functions.len(),
-                    routes = state.routes.len(),
-                    "applying a desired state"
-                );
-                self.node.reconcile(&spec);
-                self.target = Some(state);
-                Started::Applying
-            }
+        let revision = state.revision;
+        match self.begin(state) {
+            Ok(()) => Started::Applying,
             Err(error) => {
-                tracing::error!(revision = state.revision, %error, "refusing a desired state");
+                tracing::error!(revision, %error, "refusing a desired state");
                 Started::Refused
             }
         }
+    }
+
+    /// Hands `state` (with the versions it keeps) to the node and makes it the target.
+    fn begin(&mut self, state: DesiredState) -> Result<(), ConvertError> {
+        let effective = effective_state(
+            &state,
+            self.serving.as_ref(),
+            &self.node,
+            false,
+            &self.schemas,
+        );
+        let spec = spec_of(&effective, &self.schemas)?;
+        self.started_with = self.schemas.clone();
+        self.serving = Some(effective);
+        tracing::info!(
+            revision = state.revision,
+            functions = state.functions.len(),
+            routes = state.routes.len(),
+            "applying a desired state"
+        );
+        self.node.reconcile(&spec);
+        self.gated = gated(&state, &self.schemas);
+        self.desired = Some(state.clone());
+        self.target = Some(state);
+        Ok(())
     }
 
     /// Everything of the target has settled: drops the versions that were replaced and
@@ -347,8 +458,14 @@ impl<N: Serving> Reconciler<N> {
         let Some(target) = self.target.take() else {
             return Ok(());
         };
-        let effective = effective_state(&target, self.serving.as_ref(), &self.node, true);
-        if let Ok(spec) = spec_of(&effective) {
+        let effective = effective_state(
+            &target,
+            self.serving.as_ref(),
+            &self.node,
+            true,
+            &self.started_with,
+        );
+        if let Ok(spec) = spec_of(&effective, &self.started_with) {
             self.node.reconcile(&spec);
             self.serving = Some(effective.clone());
         }
@@ -357,7 +474,7 @@ impl<N: Serving> Reconciler<N> {
             self.target = Some(target);
             return Err(error);
         }
-        let failed = item_results(&self.node, &target)
+        let failed = item_results(&self.node, &target, &self.started_with)
             .iter()
             .filter(|r| r.state == ItemState::Failed)
             .count();

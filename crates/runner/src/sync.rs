@@ -97,10 +97,15 @@ impl SyncClient {
         }
         let http = builder.build().unwrap_or_default();
         let (notices_sender, notices) = watch::channel(Notice::default());
+        let databases = Arc::new(crate::databases::EdgeDatabases::new(&config.state_dir));
+        let schemas = applied
+            .as_ref()
+            .map(|state| databases.schemas_on_disk(&state.databases))
+            .unwrap_or_default();
         Self {
-            databases: Arc::new(crate::databases::EdgeDatabases::new(&config.state_dir)),
+            databases,
             databases_reported: None,
-            reconciler: Reconciler::new(node.clone(), &config.state_dir, applied),
+            reconciler: Reconciler::new(node.clone(), &config.state_dir, applied, schemas),
             node,
             http,
             credentials,
@@ -212,6 +217,7 @@ impl SyncClient {
         // crash interrupted), before the first heartbeat reports them.
         if let Some(applied) = self.reconciler.applied_state() {
             self.apply_databases(&applied.databases.clone()).await;
+            self.reconciler.regate();
         }
         let mut failures = 0u32;
         loop {
@@ -257,6 +263,11 @@ impl SyncClient {
             self.reconciler.retry_failed();
             let databases = self.databases.clone();
             let _ = tokio::task::spawn_blocking(move || databases.check()).await;
+            // A database that caught up lets the versions waiting for it start.
+            self.reconciler.set_schemas(self.databases.schemas());
+            if self.reconciler.regate() {
+                continue;
+            }
             self.pause(self.config.heartbeat_interval).await;
         }
     }
@@ -276,12 +287,13 @@ impl SyncClient {
     }
 
     /// Brings the node's databases to `wanted` (SQLite work: off the async workers).
-    async fn apply_databases(&self, wanted: &[edgefn_proto::sync::DesiredDatabase]) {
+    async fn apply_databases(&mut self, wanted: &[edgefn_proto::sync::DesiredDatabase]) {
         let databases = self.databases.clone();
         let wanted = wanted.to_vec();
         if let Err(error) = tokio::task::spawn_blocking(move || databases.apply(&wanted)).await {
             tracing::error!(%error, "applying the edge databases failed");
         }
+        self.reconciler.set_schemas(self.databases.schemas());
     }
 
     /// Applies a desired state: its databases first, so a function version never starts

@@ -1,7 +1,8 @@
 //! Edge databases end to end, as real processes: a control plane and three runners; a
 //! database with three schema changes; a function that reads and writes rows on every
 //! node; a change that passes the dry run but fails on the nodes (rolled back everywhere,
-//! reported, the CLI exits non-zero, the function keeps serving); what a guest may not do;
+//! reported, the CLI exits non-zero, the function keeps serving, a version requiring it
+//! waits until it applies); what a guest may not do;
 //! a file altered by hand showing as drift, and on the node's page. On SQLite and
 //! PostgreSQL metadata.
 
@@ -225,6 +226,31 @@ fn edge_databases_end_to_end(backend: &Backend) {
         assert_eq!(version, 3, "never in between");
     }
 
+    // A version that requires the failed change never serves against schema 3: it fails
+    // on every node with the reason, and the version before it keeps serving.
+    let needs_4 = cp.cli(&[
+        "deploy",
+        "items",
+        "--wasm",
+        &guest("items"),
+        "--database",
+        "shop",
+        "--requires",
+        "shop=4",
+        "--wait",
+        "--timeout",
+        "60",
+    ]);
+    assert!(!needs_4.success, "{}", needs_4.stdout);
+    assert!(
+        needs_4.stdout.contains("schema shop@4 not applied"),
+        "{}",
+        needs_4.stdout
+    );
+    for runner in &runners {
+        assert_eq!(runner.get("/items").0, 200, "{}", runner.name);
+    }
+
     // The fix is a new change: remove the duplicates on the nodes' side first (a guest can),
     // then a change that passes everywhere.
     for runner in &runners {
@@ -243,6 +269,29 @@ fn edge_databases_end_to_end(backend: &Backend) {
             .iter()
             .all(|n| n["state"] == "in_sync" && n["applied_seq"] == 5)
     });
+
+    // Change 4 went through: the version waiting for it replaces the old one everywhere.
+    eventually(
+        "the version requiring shop@4 ready",
+        Duration::from_secs(60),
+        || {
+            runners.iter().all(|runner| {
+                let node = cp
+                    .cli(&["nodes", "show", &runner.name, "--json"])
+                    .ok()
+                    .json();
+                node["inventory"].as_array().is_some_and(|items| {
+                    !items.is_empty()
+                        && items
+                            .iter()
+                            .all(|i| i["state"] == "ready" && i["version"].as_u64() > Some(1))
+                })
+            })
+        },
+    );
+    for runner in &runners {
+        assert_eq!(runner.get("/items").0, 200, "{}", runner.name);
+    }
 
     // Someone alters a node's file by hand: drift at its next heartbeat.
     let file = runners[1].state_dir().join("db/default/shop.sqlite");

@@ -63,7 +63,11 @@ fn desired(sha256: &str, url: &str) -> DesiredState {
 #[test]
 fn a_desired_state_becomes_the_node_spec_it_stands_for() {
     let sha = "AB".repeat(32);
-    let spec = spec_of(&desired(&sha, "http://cp/api/v1/artifacts/x")).unwrap();
+    let spec = spec_of(
+        &desired(&sha, "http://cp/api/v1/artifacts/x"),
+        &Schemas::new(),
+    )
+    .unwrap();
     let entry = &spec.functions[0];
     assert_eq!((entry.id.as_str(), entry.version), ("fn_1", 2));
     assert_eq!(entry.sha256.as_deref(), Some("ab".repeat(32).as_str()));
@@ -76,13 +80,13 @@ fn a_desired_state_becomes_the_node_spec_it_stands_for() {
 #[test]
 fn unusable_items_are_refused_with_the_reason() {
     let sha = "ab".repeat(32);
-    let bad_url = spec_of(&desired(&sha, "file:///etc/passwd")).unwrap_err();
+    let bad_url = spec_of(&desired(&sha, "file:///etc/passwd"), &Schemas::new()).unwrap_err();
     assert!(bad_url.to_string().contains("artifact_url"), "{bad_url}");
-    let bad_sha = spec_of(&desired("zz", "http://cp/a")).unwrap_err();
+    let bad_sha = spec_of(&desired("zz", "http://cp/a"), &Schemas::new()).unwrap_err();
     assert!(bad_sha.to_string().contains("sha256"), "{bad_sha}");
     let mut bad_id = desired(&sha, "http://cp/a");
     bad_id.functions[0].function_id = "../escape".into();
-    assert!(spec_of(&bad_id).is_err());
+    assert!(spec_of(&bad_id, &Schemas::new()).is_err());
 }
 
 /// A node without a runtime: versions appear as loading when a spec names them, go away
@@ -187,7 +191,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join(APPLIED_FILE);
         let node = FakeNode::default();
-        let mut reconciler = Reconciler::new(&node, dir.path(), None);
+        let mut reconciler = Reconciler::new(&node, dir.path(), None, Schemas::new());
         let mut last_desired: Option<DesiredState> = None;
         for step in steps {
             let revision_before = reconciler.applied_revision(Some("node-1"));
@@ -250,7 +254,7 @@ fn an_unwritable_state_is_not_acked_and_is_applied_at_the_next_attempt() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(APPLIED_FILE);
     let node = FakeNode::default();
-    let mut reconciler = Reconciler::new(&node, dir.path(), None);
+    let mut reconciler = Reconciler::new(&node, dir.path(), None, Schemas::new());
     let sha = "ab".repeat(32);
     let wanted = state(1, vec![function("f1", 1, &sha, "http://cp/a")]);
     assert!(matches!(
@@ -269,4 +273,73 @@ fn an_unwritable_state_is_not_acked_and_is_applied_at_the_next_attempt() {
     reconciler.finish().unwrap();
     assert_eq!(reconciler.applied_revision(Some("node-1")), Some(1));
     assert_eq!(load_applied(dir.path()), Some(wanted));
+}
+
+/// A version that requires a schema the node does not have is not loaded: it is failed
+/// with the reason, the old version keeps serving, and once the schema arrives the same
+/// desired state is applied again and the new version replaces the old.
+#[test]
+fn a_version_waits_for_the_schema_it_requires_while_the_old_one_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = FakeNode::default();
+    let at = |seq: u64| Schemas::from([(("acme".to_string(), "shop".to_string()), seq)]);
+    let mut reconciler = Reconciler::new(&node, dir.path(), None, at(3));
+    let sha = "ab".repeat(32);
+    let v1 = state(1, vec![function("f1", 1, &sha, "http://cp/a")]);
+    reconciler.start(v1, Some("node-1"));
+    node.settle(|_, _| false);
+    reconciler.finish().unwrap();
+
+    let mut needs_4 = function("f1", 2, &sha, "http://cp/a");
+    needs_4.settings.requires.insert("shop".into(), 4);
+    let v2 = state(2, vec![needs_4]);
+    assert!(matches!(
+        reconciler.start(v2, Some("node-1")),
+        Started::Applying
+    ));
+    assert_eq!((&node).readiness("f1", 2), None, "not loaded");
+    node.settle(|_, _| false);
+    reconciler.finish().unwrap();
+    assert_eq!(
+        (&node).readiness("f1", 1),
+        Some(Readiness::Ready),
+        "v1 serves"
+    );
+    let results = reconciler.results();
+    let v2 = results.iter().find(|r| r.version == 2).unwrap();
+    assert_eq!(v2.state, ItemState::Failed);
+    assert!(
+        v2.error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("schema shop@4 not applied")),
+        "{results:?}"
+    );
+    assert!(!reconciler.regate(), "nothing changed");
+
+    // After a restart the node still does not serve v2 against schema 3.
+    let applied = load_applied(dir.path()).unwrap();
+    let spec = spec_of(&applied, &at(3)).unwrap();
+    assert_eq!(
+        spec.functions.iter().map(|f| f.version).collect::<Vec<_>>(),
+        vec![1]
+    );
+
+    reconciler.set_schemas(at(4));
+    assert!(reconciler.regate());
+    assert_eq!((&node).readiness("f1", 2), Some(Readiness::Loading));
+    assert_eq!(
+        (&node).readiness("f1", 1),
+        Some(Readiness::Ready),
+        "until v2 is ready"
+    );
+    node.settle(|_, _| false);
+    reconciler.finish().unwrap();
+    assert_eq!((&node).readiness("f1", 1), None, "replaced");
+    let results = reconciler.results();
+    assert_eq!(results.len(), 1);
+    assert_eq!(
+        (results[0].version, results[0].state),
+        (2, ItemState::Ready)
+    );
+    assert!(!reconciler.regate());
 }
