@@ -139,8 +139,8 @@ pub async fn run(
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Everything that can be checked is checked before a socket is bound. With a control
     // plane, the node starts from the desired state it applied last (if any).
-    let (manifest, applied) = match (&args.manifest, &args.control_plane) {
-        (Some(path), _) => (manifest::load(path)?, None),
+    let (manifest, applied, schemas) = match (&args.manifest, &args.control_plane) {
+        (Some(path), _) => (manifest::load(path)?, None, databases::Schemas::new()),
         (None, Some(url)) => {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 anyhow::bail!("--control-plane must be an http:// or https:// URL, got {url:?}");
@@ -158,18 +158,21 @@ pub async fn run(
                     .with_context(|| format!("cannot create {}", args.state_dir.display()))?;
             }
             let applied = reconcile::load_applied(&args.state_dir);
+            // Where the persisted state's databases stand on disk: a version is not served
+            // against an older schema than it requires, not even right after a restart.
+            let schemas = applied
+                .as_ref()
+                .map(|state| {
+                    databases::EdgeDatabases::new(&args.state_dir).schemas_on_disk(&state.databases)
+                })
+                .unwrap_or_default();
             let manifest = match &applied {
-                Some(state) => reconcile::spec_of(
-                    state,
-                    &databases::EdgeDatabases::new(&args.state_dir)
-                        .schemas_on_disk(&state.databases),
-                )
-                .with_context(|| {
+                Some(state) => reconcile::spec_of(state, &schemas).with_context(|| {
                     format!("{}: persisted desired state", args.state_dir.display())
                 })?,
                 None => NodeSpec::default(),
             };
-            (manifest, applied)
+            (manifest, applied, schemas)
         }
         (None, None) => anyhow::bail!("one of --manifest and --control-plane is required"),
     };
@@ -318,7 +321,7 @@ pub async fn run(
                 api_ca_cert,
             };
             sync_task = Some(tokio::spawn(
-                sync::SyncClient::new(node.clone(), config, applied).run(),
+                sync::SyncClient::new(node.clone(), config, applied, schemas).run(),
             ));
         }
         (None, None) => {}

@@ -314,8 +314,6 @@ pub(crate) struct Reconciler<N: Serving> {
     /// results told, with these (a schema arriving halfway waits for [`Self::regate`], so
     /// a kept version is never dropped for one that has not loaded).
     started_with: Schemas,
-    /// The versions of `desired` that waited for a schema when it was last started.
-    gated: BTreeSet<(String, u64)>,
 }
 
 impl<N: Serving> Reconciler<N> {
@@ -327,10 +325,6 @@ impl<N: Serving> Reconciler<N> {
         applied: Option<DesiredState>,
         schemas: Schemas,
     ) -> Self {
-        let gated = applied
-            .as_ref()
-            .map(|state| gated(state, &schemas))
-            .unwrap_or_default();
         Self {
             node,
             state_file: state_dir.join(APPLIED_FILE),
@@ -342,7 +336,6 @@ impl<N: Serving> Reconciler<N> {
             target: None,
             started_with: schemas.clone(),
             schemas,
-            gated,
         }
     }
 
@@ -357,12 +350,13 @@ impl<N: Serving> Reconciler<N> {
         if self.target.is_some() {
             return false;
         }
-        let Some(desired) = self.desired.clone() else {
+        let Some(desired) = &self.desired else {
             return false;
         };
-        if gated(&desired, &self.schemas) == self.gated {
+        if gated(desired, &self.schemas) == gated(desired, &self.started_with) {
             return false;
         }
+        let desired = desired.clone();
         tracing::info!(
             revision = desired.revision,
             "a required schema changed; applying the desired state again"
@@ -444,7 +438,6 @@ impl<N: Serving> Reconciler<N> {
             "applying a desired state"
         );
         self.node.reconcile(&spec);
-        self.gated = gated(&state, &self.schemas);
         self.desired = Some(state.clone());
         self.target = Some(state);
         Ok(())

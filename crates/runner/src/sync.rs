@@ -81,7 +81,13 @@ pub struct SyncClient {
 impl SyncClient {
     /// A client for `node`, starting from the persisted applied state (already reconciled by
     /// the caller) and identity.
-    pub fn new(node: Arc<Node>, config: SyncConfig, applied: Option<DesiredState>) -> Self {
+    /// `schemas`: where the databases of `applied` stand on disk (`schemas_on_disk`).
+    pub fn new(
+        node: Arc<Node>,
+        config: SyncConfig,
+        applied: Option<DesiredState>,
+        schemas: crate::databases::Schemas,
+    ) -> Self {
         // An identity from another control plane means nothing here.
         let credentials = Credentials::load(&config.state_dir, &config.control_plane);
         let mut builder = reqwest::Client::builder()
@@ -97,13 +103,8 @@ impl SyncClient {
         }
         let http = builder.build().unwrap_or_default();
         let (notices_sender, notices) = watch::channel(Notice::default());
-        let databases = Arc::new(crate::databases::EdgeDatabases::new(&config.state_dir));
-        let schemas = applied
-            .as_ref()
-            .map(|state| databases.schemas_on_disk(&state.databases))
-            .unwrap_or_default();
         Self {
-            databases,
+            databases: Arc::new(crate::databases::EdgeDatabases::new(&config.state_dir)),
             databases_reported: None,
             reconciler: Reconciler::new(node.clone(), &config.state_dir, applied, schemas),
             node,

@@ -29,11 +29,7 @@ const MAX_ATTEMPTS_PER_REPORT: usize = 100;
 
 /// An error as stored: at most 2 KiB (a node's message, not a document).
 fn bounded(error: &str) -> String {
-    let mut end = error.len().min(2048);
-    while !error.is_char_boundary(end) {
-        end -= 1;
-    }
-    error[..end].to_string()
+    crate::audit::truncate(error, 2048).to_string()
 }
 
 /// Apply attempts older than this are dropped from the sync log.
