@@ -16,6 +16,8 @@ use wasmtime::component::{HasData, Resource, ResourceTable};
 
 use crate::config::SqlGrant;
 
+mod spin;
+
 wasmtime::component::bindgen!({
     path: "../../wit",
     world: "edgefn:host/sql-host",
@@ -66,6 +68,23 @@ pub struct SqlConnection {
     conn: Option<edgefn_edgedb::GuestDatabase>,
 }
 
+impl SqlConnection {
+    /// Runs `call` on the open connection, interrupted at `deadline`.
+    fn run<R>(
+        &self,
+        deadline: Instant,
+        call: impl FnOnce(&edgefn_edgedb::GuestDatabase) -> Result<R, GuestError>,
+    ) -> Result<R, GuestError> {
+        let Some(conn) = self.conn.as_ref() else {
+            return Err(GuestError::Sql("the connection is closed".into()));
+        };
+        conn.set_deadline(Some(deadline));
+        let result = call(conn);
+        conn.set_deadline(None);
+        result
+    }
+}
+
 impl Drop for SqlConnection {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
@@ -88,12 +107,13 @@ impl HasData for SqlData {
     type Data<'a> = SqlView<'a>;
 }
 
-/// Adds `edgefn:sql/sql` to a component linker.
+/// Adds `edgefn:sql/sql` and Spin's `fermyon:spin/sqlite` to a component linker.
 pub(crate) fn add_to_linker<T: Send + 'static>(
     linker: &mut wasmtime::component::Linker<T>,
     get: fn(&mut T) -> SqlView<'_>,
 ) -> wasmtime::Result<()> {
-    edgefn::sql::sql::add_to_linker::<T, SqlData>(linker, get)
+    edgefn::sql::sql::add_to_linker::<T, SqlData>(linker, get)?;
+    spin::add_to_linker(linker, get)
 }
 
 fn error_of(error: GuestError) -> Error {
@@ -136,6 +156,19 @@ fn executed(result: edgefn_edgedb::Executed) -> ExecuteResult {
 }
 
 impl SqlView<'_> {
+    /// Opens the granted database `name` (a pooled connection).
+    fn checkout(&self, name: &str) -> Result<SqlConnection, GuestError> {
+        let Some(pool) = self.grants.find(name) else {
+            return Err(GuestError::NoSuchDatabase(format!(
+                "{name} (not in the function's databases)"
+            )));
+        };
+        Ok(SqlConnection {
+            pool: pool.clone(),
+            conn: Some(pool.checkout()?),
+        })
+    }
+
     /// Runs `call` on the resource's connection under the call's deadline.
     fn with<R>(
         &mut self,
@@ -147,29 +180,15 @@ impl SqlView<'_> {
             .table
             .get_mut(connection)
             .map_err(|e| Error::Sql(e.to_string()))?;
-        let Some(conn) = connection.conn.as_ref() else {
-            return Err(Error::Sql("the connection is closed".into()));
-        };
-        conn.set_deadline(Some(deadline));
-        let result = call(conn).map_err(error_of);
-        conn.set_deadline(None);
-        result
+        connection.run(deadline, call).map_err(error_of)
     }
 }
 
 impl HostConnection for SqlView<'_> {
     fn open(&mut self, name: String) -> Result<Resource<SqlConnection>, Error> {
-        let Some(pool) = self.grants.find(&name) else {
-            return Err(Error::NoSuchDatabase(format!(
-                "{name} (not in the function's databases)"
-            )));
-        };
-        let conn = pool.checkout().map_err(error_of)?;
+        let connection = self.checkout(&name).map_err(error_of)?;
         self.table
-            .push(SqlConnection {
-                pool: pool.clone(),
-                conn: Some(conn),
-            })
+            .push(connection)
             .map_err(|e| Error::LimitExceeded(e.to_string()))
     }
 

@@ -65,7 +65,7 @@ fn build(target: &str, packages: &[&str]) {
 
 /// Guests that are `wasi:http` components (`wasm32-wasip2`).
 pub const COMPONENT_GUESTS: &[&str] = &[
-    "hello", "echo", "cpu", "spin", "memhog", "sandbox", "fetch", "logflood", "items",
+    "hello", "echo", "cpu", "spin", "memhog", "sandbox", "fetch", "logflood", "items", "todo",
 ];
 
 /// Guests built by the toolchains users use for other languages, each by its own

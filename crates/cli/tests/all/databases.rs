@@ -4,7 +4,8 @@
 //! reported, the CLI exits non-zero, the function keeps serving, a version requiring it
 //! waits until it applies); what a guest may not do;
 //! a file altered by hand showing as drift, and on the node's page. On SQLite and
-//! PostgreSQL metadata.
+//! PostgreSQL metadata. Then a Spin app using Spin's SQLite interface, and a node that is
+//! away while a change lands (offline, warning, catching up).
 
 use std::time::Duration;
 
@@ -321,5 +322,101 @@ fn edge_databases_end_to_end(backend: &Backend) {
         shown.stdout.contains("default/shop") && shown.stdout.contains("5/5"),
         "{}",
         shown.stdout
+    );
+}
+
+/// A Spin app built with Spin's own SDK (`spin-sdk` 3, `fermyon:spin/sqlite@2.0.0`) runs
+/// unchanged on the database `default`; a node that is down while a change lands shows
+/// `offline` with a warning once it is behind for longer than the threshold, and catches
+/// up (keeping its rows) when it returns.
+#[test]
+fn a_spin_app_and_a_node_that_was_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(
+        &Backend::Sqlite,
+        &dir.path().join("cp"),
+        &[
+            "--database-warn-after-secs",
+            "2",
+            "--node-offline-after-secs",
+            "2",
+        ],
+    );
+    let mut runner = Runner::start(&cp, &dir.path().join("a"), "a", "pop=a", 200);
+    cp.cli(&["db", "create", "default"]).ok();
+    let dir_path = dir.path();
+    let table = "CREATE TABLE todo (id INTEGER PRIMARY KEY, title TEXT NOT NULL, \
+                 done INTEGER NOT NULL DEFAULT 0);";
+    let path = dir_path.join("0001_todo.sql");
+    std::fs::write(&path, table).unwrap();
+    cp.cli(&["db", "migrate", "default", "--file", path.to_str().unwrap()])
+        .ok();
+    cp.cli(&[
+        "deploy",
+        "todo",
+        "--wasm",
+        &guest("todo"),
+        "--database",
+        "default",
+        "--requires",
+        "default=1",
+        "--wait",
+    ])
+    .ok();
+    cp.cli(&["routes", "add", "--path", "/*", "--function", "todo"])
+        .ok();
+
+    eventually("the Spin app answers", Duration::from_secs(30), || {
+        runner.get("/todo").0 == 200
+    });
+    assert_eq!(runner.post("/todo", "milk"), (201, "1".into()));
+    assert_eq!(runner.post("/todo", "eggs"), (201, "2".into()));
+    assert_eq!(runner.post("/todo/done?id=1", "").0, 204);
+    assert_eq!(
+        runner.get("/todo"),
+        (200, "1\tmilk\ttrue\n2\teggs\tfalse\n".into())
+    );
+    // In Spin's words, a database not in the function's settings is access-denied.
+    assert_eq!(runner.get("/todo?db=other"), (403, "access denied".into()));
+
+    // Down while a change lands: offline, then behind for longer than the threshold.
+    runner.crash();
+    let path = dir_path.join("0002_due.sql");
+    std::fs::write(&path, "ALTER TABLE todo ADD COLUMN due TEXT;").unwrap();
+    cp.cli(&["db", "migrate", "default", "--file", path.to_str().unwrap()])
+        .ok();
+    let db_status = || -> serde_json::Value {
+        let nodes = cp.cli(&["db", "status", "default", "--json"]).ok().json();
+        nodes[0].clone()
+    };
+    eventually(
+        "node a offline with a warning",
+        Duration::from_secs(30),
+        || {
+            let node = db_status();
+            node["state"] == "offline" && node["warning"] == true
+        },
+    );
+    let node = db_status();
+    assert_eq!(
+        (node["applied_seq"].clone(), node["target_seq"].clone()),
+        (1.into(), 2.into())
+    );
+    assert!(node["behind_since"].as_i64().is_some(), "{node}");
+    assert!(
+        node["lag_ms"].as_u64().is_some_and(|lag| lag > 2000),
+        "{node}"
+    );
+    let shown = cp.cli(&["db", "status", "default"]).ok();
+    assert!(shown.stdout.contains("WARNING"), "{}", shown.stdout);
+
+    runner.start_again();
+    eventually("node a caught up", Duration::from_secs(30), || {
+        let node = db_status();
+        node["state"] == "in_sync" && node["applied_seq"] == 2 && node["warning"] == false
+    });
+    assert_eq!(
+        runner.get("/todo"),
+        (200, "1\tmilk\ttrue\n2\teggs\tfalse\n".into())
     );
 }

@@ -124,11 +124,22 @@ pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
 
 /// `GET url` → (status, body); status 0 when nothing answers.
 pub fn get(url: &str) -> (u16, String) {
+    send(|client| client.get(url))
+}
+
+/// `POST url` with `body` → (status, body); status 0 when nothing answers.
+pub fn post(url: &str, body: &str) -> (u16, String) {
+    send(|client| client.post(url).body(body.to_string()))
+}
+
+fn send(
+    request: impl FnOnce(&reqwest::blocking::Client) -> reqwest::blocking::RequestBuilder,
+) -> (u16, String) {
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    match client.get(url).send() {
+    match request(&client).send() {
         Ok(reply) => {
             let status = reply.status().as_u16();
             (status, reply.text().unwrap_or_default())
@@ -445,6 +456,16 @@ impl Runner {
     /// the identity it enrolled with).
     pub fn restart(&mut self) {
         assert!(self.process.terminate().success());
+        self.start_again();
+    }
+
+    /// SIGKILL: no drain, no flush — a crash.
+    pub fn crash(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts it again after [`Runner::crash`], with the same directories and identity.
+    pub fn start_again(&mut self) {
         self.process = Self::spawn(
             &self.control_plane,
             &self.dir,
@@ -458,6 +479,10 @@ impl Runner {
 
     pub fn get(&self, path: &str) -> (u16, String) {
         get(&format!("http://{}{path}", self.http))
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> (u16, String) {
+        post(&format!("http://{}{path}", self.http), body)
     }
 
     /// The runner's state directory (identity, desired state, edge databases).
