@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Subcommand;
 use edgefn_proto::api::{
-    CreateChange, CreateDatabase, Database, DatabaseChange, NodeDatabase, NodeDatabaseState,
-    SyncLogEntry,
+    CreateChange, CreateDatabase, Database, DatabaseChange, DatabaseRepairAction, NodeDatabase,
+    NodeDatabaseState, RepairDatabase, SyncLogEntry,
 };
 
 use crate::client::Client;
@@ -68,6 +68,24 @@ pub enum DbCommand {
         #[arg(long, default_value = "default")]
         project: String,
     },
+    /// Repair one node's copy that left the ledger (drift): build it again from the
+    /// ledger (the node keeps the old file beside it), or accept its schema as it is.
+    Repair {
+        name: String,
+        /// The node (its id or name).
+        #[arg(long)]
+        node: String,
+        /// Build the file again from the ledger (its rows go; the old file is kept).
+        #[arg(long, conflicts_with = "accept", required_unless_present = "accept")]
+        recreate: bool,
+        /// Take the file's schema as it is; later changes apply on top of it.
+        #[arg(long)]
+        accept: bool,
+        #[arg(long, default_value = "default")]
+        project: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Every apply attempt nodes reported, newest first.
     Log {
         name: String,
@@ -91,6 +109,10 @@ fn node_rows(nodes: &[NodeDatabase]) -> impl Iterator<Item = Vec<String>> + '_ {
             )
         } else {
             n.state.as_str().to_string()
+        };
+        let state = match n.pending_repair {
+            Some(action) => format!("{state} (repair: {} pending)", action.as_str()),
+            None => state,
         };
         vec![
             n.node_name.clone(),
@@ -259,6 +281,58 @@ pub async fn db(client: &Client, out: &Output, command: DbCommand) -> anyhow::Re
                 .await?;
             nodes.sort_by_key(|n| (!n.warning, n.state == NodeDatabaseState::InSync));
             out.list(&nodes, NODE_HEADERS, node_rows(&nodes));
+        }
+        DbCommand::Repair {
+            name,
+            node,
+            recreate,
+            accept: _,
+            project,
+            wait,
+        } => {
+            let base = format!("/projects/{project}/databases/{name}");
+            let nodes: Vec<NodeDatabase> = client.get(&format!("{base}/nodes")).await?;
+            let Some(found) = nodes
+                .iter()
+                .find(|n| n.node_id == node)
+                .or_else(|| nodes.iter().find(|n| n.node_name == node))
+            else {
+                anyhow::bail!("no node {node} holds {name} (see `edgefn db status {name}`)");
+            };
+            let action = if recreate {
+                DatabaseRepairAction::Recreate
+            } else {
+                DatabaseRepairAction::Accept
+            };
+            let path = format!("{base}/nodes/{}/repair", found.node_id);
+            let mut row: NodeDatabase = client.post(&path, &RepairDatabase { action }).await?;
+            if wait.wait {
+                let started = Instant::now();
+                while row.pending_repair.is_some() {
+                    if started.elapsed() >= Duration::from_secs(wait.timeout) {
+                        anyhow::bail!(
+                            "node {} has not done the repair after {} s",
+                            row.node_name,
+                            wait.timeout
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let nodes: Vec<NodeDatabase> = client.get(&format!("{base}/nodes")).await?;
+                    match nodes.into_iter().find(|n| n.node_id == row.node_id) {
+                        Some(now) => row = now,
+                        None => anyhow::bail!("node {} no longer holds {name}", row.node_name),
+                    }
+                }
+            }
+            let rows = vec![row];
+            out.list(&rows, NODE_HEADERS, node_rows(&rows));
+            if !wait.wait && !out.json {
+                println!(
+                    "Node {} will {} its copy of {name} at its next desired state.",
+                    rows[0].node_name,
+                    action.as_str()
+                );
+            }
         }
         DbCommand::Log {
             name,

@@ -195,6 +195,10 @@ pub fn router(state: AppState) -> Router {
             get(databases::database_nodes),
         )
         .route(
+            "/projects/{project}/databases/{name}/nodes/{node}/repair",
+            post(databases::repair_node_database),
+        )
+        .route(
             "/projects/{project}/databases/{name}/sync-log",
             get(databases::sync_log),
         )

@@ -10,10 +10,10 @@
 use std::collections::BTreeMap;
 
 use edgefn_proto::Selector;
-use edgefn_proto::api::Route;
+use edgefn_proto::api::{DatabaseRepairAction, Route};
 use edgefn_proto::sync::{
-    DESIRED_STATE_FORMAT, DesiredChange, DesiredDatabase, DesiredFunction, DesiredRoute,
-    DesiredState, FunctionSettings, ProjectQuota,
+    DESIRED_STATE_FORMAT, DesiredChange, DesiredDatabase, DesiredFunction, DesiredRepair,
+    DesiredRoute, DesiredState, FunctionSettings, ProjectQuota,
 };
 
 use crate::domains::{DomainName, may_route};
@@ -126,12 +126,14 @@ pub fn uses(settings: &FunctionSettings, name: &str) -> bool {
 
 /// The databases a node with `labels` and the functions of `state` holds: those its labels
 /// select, and — for databases without a selector — those a function it runs uses. Each
-/// carries the ledger's changes after `applied` (the sequence the node last reported).
+/// carries the ledger's changes after `applied` (the sequence the node last reported), and
+/// the repair asked for on the node, if any (with the whole ledger, for a `recreate`).
 pub fn databases_of(
     state: &DesiredState,
     labels: &BTreeMap<String, String>,
     ledgers: &[Ledger],
     applied: Option<&BTreeMap<String, u64>>,
+    repairs: Option<&BTreeMap<String, DesiredRepair>>,
 ) -> Vec<DesiredDatabase> {
     ledgers
         .iter()
@@ -143,10 +145,14 @@ pub fn databases_of(
                 .any(|f| f.settings.tenant == ledger.project && uses(&f.settings, &ledger.name)),
         })
         .map(|ledger| {
-            let from = applied
-                .and_then(|a| a.get(&ledger.id))
-                .copied()
-                .unwrap_or(0);
+            let repair = repairs.and_then(|r| r.get(&ledger.id)).cloned();
+            let from = match &repair {
+                Some(r) if r.action == DatabaseRepairAction::Recreate => 0,
+                _ => applied
+                    .and_then(|a| a.get(&ledger.id))
+                    .copied()
+                    .unwrap_or(0),
+            };
             let last = ledger.changes.last();
             DesiredDatabase {
                 id: ledger.id.clone(),
@@ -160,6 +166,7 @@ pub fn databases_of(
                     .filter(|c| c.seq > from)
                     .cloned()
                     .collect(),
+                repair,
             }
         })
         .collect()

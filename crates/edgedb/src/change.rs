@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, fallible_iterator::FallibleIterator as _};
 
-use crate::schema::fingerprint;
+use crate::schema::{fingerprint, is_node_table};
 
 /// How long the dry run of one change may take (a recursive query in a change would
 /// otherwise hold a control-plane thread forever).
@@ -86,6 +86,11 @@ pub struct DryRun {
 
 /// Why the migration authorizer refused an action, or `None` when a change may do it.
 fn migration_refusal(action: &AuthAction<'_>) -> Option<String> {
+    if let Some(table) = table_of(action).filter(|t| is_node_table(t)) {
+        return Some(format!(
+            "{table} is the node's: tables named _edgefn_… are not a schema change's to touch"
+        ));
+    }
     Some(match action {
         AuthAction::Transaction { operation } => {
             format!("{operation:?} is not allowed: each change already runs in its own transaction")
@@ -111,6 +116,32 @@ fn migration_refusal(action: &AuthAction<'_>) -> Option<String> {
         {
             "load_extension is not allowed".into()
         }
+        _ => return None,
+    })
+}
+
+/// The table (or view, index or trigger) an action names, if it names one.
+fn table_of<'a>(action: &AuthAction<'a>) -> Option<&'a str> {
+    Some(match *action {
+        AuthAction::CreateIndex { index_name, .. } if is_node_table(index_name) => index_name,
+        AuthAction::CreateTrigger { trigger_name, .. } if is_node_table(trigger_name) => {
+            trigger_name
+        }
+        AuthAction::CreateIndex { table_name, .. }
+        | AuthAction::CreateTable { table_name }
+        | AuthAction::CreateTrigger { table_name, .. }
+        | AuthAction::Delete { table_name }
+        | AuthAction::DropIndex { table_name, .. }
+        | AuthAction::DropTable { table_name }
+        | AuthAction::DropTrigger { table_name, .. }
+        | AuthAction::Insert { table_name }
+        | AuthAction::Read { table_name, .. }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::AlterTable { table_name, .. }
+        | AuthAction::Analyze { table_name }
+        | AuthAction::CreateVtable { table_name, .. }
+        | AuthAction::DropVtable { table_name, .. } => table_name,
+        AuthAction::CreateView { view_name } | AuthAction::DropView { view_name } => view_name,
         _ => return None,
     })
 }
@@ -436,5 +467,21 @@ mod tests {
     #[test]
     fn an_empty_change_is_refused() {
         assert!(dry_run(&[], "  -- nothing\n", false).is_err());
+    }
+
+    #[test]
+    fn the_nodes_own_tables_are_not_a_changes_to_touch() {
+        let ledger = ["CREATE TABLE items (x)"];
+        for sql in [
+            "CREATE TABLE _edgefn_schema (x)",
+            "CREATE TABLE _EDGEFN_repairs (x)",
+            "CREATE INDEX _edgefn_i ON items (x)",
+            "CREATE VIEW _edgefn_v AS SELECT 1",
+            "CREATE TRIGGER _edgefn_t AFTER INSERT ON items BEGIN SELECT 1; END",
+        ] {
+            let error = dry_run(&ledger, sql, true).unwrap_err();
+            assert_eq!(error.kind, ChangeErrorKind::NotAllowed, "{sql}: {error}");
+            assert!(error.message.contains("the node's"), "{sql}: {error}");
+        }
     }
 }

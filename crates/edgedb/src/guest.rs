@@ -18,7 +18,7 @@ use rusqlite::limits::Limit;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use crate::schema::LEDGER_TABLE;
+use crate::schema::is_node_table;
 
 /// A value of a column or parameter.
 #[derive(Clone, Debug, PartialEq)]
@@ -130,12 +130,11 @@ impl Default for GuestLimits {
 
 /// Why the guest authorizer refuses an action (`None`: allowed).
 fn guest_refusal(action: &AuthAction<'_>, read_only: bool) -> Option<String> {
-    let ledger = |table: &str| table.eq_ignore_ascii_case(LEDGER_TABLE);
     Some(match action {
         AuthAction::Select | AuthAction::Recursive => return None,
         AuthAction::Read { table_name, .. } => {
-            if ledger(table_name) {
-                format!("{LEDGER_TABLE} is the node's")
+            if is_node_table(table_name) {
+                format!("{table_name} is the node's")
             } else {
                 return None;
             }
@@ -145,7 +144,9 @@ fn guest_refusal(action: &AuthAction<'_>, read_only: bool) -> Option<String> {
         | AuthAction::Update { table_name, .. } => {
             if read_only {
                 "this function may only read the database".into()
-            } else if ledger(table_name) || table_name.to_ascii_lowercase().starts_with("sqlite_") {
+            } else if is_node_table(table_name)
+                || table_name.to_ascii_lowercase().starts_with("sqlite_")
+            {
                 format!("{table_name} is not the function's to write")
             } else {
                 return None;

@@ -9,6 +9,8 @@
 //! - [`apply`]: a node applying the changes it has not applied, each in its own
 //!   `BEGIN IMMEDIATE` transaction that commits only at a ledger sequence with the
 //!   ledger's fingerprint;
+//! - [`repair`]: an operator's answer to a file that left the ledger — rebuilt from it
+//!   (the old file kept) or its schema accepted;
 //! - [`guest`]: functions reading and writing rows — never the schema — under an
 //!   authorizer, result limits, a page quota and the request's deadline.
 //!
@@ -18,6 +20,7 @@
 pub mod apply;
 pub mod change;
 pub mod guest;
+pub mod repair;
 pub mod schema;
 
 /// The SQLite binding, for tools and tests that open the files themselves.
@@ -28,4 +31,5 @@ pub use change::{ChangeError, ChangeErrorKind, DryRun, dry_run};
 pub use guest::{
     DatabasePool, Executed, GuestDatabase, GuestError, GuestLimits, Rows, Statement, Value,
 };
+pub use repair::Repaired;
 pub use schema::{FileStatus, chain_hash, fingerprint, sha256_hex, status};

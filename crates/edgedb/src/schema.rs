@@ -10,6 +10,17 @@ use sha2::{Digest as _, Sha256};
 /// read nor write it.
 pub const LEDGER_TABLE: &str = "_edgefn_schema";
 
+/// The table in each database that records the repairs an operator asked for
+/// (`crate::repair`).
+pub const REPAIRS_TABLE: &str = "_edgefn_repairs";
+
+/// Whether `name` is one of the node's own tables (`_edgefn_…`), which neither guests nor
+/// schema changes may touch and the fingerprint leaves out.
+pub fn is_node_table(name: &str) -> bool {
+    name.get(..8)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("_edgefn_"))
+}
+
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -25,15 +36,15 @@ pub fn chain_hash(previous: &str, seq: u64, sql_sha256: &str) -> String {
 /// SHA-256 of the normalized schema: every table, index, view and trigger (type, name,
 /// table, SQL with runs of whitespace collapsed), in name order, leaving out SQLite's own
 /// objects (`sqlite_%`: `sqlite_sequence`, `sqlite_stat1`, automatic indexes) and the
-/// ledger table. The same ledger gives the same fingerprint on every node and in the dry
+/// node's (`_edgefn_%`: the ledger and repairs tables). The same ledger gives the same fingerprint on every node and in the dry
 /// run; a file altered by hand gives another.
 pub fn fingerprint(conn: &Connection) -> rusqlite::Result<String> {
     let mut statement = conn.prepare_cached(
         "SELECT type, name, tbl_name, COALESCE(sql, '') FROM sqlite_schema \
-         WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name <> ?1 AND tbl_name <> ?1 \
-         ORDER BY type, name",
+         WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_edgefn\\_%' ESCAPE '\\' \
+         AND tbl_name NOT LIKE '\\_edgefn\\_%' ESCAPE '\\' ORDER BY type, name",
     )?;
-    let mut rows = statement.query([LEDGER_TABLE])?;
+    let mut rows = statement.query([])?;
     let mut hasher = Sha256::new();
     while let Some(row) = rows.next()? {
         for i in 0..3 {
@@ -60,6 +71,29 @@ pub(crate) fn ensure_ledger(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// Creates the repairs table if the file has none (inside the caller's transaction).
+pub(crate) fn ensure_repairs(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS _edgefn_repairs (\
+           id TEXT PRIMARY KEY, \
+           action TEXT NOT NULL, \
+           seq INTEGER NOT NULL, \
+           fingerprint TEXT NOT NULL, \
+           at_ms INTEGER NOT NULL)",
+    )
+}
+
+fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [name],
+            |_| Ok(true),
+        )
+        .optional()?
+        .unwrap_or(false))
+}
+
 /// What a database file holds, as its node reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileStatus {
@@ -71,6 +105,11 @@ pub struct FileStatus {
     pub recorded_fingerprint: String,
     /// The fingerprint of the schema the file has now.
     pub fingerprint: String,
+    /// An operator accepted a schema that is not the ledger's (`db repair --accept`): the
+    /// changes after it cannot be checked against the ledger's fingerprints.
+    pub accepted_drift: bool,
+    /// The last repair the file carries (its id), if any.
+    pub repair: Option<String>,
 }
 
 impl FileStatus {
@@ -83,15 +122,7 @@ impl FileStatus {
 /// Reads where `conn`'s file stands. A file without a ledger table is at 0 with the
 /// fingerprint of an empty schema recorded.
 pub fn status(conn: &Connection) -> rusqlite::Result<FileStatus> {
-    let has_ledger: bool = conn
-        .query_row(
-            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-            [LEDGER_TABLE],
-            |_| Ok(true),
-        )
-        .optional()?
-        .unwrap_or(false);
-    let last = if has_ledger {
+    let last = if has_table(conn, LEDGER_TABLE)? {
         conn.query_row(
             "SELECT seq, chain, fingerprint FROM _edgefn_schema ORDER BY seq DESC LIMIT 1",
             [],
@@ -107,13 +138,40 @@ pub fn status(conn: &Connection) -> rusqlite::Result<FileStatus> {
     } else {
         None
     };
-    let (seq, chain, recorded_fingerprint) =
+    let (seq, chain, mut recorded_fingerprint) =
         last.unwrap_or_else(|| (0, String::new(), empty_fingerprint()));
+    let seq = seq.max(0) as u64;
+    let (mut accepted_drift, mut repair) = (false, None);
+    if has_table(conn, REPAIRS_TABLE)? {
+        let repairs = conn.query_row(
+            "SELECT id, EXISTS (SELECT 1 FROM _edgefn_repairs WHERE action = 'accept') FROM _edgefn_repairs \
+             ORDER BY rowid DESC LIMIT 1",
+            [],
+            |row| Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?)),
+        );
+        if let Some((id, accepted)) = repairs.optional()? {
+            (repair, accepted_drift) = (Some(id), accepted);
+        }
+        // An accepted schema is what the file should have at the sequence it was accepted.
+        let accepted: Option<String> = conn
+            .query_row(
+                "SELECT fingerprint FROM _edgefn_repairs WHERE action = 'accept' AND seq = ?1 \
+                 ORDER BY rowid DESC LIMIT 1",
+                [seq as i64],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(accepted) = accepted {
+            recorded_fingerprint = accepted;
+        }
+    }
     Ok(FileStatus {
-        seq: seq.max(0) as u64,
+        seq,
         chain,
         recorded_fingerprint,
         fingerprint: fingerprint(conn)?,
+        accepted_drift,
+        repair,
     })
 }
 

@@ -351,6 +351,41 @@ pub struct CreateChange {
     pub destructive: bool,
 }
 
+/// What an operator does about a node's copy that left the ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DatabaseRepairAction {
+    /// Build the node's file again from the ledger; the old file is kept beside it.
+    Recreate,
+    /// Take the file's schema as it is; later changes apply on top of it.
+    Accept,
+}
+
+impl DatabaseRepairAction {
+    /// The name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Recreate => "recreate",
+            Self::Accept => "accept",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "recreate" => Some(Self::Recreate),
+            "accept" => Some(Self::Accept),
+            _ => None,
+        }
+    }
+}
+
+/// `POST /projects/{p}/databases/{db}/nodes/{node}/repair`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RepairDatabase {
+    pub action: DatabaseRepairAction,
+}
+
 /// One change of a database's ledger.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DatabaseChange {
@@ -419,6 +454,8 @@ pub struct NodeDatabase {
     pub last_error: Option<String>,
     /// When the node last reported on the database (Unix ms).
     pub reported_at: i64,
+    /// A repair asked for and not yet done by the node.
+    pub pending_repair: Option<DatabaseRepairAction>,
 }
 
 /// One apply attempt a node reported.

@@ -48,9 +48,21 @@ pub struct DesiredDatabase {
     /// The ledger's chain hash at `target_seq` (`""` at 0): a node at the target with
     /// another chain has a history the ledger does not.
     pub chain: String,
-    /// The changes after the sequence the node last reported, in order.
+    /// The changes after the sequence the node last reported, in order (the whole ledger
+    /// while a `recreate` repair is pending).
     #[serde(default)]
     pub changes: Vec<DesiredChange>,
+    /// A repair an operator asked for (`edgefn db repair`), done once: the node records
+    /// its id in the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<DesiredRepair>,
+}
+
+/// A repair of a node's copy of a database.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DesiredRepair {
+    pub id: String,
+    pub action: crate::api::DatabaseRepairAction,
 }
 
 /// One change of a database's ledger.
@@ -124,6 +136,9 @@ pub struct DatabaseReport {
     /// Apply attempts since the previous heartbeat the control plane took.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<ApplyAttempt>,
+    /// The id of the last repair the file carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<String>,
 }
 
 /// One attempt of a node to bring a database forward.

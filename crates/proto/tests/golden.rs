@@ -97,6 +97,7 @@ fn sample_v3() -> DesiredState {
             fingerprint: "f1".into(),
             chain: "c1".into(),
         }],
+        repair: None,
     }];
     state
 }

@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use edgefn_edgedb::{ApplyError, LedgerChange};
+use edgefn_proto::api::DatabaseRepairAction;
 use edgefn_proto::sync::{ApplyAttempt, DatabaseReport, DatabaseSyncState, DesiredDatabase};
 
 /// Where the node's databases stand: `(project, name)` → the sequence of the last change
@@ -113,8 +114,8 @@ impl EdgeDatabases {
     fn apply_one(&self, desired: &DesiredDatabase, mut attempts: Vec<ApplyAttempt>) -> Held {
         let started = Instant::now();
         let outcome = self.bring_forward(desired);
-        let (seq, fingerprint, state, error) = match outcome {
-            Ok((applied, from)) => {
+        let (seq, fingerprint, state, error, repair) = match outcome {
+            Ok((applied, from, repaired)) => {
                 let error = applied.error.as_ref().map(ToString::to_string);
                 let state = match &applied.error {
                     None if applied.status.seq == desired.target_seq
@@ -133,7 +134,7 @@ impl EdgeDatabases {
                         )
                     })
                 });
-                if from != applied.status.seq || error.is_some() {
+                if from != applied.status.seq || error.is_some() || repaired {
                     attempts.push(ApplyAttempt {
                         from_seq: from,
                         to_seq: applied.status.seq,
@@ -143,7 +144,14 @@ impl EdgeDatabases {
                         error: error.clone(),
                     });
                 }
-                (applied.status.seq, applied.status.fingerprint, state, error)
+                let repair = applied.status.repair.clone();
+                (
+                    applied.status.seq,
+                    applied.status.fingerprint,
+                    state,
+                    error,
+                    repair,
+                )
             }
             Err(message) => {
                 attempts.push(ApplyAttempt {
@@ -154,7 +162,13 @@ impl EdgeDatabases {
                     at_ms: now_ms(),
                     error: Some(message.clone()),
                 });
-                (0, String::new(), DatabaseSyncState::Failed, Some(message))
+                (
+                    0,
+                    String::new(),
+                    DatabaseSyncState::Failed,
+                    Some(message),
+                    None,
+                )
             }
         };
         match &error {
@@ -178,6 +192,7 @@ impl EdgeDatabases {
                 state,
                 error,
                 attempts,
+                repair,
             },
             tried_at: Instant::now(),
         }
@@ -194,15 +209,16 @@ impl EdgeDatabases {
         edgefn_edgedb::status(&conn).is_ok_and(|s| s.drifted())
     }
 
-    /// Opens the file and applies the desired changes: the outcome and where it started.
+    /// Opens the file, does the repair the desired state asks for (once), and applies the
+    /// desired changes: the outcome, where it started, and whether it was repaired now.
     fn bring_forward(
         &self,
         desired: &DesiredDatabase,
-    ) -> Result<(edgefn_edgedb::Applied, u64), String> {
+    ) -> Result<(edgefn_edgedb::Applied, u64, bool), String> {
         let path = self
             .path(&desired.project, &desired.name)
             .ok_or_else(|| format!("unsafe database name {}/{}", desired.project, desired.name))?;
-        let conn = edgefn_edgedb::open_node_database(&path)
+        let mut conn = edgefn_edgedb::open_node_database(&path)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let changes: Vec<LedgerChange> = desired
             .changes
@@ -215,10 +231,48 @@ impl EdgeDatabases {
                 chain: c.chain.clone(),
             })
             .collect();
+        let mut from = None;
+        if let Some(repair) = &desired.repair {
+            let carried = edgefn_edgedb::repair::carries(&conn, &repair.id)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            if !carried {
+                from = edgefn_edgedb::status(&conn).ok().map(|s| s.seq);
+                let repaired = match repair.action {
+                    DatabaseRepairAction::Accept => {
+                        edgefn_edgedb::repair::accept(&conn, &repair.id)
+                    }
+                    DatabaseRepairAction::Recreate => {
+                        edgefn_edgedb::repair::recreate(&mut conn, &path, &changes, &repair.id)
+                    }
+                };
+                match repaired {
+                    Ok(repaired) => {
+                        tracing::warn!(database = %desired.name, project = %desired.project,
+                            action = repair.action.as_str(), seq = repaired.status.seq,
+                            kept = ?repaired.kept, "database repaired as an operator asked")
+                    }
+                    // Reported like a change that failed: the file is where it was.
+                    Err(error) => {
+                        let status = edgefn_edgedb::status(&conn)
+                            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                        let message =
+                            format!("repair ({}) failed: {error}", repair.action.as_str());
+                        let applied = edgefn_edgedb::Applied {
+                            from: status.seq,
+                            status,
+                            error: Some(ApplyError::Sqlite(message)),
+                            duration: Duration::ZERO,
+                        };
+                        let from = applied.from;
+                        return Ok((applied, from, true));
+                    }
+                }
+            }
+        }
         let applied = edgefn_edgedb::apply_changes(&conn, &changes)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let from = applied.from;
-        Ok((applied, from))
+        let start = from.unwrap_or(applied.from);
+        Ok((applied, start, from.is_some()))
     }
 
     /// The sequence each database's file is at (what function versions require).

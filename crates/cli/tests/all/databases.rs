@@ -4,7 +4,7 @@
 //! reported, the CLI exits non-zero, the function keeps serving, a version requiring it
 //! waits until it applies); what a guest may not do;
 //! a file altered by hand showing as drift, and on the node's page. On SQLite and
-//! PostgreSQL metadata. Then a Spin app using Spin's SQLite interface, and a node that is
+//! PostgreSQL metadata; the operator repairing drift (recreate, accept). Then a Spin app using Spin's SQLite interface, and a node that is
 //! away while a change lands (offline, warning, catching up).
 
 use std::time::Duration;
@@ -322,6 +322,92 @@ fn edge_databases_end_to_end(backend: &Backend) {
         shown.stdout.contains("default/shop") && shown.stdout.contains("5/5"),
         "{}",
         shown.stdout
+    );
+
+    // The operator resolves it. Accepting needs a copy in drift; node a's is not.
+    let refused = cp.cli(&["db", "repair", "shop", "--node", "a", "--accept"]);
+    assert!(
+        !refused.success && refused.stderr.contains("not in drift"),
+        "{}",
+        refused.stderr
+    );
+    // b: built again from the ledger; the file as it was is kept beside it, rows and all.
+    let repaired = cp
+        .cli(&[
+            "db",
+            "repair",
+            "shop",
+            "--node",
+            "b",
+            "--recreate",
+            "--wait",
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(
+        (
+            repaired[0]["state"].clone(),
+            repaired[0]["applied_seq"].clone()
+        ),
+        ("in_sync".into(), 5.into()),
+        "{repaired}"
+    );
+    let tables = |path: &std::path::Path| -> Vec<String> {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        let mut names = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+            .unwrap();
+        names
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert!(!tables(&file).contains(&"mine".to_string()));
+    let kept: Vec<_> = std::fs::read_dir(file.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("shop.before-repair_"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(tables(&kept[0]).contains(&"mine".to_string()));
+    assert_eq!(runners[1].get("/items?add=after-repair").0, 200);
+    // c: altered by hand too, and its schema accepted; the next change applies on top.
+    let file_c = runners[2].state_dir().join("db/default/shop.sqlite");
+    rusqlite::Connection::open(&file_c)
+        .unwrap()
+        .execute_batch("CREATE TABLE notes (x)")
+        .unwrap();
+    eventually("drift on node c", Duration::from_secs(30), || {
+        status(&cp)
+            .iter()
+            .any(|n| n["node_name"] == "c" && n["state"] == "drift")
+    });
+    cp.cli(&["db", "repair", "shop", "--node", "c", "--accept", "--wait"])
+        .ok();
+    migrate(
+        &cp,
+        dir.path(),
+        "0006_stock.sql",
+        "ALTER TABLE items ADD COLUMN stock INTEGER NOT NULL DEFAULT 0;",
+    )
+    .ok();
+    let nodes = status(&cp);
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["state"] == "in_sync" && n["applied_seq"] == 6),
+        "{nodes:?}"
+    );
+    assert!(tables(&file_c).contains(&"notes".to_string()));
+    let log = cp.cli(&["db", "log", "shop", "--json"]).ok().json();
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["from_seq"] == 5 && e["to_seq"] == 5 && e["error"].is_null()),
+        "the repairs are in the sync log: {log}"
     );
 }
 

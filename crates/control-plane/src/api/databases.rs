@@ -5,7 +5,8 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use edgefn_proto::api::{
-    CreateChange, CreateDatabase, Database, DatabaseChange, ErrorBody, NodeDatabase, SyncLogEntry,
+    CreateChange, CreateDatabase, Database, DatabaseChange, ErrorBody, NodeDatabase,
+    RepairDatabase, SyncLogEntry,
 };
 use edgefn_proto::identity::Role;
 use http::StatusCode;
@@ -14,6 +15,11 @@ use serde::Deserialize;
 use super::domains::project_for;
 use super::{ApiError, ApiJson, ApiResult, AppState, artifact_urls, not_found};
 use crate::auth::Principal;
+
+/// How long a node may be behind before it is a warning, in ms.
+fn warn_after_ms(state: &AppState) -> i64 {
+    state.database_warn_after.as_millis().min(i64::MAX as u128) as i64
+}
 
 /// Bytes of SQL one change may hold.
 pub(super) const MAX_CHANGE_BYTES: usize = 64 * 1024;
@@ -181,10 +187,38 @@ pub(super) async fn database_nodes(
     Path((project, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Vec<NodeDatabase>>> {
     let database = database_for(&state, &principal, &project, &name, Role::Viewer).await?;
-    let warn_after = state.database_warn_after.as_millis().min(i64::MAX as u128) as i64;
+    let warn_after = warn_after_ms(&state);
     Ok(Json(
         state.store.database_nodes(&database, warn_after).await?,
     ))
+}
+
+/// Repair one node's copy that left the ledger: `recreate` builds it again from the
+/// ledger (the node keeps the old file beside it), `accept` takes its schema as it is (409
+/// unless it is in drift). The node does it at its next desired state, once.
+#[utoipa::path(post, path = "/api/v1/projects/{project}/databases/{name}/nodes/{node}/repair", params(("project" = String, Path), ("name" = String, Path), ("node" = String, Path, description = "The node's id")), request_body = RepairDatabase, responses((status = 202, body = NodeDatabase), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn repair_node_database(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((project, name, node)): Path<(String, String, String)>,
+    ApiJson(input): ApiJson<RepairDatabase>,
+) -> ApiResult<(StatusCode, Json<NodeDatabase>)> {
+    let database = database_for(&state, &principal, &project, &name, Role::Developer).await?;
+    let warn_after = warn_after_ms(&state);
+    let repaired = state
+        .store
+        .request_database_repair(
+            &principal.actor(),
+            &database,
+            &node,
+            input.action,
+            warn_after,
+            &artifact_urls(&state),
+        )
+        .await
+        .map_err(not_found("the node's copy of the database"))?;
+    state.feed.poke();
+    Ok((StatusCode::ACCEPTED, Json(repaired)))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]

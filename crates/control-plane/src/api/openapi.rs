@@ -76,6 +76,7 @@ use crate::validate::Limits;
         super::databases::create_change,
         super::databases::list_changes,
         super::databases::database_nodes,
+        super::databases::repair_node_database,
         super::databases::sync_log,
         super::identity::create_token,
         super::identity::list_tokens,

@@ -10,9 +10,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use edgefn_proto::api::{
-    Database, DatabaseChange, NodeDatabase, NodeDatabaseState, NodeSchema, SyncLogEntry,
+    Database, DatabaseChange, DatabaseRepairAction, NodeDatabase, NodeDatabaseState, NodeSchema,
+    SyncLogEntry,
 };
-use edgefn_proto::sync::{DatabaseReport, DatabaseSyncState, DesiredChange, NodeStatus};
+use edgefn_proto::sync::{
+    DatabaseReport, DatabaseSyncState, DesiredChange, DesiredRepair, NodeStatus,
+};
 use serde_json::json;
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
@@ -381,6 +384,100 @@ impl Store {
             .collect()
     }
 
+    /// The repairs asked for and not yet done: `node → database → repair`.
+    pub(super) async fn pending_repairs_in(
+        tx: &mut Tx,
+        only: Option<&str>,
+    ) -> Result<HashMap<String, BTreeMap<String, DesiredRepair>>> {
+        let rows = sqlx::query(
+            "SELECT node_id, database_id, repair_id, repair_action FROM node_databases \
+             WHERE repair_id IS NOT NULL AND (CAST($1 AS TEXT) IS NULL OR node_id = $1)",
+        )
+        .bind(only)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut repairs: HashMap<String, BTreeMap<String, DesiredRepair>> = HashMap::new();
+        for row in rows {
+            let action: String = row.try_get("repair_action")?;
+            let Some(action) = DatabaseRepairAction::parse(&action) else {
+                continue;
+            };
+            repairs.entry(row.try_get("node_id")?).or_default().insert(
+                row.try_get("database_id")?,
+                DesiredRepair {
+                    id: row.try_get("repair_id")?,
+                    action,
+                },
+            );
+        }
+        Ok(repairs)
+    }
+
+    /// Asks node `node_id` to repair its copy of `database`: carried in its desired state
+    /// until the node reports it done. `accept` needs a copy in drift.
+    pub async fn request_database_repair(
+        &self,
+        actor: &str,
+        database: &Database,
+        node_id: &str,
+        action: DatabaseRepairAction,
+        warn_after_ms: i64,
+        artifact_url: ArtifactUrl<'_>,
+    ) -> Result<NodeDatabase> {
+        let mut tx = self.begin_write().await?;
+        let result: Result<Database> = async {
+            Self::lock_desired(&mut tx).await?;
+            let (project, name) = (&database.project, &database.name);
+            let database = Self::database_in(&mut *tx, project, name).await?;
+            let state: Option<String> = sqlx::query_scalar(
+                "SELECT state FROM node_databases WHERE node_id = $1 AND database_id = $2",
+            )
+            .bind(node_id)
+            .bind(&database.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(state) = state else {
+                return Err(StoreError::NotFound);
+            };
+            if action == DatabaseRepairAction::Accept
+                && DatabaseSyncState::parse(&state) != Some(DatabaseSyncState::Drift)
+            {
+                return Err(StoreError::Conflict(format!(
+                    "the node's copy of {name} is not in drift (it reported {state}): there is \
+                     no schema of its own to accept"
+                )));
+            }
+            let repair_id = new_id("repair");
+            sqlx::query(
+                "UPDATE node_databases SET repair_id = $3, repair_action = $4 WHERE node_id = $1 AND database_id = $2",
+            )
+            .bind(node_id)
+            .bind(&database.id)
+            .bind(&repair_id)
+            .bind(action.as_str())
+            .execute(&mut *tx)
+            .await?;
+            let entry = Entry::new(actor, "database.repair", name)
+                .project(project)
+                .details(json!({
+                    "node_id": node_id,
+                    "action": action.as_str(),
+                    "repair_id": repair_id,
+                }));
+            self.append_audit(&mut tx, &entry).await?;
+            self.recompute_desired(&mut tx, artifact_url, Some(node_id))
+                .await?;
+            Ok(database)
+        }
+        .await;
+        let database = Self::finish(tx, result).await?;
+        self.database_nodes(&database, warn_after_ms)
+            .await?
+            .into_iter()
+            .find(|n| n.node_id == node_id)
+            .ok_or(StoreError::NotFound)
+    }
+
     /// The sequence each node last reported for each database: `node → database → seq`.
     pub(super) async fn applied_seqs_in(
         tx: &mut Tx,
@@ -474,6 +571,17 @@ impl Store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+                if let Some(repair) = &report.repair {
+                    sqlx::query(
+                        "UPDATE node_databases SET repair_id = NULL, repair_action = NULL \
+                         WHERE node_id = $1 AND database_id = $2 AND repair_id = $3",
+                    )
+                    .bind(node_id)
+                    .bind(&report.database_id)
+                    .bind(repair)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 // A node writes only its own rows; a flood of attempts keeps its newest.
                 let skip = report.attempts.len().saturating_sub(MAX_ATTEMPTS_PER_REPORT);
                 for attempt in report.attempts.iter().skip(skip) {
@@ -515,7 +623,8 @@ impl Store {
     ) -> Result<Vec<NodeDatabase>> {
         let rows = sqlx::query(
             "SELECT nd.node_id, n.name, n.status, nd.applied_seq, nd.fingerprint, nd.state, nd.targeted_at, \
-             nd.last_sync_at, nd.failures, nd.last_error, nd.updated_at FROM node_databases nd JOIN nodes n ON n.id = nd.node_id \
+             nd.last_sync_at, nd.failures, nd.last_error, nd.updated_at, nd.repair_action \
+             FROM node_databases nd JOIN nodes n ON n.id = nd.node_id \
              WHERE nd.database_id = $1 ORDER BY n.name, nd.node_id",
         )
         .bind(&database.id)
@@ -564,6 +673,10 @@ impl Store {
                     consecutive_failures: row.try_get::<i64, _>("failures")?.max(0) as u64,
                     last_error: row.try_get("last_error")?,
                     reported_at: row.try_get("updated_at")?,
+                    pending_repair: row
+                        .try_get::<Option<String>, _>("repair_action")?
+                        .as_deref()
+                        .and_then(DatabaseRepairAction::parse),
                 })
             })
             .collect()

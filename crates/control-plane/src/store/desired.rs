@@ -159,6 +159,7 @@ impl Store {
         };
         let ledgers = Self::ledgers_in(tx).await?;
         let applied_seqs = Self::applied_seqs_in(tx, only).await?;
+        let repairs = Self::pending_repairs_in(tx, only).await?;
         let nodes = sqlx::query(
             "SELECT n.id, n.labels, d.revision, d.document FROM nodes n LEFT JOIN node_desired d ON d.node_id = n.id \
              WHERE CAST($1 AS TEXT) IS NULL OR n.id = $1",
@@ -179,7 +180,13 @@ impl Store {
             // Documents are stored with revision 0, so a change of content is a change of text.
             let mut state = compute(&node_id, &labels, 0, &deployments, &routes, &hosts);
             let applied = applied_seqs.get(&node_id);
-            state.databases = crate::desired::databases_of(&state, &labels, &ledgers, applied);
+            state.databases = crate::desired::databases_of(
+                &state,
+                &labels,
+                &ledgers,
+                applied,
+                repairs.get(&node_id),
+            );
             let document = json(&state);
             let changed = old.as_deref() != Some(document.as_str());
             targeted.push(Targeted {

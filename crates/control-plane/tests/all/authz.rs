@@ -261,6 +261,12 @@ fn endpoints() -> Vec<Endpoint> {
             Needs::Role(Viewer),
         ),
         e(
+            "POST",
+            "/api/v1/projects/a/databases/shop/nodes/{node}/repair",
+            json!({ "action": "recreate" }),
+            Needs::Role(Developer),
+        ),
+        e(
             "GET",
             "/api/v1/projects/a/databases/shop/sync-log",
             Value::Null,
@@ -522,7 +528,8 @@ async fn world() -> World {
         .json(
             "POST",
             "/api/v1/projects/a/databases",
-            json!({ "name": "shop" }),
+            // On every node of the fixture, so that edge-1 holds a copy to repair.
+            json!({ "name": "shop", "pop_selector": "region == 'tokyo'" }),
         )
         .await;
     assert_eq!(created.status, 201, "{:?}", created.json());
@@ -725,6 +732,7 @@ async fn the_matrix_covers_every_endpoint() {
                 .replace("/projects/{id}/quota", "/projects/{project}/quota")
                 .replace("/projects/{id}/databases", "/projects/{project}/databases")
                 .replace("/databases/shop", "/databases/{name}")
+                .replace("/nodes/{id}/repair", "/nodes/{node}/repair")
                 .replace("/domains/verified.example.com", "/domains/{name}")
                 .replace("/domains/gone.example.com", "/domains/{name}");
             (e.method.to_lowercase(), path)
