@@ -16,6 +16,12 @@
 //! released at once by an in-process signal — the floor that HTTP, TLS and the scheduler
 //! set for "every node talks to the control plane twice", without push or database writes.
 //!
+//! Schema fan-out, in the same run and with the same nodes (goals: ≤ 1.5 s for 1,000, ≤ 10 s
+//! for 10,000; the deploy fan-out above is its peer): a database every node holds, then
+//! one schema change — from the change call until every node has applied it to a real
+//! SQLite file of its own (`edgefn_edgedb::apply_changes`, as a runner does: WAL, one
+//! `BEGIN IMMEDIATE` per change, fsync) and acked it in a heartbeat.
+//!
 //! `cargo bench -p edgefn-control-plane --bench fanout` (PostgreSQL from
 //! `EDGEFN_TEST_POSTGRES_URL` or this machine's default; `FANOUT_NODES=1000,10000`).
 
@@ -25,11 +31,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use edgefn_proto::api::{Deployment, VersionCreated};
+use edgefn_edgedb::LedgerChange;
+use edgefn_proto::api::{CreateChange, CreateDatabase, Deployment, VersionCreated};
 use edgefn_proto::grpc::WatchRequest;
 use edgefn_proto::grpc::node_sync_client::NodeSyncClient;
 use edgefn_proto::identity::{BootstrapTokenCreated, EnrollNode, NodeEnrolled, NodeToken};
-use edgefn_proto::sync::{DesiredState, ItemResult, ItemState};
+use edgefn_proto::sync::{
+    ApplyAttempt, DatabaseReport, DatabaseSyncState, DesiredState, ItemResult, ItemState,
+};
 use edgefn_proto::sync::{Heartbeat, HeartbeatReply, NodeStatus};
 use http_body_util::BodyExt as _;
 use tokio::sync::{Semaphore, mpsc};
@@ -202,15 +211,81 @@ async fn enroll(http: &reqwest::Client, api: &str, admin: &str, name: String) ->
     }
 }
 
-/// One simulated node: follows its push stream, syncs and acks every newer revision, and
-/// reports each applied revision that holds `function_id`.
+/// Brings a simulated node's database files to the desired state (blocking), and what
+/// the node reports about them.
+fn apply_databases(dir: &std::path::Path, state: &DesiredState) -> Vec<DatabaseReport> {
+    state
+        .databases
+        .iter()
+        .map(|database| {
+            let conn =
+                edgefn_edgedb::open_node_database(&dir.join(format!("{}.sqlite", database.id)))
+                    .expect("open the node's database file");
+            let changes: Vec<LedgerChange> = database
+                .changes
+                .iter()
+                .map(|c| LedgerChange {
+                    seq: c.seq,
+                    sql: c.sql.clone(),
+                    sha256: c.sha256.clone(),
+                    fingerprint: c.fingerprint.clone(),
+                    chain: c.chain.clone(),
+                })
+                .collect();
+            let started = Instant::now();
+            let applied = edgefn_edgedb::apply_changes(&conn, &changes).expect("apply");
+            assert_eq!(applied.error, None);
+            DatabaseReport {
+                database_id: database.id.clone(),
+                seq: applied.status.seq,
+                fingerprint: applied.status.fingerprint,
+                state: DatabaseSyncState::InSync,
+                error: None,
+                attempts: (applied.from != applied.status.seq)
+                    .then(|| ApplyAttempt {
+                        from_seq: applied.from,
+                        to_seq: applied.status.seq,
+                        target_seq: database.target_seq,
+                        duration_ms: started.elapsed().as_millis() as u64,
+                        at_ms: 0,
+                        error: None,
+                    })
+                    .into_iter()
+                    .collect(),
+                repair: None,
+            }
+        })
+        .collect()
+}
+
+/// A simulated node's number and the directory of its database files.
+struct NodeFiles {
+    index: usize,
+    dir: std::path::PathBuf,
+}
+
+/// What a simulated node reports to the measurement.
+enum Acked {
+    /// It applied a revision that holds the function.
+    Deploy(Instant),
+    /// Node `.0` applied a database at sequence `.1` and acked it.
+    Schema(usize, u64, Instant),
+    /// Node `.0` received a desired state whose database is at sequence `.1` (before
+    /// applying it).
+    Seen(usize, u64, Instant),
+}
+
+/// One simulated node: follows its push stream, syncs and acks every newer revision
+/// (applying its databases to real SQLite files under `db_dir`), and reports each applied
+/// revision that holds `function_id` and each database sequence it acked.
 async fn node(
     enrolled: Enrolled,
+    files: NodeFiles,
     function_id: String,
     connecting: tokio::sync::OwnedSemaphorePermit,
     in_flight: Arc<Semaphore>,
     connected: mpsc::Sender<(String, tonic::transport::Channel, String)>,
-    acked: mpsc::UnboundedSender<Instant>,
+    acked: mpsc::UnboundedSender<Acked>,
 ) {
     let Enrolled {
         node_id,
@@ -273,6 +348,19 @@ async fn node(
             continue;
         }
         applied = state.revision;
+        for database in &state.databases {
+            let _ = acked.send(Acked::Seen(
+                files.index,
+                database.target_seq,
+                Instant::now(),
+            ));
+        }
+        let dir = files.dir.clone();
+        let desired = state.clone();
+        let databases = tokio::task::spawn_blocking(move || apply_databases(&dir, &desired))
+            .await
+            .unwrap();
+        let schema_seqs: Vec<u64> = databases.iter().map(|d| d.seq).collect();
         let mut beat = Heartbeat {
             node_id: node_id.clone(),
             status: NodeStatus::Online,
@@ -282,7 +370,7 @@ async fn node(
             applied_revision: Some(applied),
             results: Vec::new(),
             usage: Default::default(),
-            databases: Vec::new(),
+            databases,
         };
         beat.results = state
             .functions
@@ -305,12 +393,20 @@ async fn node(
         .await;
         drop(permit);
         if state.functions.iter().any(|f| f.function_id == function_id) {
-            let _ = acked.send(Instant::now());
+            let _ = acked.send(Acked::Deploy(Instant::now()));
+        }
+        for seq in schema_seqs {
+            let _ = acked.send(Acked::Schema(files.index, seq, Instant::now()));
         }
     }
 }
 
 struct Figures {
+    /// From the schema change call until every node acked it.
+    schema_all: Duration,
+    /// … until every node had received it.
+    schema_seen: Duration,
+    schema_p50: Duration,
     deploy_call: Duration,
     all_acked: Duration,
     p50: Duration,
@@ -386,8 +482,11 @@ async fn measure(database_url: Option<&str>, nodes: usize) -> Figures {
     // Every node has one mTLS connection (its certificate is who it is): the push stream
     // and its heartbeats share it, IN_FLIGHT requests at a time across all nodes.
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
-    for identity in identities {
+    let db_dirs = dir.path().join("nodes");
+    for (i, identity) in identities.into_iter().enumerate() {
         let function = created.function_id.clone();
+        let db_dir = db_dirs.join(i.to_string());
+        std::fs::create_dir_all(&db_dir).unwrap();
         let (connected, acked, connecting, in_flight) = (
             connected_tx.clone(),
             acked_tx.clone(),
@@ -396,7 +495,19 @@ async fn measure(database_url: Option<&str>, nodes: usize) -> Figures {
         );
         tokio::spawn(async move {
             let permit = connecting.acquire_owned().await.unwrap();
-            node(identity, function, permit, in_flight, connected, acked).await
+            node(
+                identity,
+                NodeFiles {
+                    index: i,
+                    dir: db_dir,
+                },
+                function,
+                permit,
+                in_flight,
+                connected,
+                acked,
+            )
+            .await
         });
     }
     let mut channels = Vec::with_capacity(nodes);
@@ -419,11 +530,13 @@ async fn measure(database_url: Option<&str>, nodes: usize) -> Figures {
     assert_eq!(deployment.nodes.len(), nodes);
     let mut times = Vec::with_capacity(nodes);
     while times.len() < nodes {
-        let at = tokio::time::timeout(Duration::from_secs(120), acked_rx.recv())
+        let acked = tokio::time::timeout(Duration::from_secs(120), acked_rx.recv())
             .await
             .expect("every node acks within 120 s")
             .unwrap();
-        times.push(at.duration_since(deploy_started));
+        if let Acked::Deploy(at) = acked {
+            times.push(at.duration_since(deploy_started));
+        }
     }
     times.sort();
 
@@ -461,7 +574,68 @@ async fn measure(database_url: Option<&str>, nodes: usize) -> Figures {
     }
     let peer = peer_started.elapsed();
 
+    // Schema fan-out: a database on every node, then one change to it.
+    let _: serde_json::Value = post(
+        &http,
+        api("/projects/default/databases"),
+        &admin,
+        &CreateDatabase {
+            name: "bench".into(),
+            pop_selector: "region == 'tokyo'".into(),
+        },
+    )
+    .await;
+    let mut holding = std::collections::HashSet::new();
+    while holding.len() < nodes {
+        let acked = tokio::time::timeout(Duration::from_secs(120), acked_rx.recv())
+            .await
+            .expect("every node holds the database within 120 s")
+            .unwrap();
+        if let Acked::Schema(node, 0, _) = acked {
+            holding.insert(node);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    while acked_rx.try_recv().is_ok() {}
+    let change_started = Instant::now();
+    let _: serde_json::Value = post(
+        &http,
+        api("/projects/default/databases/bench/changes"),
+        &admin,
+        &CreateChange {
+            sql: "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL);\n\
+                  CREATE INDEX items_by_name ON items (name);"
+                .into(),
+            description: "bench".into(),
+            destructive: false,
+        },
+    )
+    .await;
+    let mut schema_times = Vec::with_capacity(nodes);
+    let mut applied = std::collections::HashSet::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut last_seen = Duration::ZERO;
+    while schema_times.len() < nodes {
+        let acked = tokio::time::timeout(Duration::from_secs(120), acked_rx.recv())
+            .await
+            .expect("every node applies the change within 120 s")
+            .unwrap();
+        match acked {
+            Acked::Schema(node, 1, at) if applied.insert(node) => {
+                schema_times.push(at.duration_since(change_started));
+            }
+            Acked::Seen(node, 1, at) if seen.insert(node) => {
+                last_seen = last_seen.max(at.duration_since(change_started));
+            }
+            _ => {}
+        }
+    }
+    schema_times.sort();
+
     Figures {
+        schema_all: schema_times[nodes - 1],
+        schema_seen: last_seen,
+        schema_p50: schema_times[nodes / 2],
         deploy_call,
         all_acked: times[nodes - 1],
         p50: times[nodes / 2],
@@ -483,8 +657,18 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "{:<10} {:>6} {:>9} {:>10} {:>9} {:>9} {:>10} {:>12}",
-        "backend", "nodes", "deploy", "all acked", "p50", "p99", "peer", "CP B/node"
+        "{:<10} {:>6} {:>9} {:>10} {:>9} {:>9} {:>10} {:>12} {:>12} {:>10} {:>12}",
+        "backend",
+        "nodes",
+        "deploy",
+        "all acked",
+        "p50",
+        "p99",
+        "peer",
+        "CP B/node",
+        "schema all",
+        "schema p50",
+        "schema seen"
     );
     for &nodes in &counts {
         for name in ["sqlite", "postgres"] {
@@ -501,7 +685,7 @@ fn main() {
             let f = runtime.block_on(measure(url.as_deref(), nodes));
             let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
             println!(
-                "{:<10} {:>6} {:>9} {:>10} {:>9} {:>9} {:>10} {:>12.0}",
+                "{:<10} {:>6} {:>9} {:>10} {:>9} {:>9} {:>10} {:>12.0} {:>12} {:>10} {:>12}",
                 name,
                 nodes,
                 ms(f.deploy_call),
@@ -509,7 +693,10 @@ fn main() {
                 ms(f.p50),
                 ms(f.p99),
                 ms(f.peer),
-                f.bytes_per_node
+                f.bytes_per_node,
+                ms(f.schema_all),
+                ms(f.schema_p50),
+                ms(f.schema_seen)
             );
         }
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rusqlite::hooks::{AuthContext, Authorization};
 use rusqlite::{Connection, OpenFlags};
 
-use crate::change::{authorize_migrations, run_statements};
+use crate::change::{ChangeError, authorize_migrations, dry_run, run_statements};
 use crate::schema::{FileStatus, chain_hash, ensure_ledger, fingerprint, sha256_hex, status};
 
 /// One change of the ledger, as the desired state carries it.
@@ -186,28 +186,35 @@ fn apply_one(conn: &Connection, change: &LedgerChange) -> Result<(), ApplyError>
     }
 }
 
+/// The ledger of `sqls` as the control plane builds it, one change at a time: each dry-run
+/// on top of the ones before it (destructive changes allowed), hashed and chained. For
+/// tools and tests that need a ledger without a control plane.
+pub fn build_ledger(sqls: &[&str]) -> Result<Vec<LedgerChange>, ChangeError> {
+    let mut changes: Vec<LedgerChange> = Vec::with_capacity(sqls.len());
+    let mut chain = String::new();
+    for (i, sql) in sqls.iter().enumerate() {
+        let run = dry_run(&sqls[..i], sql, true)?;
+        let sha256 = sha256_hex(sql.as_bytes());
+        let seq = i as u64 + 1;
+        chain = chain_hash(&chain, seq, &sha256);
+        changes.push(LedgerChange {
+            seq,
+            sql: sql.to_string(),
+            sha256,
+            fingerprint: run.fingerprint,
+            chain: chain.clone(),
+        });
+    }
+    Ok(changes)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::change::dry_run;
 
     /// A ledger of `sqls` as the control plane would build it.
     pub(crate) fn ledger(sqls: &[&str]) -> Vec<LedgerChange> {
-        let mut changes: Vec<LedgerChange> = Vec::new();
-        let mut chain = String::new();
-        for (i, sql) in sqls.iter().enumerate() {
-            let run = dry_run(&sqls[..i], sql, true).unwrap();
-            let sha256 = sha256_hex(sql.as_bytes());
-            chain = chain_hash(&chain, i as u64 + 1, &sha256);
-            changes.push(LedgerChange {
-                seq: i as u64 + 1,
-                sql: sql.to_string(),
-                sha256,
-                fingerprint: run.fingerprint,
-                chain: chain.clone(),
-            });
-        }
-        changes
+        build_ledger(sqls).unwrap()
     }
 
     const SQLS: [&str; 3] = [

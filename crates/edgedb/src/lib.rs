@@ -26,7 +26,9 @@ pub mod schema;
 /// The SQLite binding, for tools and tests that open the files themselves.
 pub use rusqlite;
 
-pub use apply::{Applied, ApplyError, LedgerChange, apply_changes, open_node_database};
+pub use apply::{
+    Applied, ApplyError, LedgerChange, apply_changes, build_ledger, open_node_database,
+};
 pub use change::{ChangeError, ChangeErrorKind, DryRun, dry_run};
 pub use guest::{
     DatabasePool, Executed, GuestDatabase, GuestError, GuestLimits, Rows, Statement, Value,

@@ -92,7 +92,11 @@ fn tls_acceptor(
 
 /// Re-reads the manifest on SIGHUP and reconciles to it; a manifest that does not validate
 /// is logged and the node keeps serving what it has.
-fn spawn_reload_on_hangup(node: Arc<Node>, manifest: std::path::PathBuf) {
+fn spawn_reload_on_hangup(
+    node: Arc<Node>,
+    manifest: std::path::PathBuf,
+    db_dir: std::path::PathBuf,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hangup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot watch SIGHUP; manifest reloads are off");
@@ -100,7 +104,7 @@ fn spawn_reload_on_hangup(node: Arc<Node>, manifest: std::path::PathBuf) {
     };
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            match manifest::load(&manifest) {
+            match manifest::load_checked(&manifest, &db_dir) {
                 Ok(manifest) => {
                     node.reconcile(&manifest);
                     tracing::info!(
@@ -140,7 +144,11 @@ pub async fn run(
     // Everything that can be checked is checked before a socket is bound. With a control
     // plane, the node starts from the desired state it applied last (if any).
     let (manifest, applied, schemas) = match (&args.manifest, &args.control_plane) {
-        (Some(path), _) => (manifest::load(path)?, None, databases::Schemas::new()),
+        (Some(path), _) => (
+            manifest::load_checked(path, &args.state_dir.join("db"))?,
+            None,
+            databases::Schemas::new(),
+        ),
         (None, Some(url)) => {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 anyhow::bail!("--control-plane must be an http:// or https:// URL, got {url:?}");
@@ -299,7 +307,9 @@ pub async fn run(
     }));
     let mut sync_task = None;
     match (&args.manifest, &args.control_plane) {
-        (Some(path), _) => spawn_reload_on_hangup(node.clone(), path.clone()),
+        (Some(path), _) => {
+            spawn_reload_on_hangup(node.clone(), path.clone(), args.state_dir.join("db"))
+        }
         (None, Some(url)) => {
             let config = sync::SyncConfig {
                 control_plane: url.trim_end_matches('/').to_string(),

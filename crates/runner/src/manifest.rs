@@ -1,5 +1,6 @@
 //! The TOML manifest that tells a runner what to serve without a control plane: function
-//! versions (a local `path` or a `url`) and routes. Field names match the control plane's
+//! versions (a local `path` or a `url`, with the edge databases they may open and the
+//! schema they require) and routes. Field names match the control plane's
 //! API. It is the operator's file format: [`load`] turns it into the node's [`NodeSpec`]
 //! (as `reconcile::spec_of` does the control plane's desired state). A bad manifest is
 //! refused with the file, the entry and the reason.
@@ -8,11 +9,12 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use edgefn_runtime::FunctionSettings;
+use edgefn_runtime::{FunctionSettings, SqlGrant};
 use serde::Deserialize;
 
 use edgefn_proto::router::{RouteSpec, RouteTable};
 
+use crate::databases::safe_name;
 use crate::spec::{ArtifactSource, FunctionEntry, NodeSpec, RouteTarget, valid_function_id};
 
 /// Why a manifest was refused.
@@ -54,6 +56,12 @@ struct RawFunction {
     max_hot_instances: Option<u32>,
     instance_reuse: Option<u32>,
     idle_timeout_ms: Option<u64>,
+    /// Edge databases the function may open: `"shop"` or `"shop:ro"` (`:rw` the default).
+    #[serde(default)]
+    databases: Vec<String>,
+    /// The schema sequence each of them must be at before this version serves.
+    #[serde(default)]
+    requires: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Deserialize)]
@@ -125,6 +133,8 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<NodeSpec, ManifestEr
         {
             return Err(fail("sha256 must be 64 hex digits"));
         }
+        let tenant = f.tenant.unwrap_or_else(|| "default".into());
+        let databases = grants(&tenant, &f.databases, &f.requires).map_err(|r| fail(&r))?;
         let defaults = FunctionSettings::default();
         let settings = FunctionSettings {
             entrypoint: f.entrypoint,
@@ -138,8 +148,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<NodeSpec, ManifestEr
             idle_timeout: f
                 .idle_timeout_ms
                 .map_or(defaults.idle_timeout, Duration::from_millis),
-            // Edge databases come from a control plane's ledger, not from a manifest.
-            databases: Vec::new(),
+            databases,
         };
         if settings.memory_pages == 0 {
             return Err(fail("memory_pages must be positive"));
@@ -164,7 +173,7 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<NodeSpec, ManifestEr
             version: f.version,
             source,
             sha256: f.sha256.map(|s| s.to_ascii_lowercase()),
-            tenant: f.tenant.unwrap_or_else(|| "default".into()),
+            tenant,
             settings,
             retry: 0,
         });
@@ -205,6 +214,96 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<NodeSpec, ManifestEr
         routes,
         quotas: Default::default(),
     })
+}
+
+/// The grants of `databases` (`name` or `name:ro`/`name:rw`) with their `requires`: files
+/// of the function's own project, `{project}/{name}.sqlite` under the node's database
+/// directory.
+fn grants(
+    tenant: &str,
+    databases: &[String],
+    requires: &std::collections::BTreeMap<String, u64>,
+) -> Result<Vec<SqlGrant>, String> {
+    let mut grants = Vec::with_capacity(databases.len());
+    for database in databases {
+        let (name, read_only) = match database.split_once(':') {
+            None => (database.as_str(), false),
+            Some((name, "rw")) => (name, false),
+            Some((name, "ro")) => (name, true),
+            Some(_) => {
+                return Err(format!(
+                    "databases: {database:?} must be NAME, NAME:ro or NAME:rw"
+                ));
+            }
+        };
+        if !safe_name(name) || !safe_name(tenant) {
+            return Err(format!(
+                "databases: {name:?} (of project {tenant:?}) must be 1-63 lower-case letters, digits and '-'"
+            ));
+        }
+        grants.push(SqlGrant {
+            name: name.to_string(),
+            file: PathBuf::from(tenant).join(format!("{name}.sqlite")),
+            read_only,
+            required_seq: requires.get(name).copied().unwrap_or(0),
+        });
+    }
+    if let Some(name) = requires
+        .keys()
+        .find(|r| !grants.iter().any(|g| &g.name == *r))
+    {
+        return Err(format!("requires {name:?}, which is not in its databases"));
+    }
+    Ok(grants)
+}
+
+/// Refuses a manifest whose versions require a newer schema than the node's files have
+/// (`db_dir` is `{state_dir}/db`): without a control plane there is no earlier version to
+/// keep serving, and a version is never served against an older schema than it requires.
+pub fn check_schemas(spec: &NodeSpec, file: &str, db_dir: &Path) -> Result<(), ManifestError> {
+    for (index, function) in spec.functions.iter().enumerate() {
+        for grant in &function.settings.databases {
+            if grant.required_seq == 0 {
+                continue;
+            }
+            let path = db_dir.join(&grant.file);
+            let at = schema_seq(&path);
+            if at < grant.required_seq {
+                return Err(ManifestError {
+                    file: file.to_string(),
+                    entry: format!("functions[{index}] (id {:?})", function.id),
+                    reason: format!(
+                        "requires schema {}@{} but {} is at {at}",
+                        grant.name,
+                        grant.required_seq,
+                        path.display()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The ledger sequence a database file is at (0 when it is missing or unreadable).
+fn schema_seq(path: &Path) -> u64 {
+    if !path.is_file() {
+        return 0;
+    }
+    edgefn_edgedb::rusqlite::Connection::open_with_flags(
+        path,
+        edgefn_edgedb::rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .ok()
+    .and_then(|conn| edgefn_edgedb::status(&conn).ok())
+    .map_or(0, |status| status.seq)
+}
+
+/// [`load`], then [`check_schemas`] against the node's database directory.
+pub fn load_checked(path: &Path, db_dir: &Path) -> Result<NodeSpec, ManifestError> {
+    let spec = load(path)?;
+    check_schemas(&spec, &path.display().to_string(), db_dir)?;
+    Ok(spec)
 }
 
 #[cfg(test)]
@@ -257,6 +356,63 @@ mod tests {
                 version: None
             }
         );
+    }
+
+    #[test]
+    fn databases_and_requires_become_grants_checked_against_the_files() {
+        let text = r#"
+            [[functions]]
+            id = "items"
+            version = 1
+            path = "items.wasm"
+            databases = ["shop", "stats:ro"]
+            requires = { shop = 2 }
+            "#;
+        let manifest = parse(text).unwrap();
+        let grants = &manifest.functions[0].settings.databases;
+        assert_eq!(
+            grants,
+            &vec![
+                SqlGrant {
+                    name: "shop".into(),
+                    file: "default/shop.sqlite".into(),
+                    read_only: false,
+                    required_seq: 2,
+                },
+                SqlGrant {
+                    name: "stats".into(),
+                    file: "default/stats.sqlite".into(),
+                    read_only: true,
+                    required_seq: 0,
+                },
+            ]
+        );
+        // Refused until the node's file is at change 2.
+        let dir = tempfile::tempdir().unwrap();
+        let refused = check_schemas(&manifest, "edge.toml", dir.path()).unwrap_err();
+        assert!(
+            refused.reason.contains("requires schema shop@2"),
+            "{refused}"
+        );
+        assert!(refused.reason.ends_with("is at 0"), "{refused}");
+        let path = dir.path().join("default/shop.sqlite");
+        let conn = edgefn_edgedb::open_node_database(&path).unwrap();
+        let changes =
+            edgefn_edgedb::build_ledger(&["CREATE TABLE a (x)", "CREATE TABLE b (y)"]).unwrap();
+        edgefn_edgedb::apply_changes(&conn, &changes[..1]).unwrap();
+        assert!(check_schemas(&manifest, "edge.toml", dir.path()).is_err());
+        edgefn_edgedb::apply_changes(&conn, &changes).unwrap();
+        check_schemas(&manifest, "edge.toml", dir.path()).unwrap();
+
+        for (bad, reason) in [
+            ("databases = [\"shop:rx\"]", "NAME:ro"),
+            ("databases = [\"../x\"]", "lower-case"),
+            ("requires = { shop = 1 }", "not in its databases"),
+        ] {
+            let text = format!("[[functions]]\nid = \"a\"\nversion = 1\npath = \"a\"\n{bad}\n");
+            let error = parse(&text).unwrap_err();
+            assert!(error.reason.contains(reason), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //! Wasmtime defaults (on-demand allocator, fresh store) in the same run:
 //!
 //! - `hot_call`: a request served by a reused instance;
+//! - `hot_query`: a request served by a reused instance of the `items` guest that runs one
+//!   query (`SELECT id, name FROM items ORDER BY id`, one row) on an edge database
+//!   through `edgefn:sql` (goal ≤ 15 µs), beside the hot hello request without a query;
 //! - `fresh_call`: a request served by a new instance (`instance_reuse = 1`);
 //! - `instantiate`: creating (and destroying) one instance;
 //! - `cold_start_cached`: from nothing loaded to one ready instance, native code mapped from
@@ -17,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use edgefn_runtime::{
-    DiscardLogs, FunctionSettings, InvokeContext, LoadSpec, Runtime, RuntimeConfig,
+    DiscardLogs, FunctionSettings, InvokeContext, LoadSpec, Runtime, RuntimeConfig, SqlGrant,
 };
 use http_body_util::{BodyExt as _, Full};
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -162,6 +165,61 @@ fn benches(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("hot_call");
     group.bench_function("edgefn", |b| {
+        b.to_async(&rt).iter(|| async {
+            hot.handle(request(), InvokeContext::default())
+                .await
+                .unwrap()
+        })
+    });
+    group.finish();
+
+    // One query per request: the items guest on a database of one row.
+    let mut config = RuntimeConfig::new(Arc::new(DiscardLogs));
+    config.database_dir = Some(dir.path().to_path_buf());
+    let with_databases = rt.block_on(async { Runtime::new(config).unwrap() });
+    let shop = edgefn_edgedb::open_node_database(&dir.path().join("shop.sqlite")).unwrap();
+    shop.execute_batch(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL); \
+         INSERT INTO items (name) VALUES ('pen');",
+    )
+    .unwrap();
+    let items = rt
+        .block_on(with_databases.load(LoadSpec {
+            function_id: "items".into(),
+            version: 1,
+            artifact: edgefn_test_support::guest_in(dir.path(), "items"),
+            sha256: None,
+            settings: FunctionSettings {
+                databases: vec![SqlGrant {
+                    name: "shop".into(),
+                    file: "shop.sqlite".into(),
+                    read_only: true,
+                    required_seq: 0,
+                }],
+                ..settings(1_000_000, 1)
+            },
+            share: Default::default(),
+        }))
+        .unwrap();
+    let items_request = || {
+        http::Request::get("http://example.com/items")
+            .body(Bytes::new())
+            .unwrap()
+    };
+    let listed = rt
+        .block_on(items.handle(items_request(), InvokeContext::default()))
+        .unwrap();
+    assert_eq!(listed.response.status(), 200);
+    let mut group = c.benchmark_group("hot_query");
+    group.bench_function("edgefn-items-one-query", |b| {
+        b.to_async(&rt).iter(|| async {
+            items
+                .handle(items_request(), InvokeContext::default())
+                .await
+                .unwrap()
+        })
+    });
+    group.bench_function("edgefn-hello-no-query", |b| {
         b.to_async(&rt).iter(|| async {
             hot.handle(request(), InvokeContext::default())
                 .await

@@ -11,8 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use edgefn_edgedb::schema::empty_fingerprint;
-use edgefn_edgedb::{LedgerChange, apply_changes, chain_hash, dry_run, open_node_database};
-use edgefn_edgedb::{sha256_hex, status};
+use edgefn_edgedb::{LedgerChange, apply_changes, build_ledger, open_node_database, status};
 use proptest::prelude::*;
 
 /// The file the child applies the ledger to (set only for the child).
@@ -30,25 +29,9 @@ const SQLS: [&str; 6] = [
      INSERT INTO e SELECT substr(c, 1, 16), x FROM d;",
 ];
 
-/// The ledger of [`SQLS`] as the control plane builds it (dry run, hashes, chain).
+/// The ledger of [`SQLS`] as the control plane builds it.
 fn ledger() -> Vec<LedgerChange> {
-    let mut chain = String::new();
-    SQLS.iter()
-        .enumerate()
-        .map(|(i, sql)| {
-            let run = dry_run(&SQLS[..i], sql, false).expect("the ledger passes its dry run");
-            let sha256 = sha256_hex(sql.as_bytes());
-            let seq = i as u64 + 1;
-            chain = chain_hash(&chain, seq, &sha256);
-            LedgerChange {
-                seq,
-                sql: sql.to_string(),
-                sha256,
-                fingerprint: run.fingerprint,
-                chain: chain.clone(),
-            }
-        })
-        .collect()
+    build_ledger(&SQLS).expect("the ledger passes its dry run")
 }
 
 /// The child's work: apply the whole ledger to the file named by [`CHILD_ENV`].
