@@ -351,33 +351,7 @@ pub struct CreateChange {
     pub destructive: bool,
 }
 
-/// What an operator does about a node's copy that left the ledger.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DatabaseRepairAction {
-    /// Build the node's file again from the ledger; the old file is kept beside it.
-    Recreate,
-    /// Take the file's schema as it is; later changes apply on top of it.
-    Accept,
-}
-
-impl DatabaseRepairAction {
-    /// The name the API uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Recreate => "recreate",
-            Self::Accept => "accept",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "recreate" => Some(Self::Recreate),
-            "accept" => Some(Self::Accept),
-            _ => None,
-        }
-    }
-}
+pub use crate::sync::DatabaseRepairAction;
 
 /// `POST /projects/{p}/databases/{db}/nodes/{node}/repair`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

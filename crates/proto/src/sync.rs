@@ -58,11 +58,39 @@ pub struct DesiredDatabase {
     pub repair: Option<DesiredRepair>,
 }
 
+/// What an operator does about a node's copy that left the ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DatabaseRepairAction {
+    /// Build the node's file again from the ledger; the old file is kept beside it.
+    Recreate,
+    /// Take the file's schema as it is; later changes apply on top of it.
+    Accept,
+}
+
+impl DatabaseRepairAction {
+    /// The name the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Recreate => "recreate",
+            Self::Accept => "accept",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "recreate" => Some(Self::Recreate),
+            "accept" => Some(Self::Accept),
+            _ => None,
+        }
+    }
+}
+
 /// A repair of a node's copy of a database.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DesiredRepair {
     pub id: String,
-    pub action: crate::api::DatabaseRepairAction,
+    pub action: DatabaseRepairAction,
 }
 
 /// One change of a database's ledger.
